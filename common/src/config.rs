@@ -1,0 +1,1020 @@
+//! Configuration: built-in defaults < TOML file < `JST2KD_<SECTION>__<KEY>` environment.
+//!
+//! One file serves every binary; each binary then checks the sections it uses with
+//! [`Config::validate`]. Unknown sections and keys are refused everywhere, secrets are
+//! [`Secret`]s (never printed) and may come from files (`*_file` keys), and an error names the
+//! key at fault in one line without repeating its value.
+//!
+//! Invariant: a value given as text in the environment stays text (`JST2KD_MAPPING__ORG=0100`
+//! is the string `"0100"`); numeric keys parse their own text (see [`lenient`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::Deserialize;
+
+use crate::time::parse_beijing;
+
+/// Prefix of the environment variables this configuration reads.
+pub const ENV_PREFIX: &str = "JST2KD_";
+
+/// A configuration problem, reported in one line that names the key (never its value).
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl fmt::Display) -> Self {
+        Self(format!("`{key}` {problem}"))
+    }
+}
+
+/// A secret value: credentials, tokens, URLs with passwords. `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no value was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A duration written as text: `"200ms"`, `"30s"`, `"5m"`, `"2h"`, `"31d"` (or a number of seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Seconds.
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    /// Milliseconds.
+    pub const fn millis(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
+}
+
+/// Parses `"200ms"`, `"30s"`, `"5m"`, `"2h"`, `"31d"`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "must be a duration such as \"30s\", \"5m\" or \"200ms\"".to_string())?;
+    let factor = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err("has an unknown duration unit (use ms, s, m, h or d)".to_string()),
+    };
+    let secs = number * factor;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("must be a positive duration".to_string());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Dur(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Deserialisers that accept a value either typed (TOML) or as text (environment).
+pub mod lenient {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::str::FromStr;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText<T> {
+        Num(T),
+        Text(String),
+    }
+
+    /// A number, or its decimal text.
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr + Deserialize<'de>,
+    {
+        match NumOrText::<T>::deserialize(d)? {
+            NumOrText::Num(n) => Ok(n),
+            NumOrText::Text(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom("must be a number")),
+        }
+    }
+
+    /// `true`/`false`, as a boolean or text.
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match NumOrText::<bool>::deserialize(d)? {
+            NumOrText::Num(b) => Ok(b),
+            NumOrText::Text(t) => match t.trim() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(D::Error::custom("must be true or false")),
+            },
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText<T> {
+        List(Vec<T>),
+        Text(String),
+    }
+
+    /// A list, or its items as comma-separated text (`"5s,30s"`).
+    pub fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + FromText,
+    {
+        match ListOrText::<T>::deserialize(d)? {
+            ListOrText::List(items) => Ok(items),
+            ListOrText::Text(t) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| T::from_text(s).map_err(D::Error::custom))
+                .collect(),
+        }
+    }
+
+    /// Items a comma-separated list can hold.
+    pub trait FromText: Sized {
+        /// Parses one item.
+        fn from_text(text: &str) -> Result<Self, String>;
+    }
+    impl FromText for String {
+        fn from_text(text: &str) -> Result<Self, String> {
+            Ok(text.to_string())
+        }
+    }
+    impl FromText for super::Dur {
+        fn from_text(text: &str) -> Result<Self, String> {
+            super::parse_duration(text).map(super::Dur)
+        }
+    }
+}
+
+/// The whole configuration of every binary.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// RabbitMQ connection and topology.
+    pub amqp: AmqpConfig,
+    /// The `/metrics`, `/healthz`, `/readyz` endpoint.
+    pub metrics: MetricsConfig,
+    /// Logging and shutdown.
+    pub runtime: RuntimeConfig,
+    /// The Jushuitan open platform.
+    pub jst: JstConfig,
+    /// The producer's polling.
+    pub producer: ProducerConfig,
+    /// The Kingdee Cloud Galaxy WebAPI.
+    pub kingdee: KingdeeConfig,
+    /// How a count document becomes Kingdee bills.
+    pub mapping: MappingConfig,
+    /// The loader's batching.
+    pub loader: LoaderConfig,
+}
+
+/// `[amqp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Broker URL (`amqp://` or `amqps://`); a secret, since it carries a password.
+    pub url: Secret,
+    /// File holding the URL (instead of `url`).
+    pub url_file: Option<PathBuf>,
+    /// Prefix of every exchange and queue name.
+    pub prefix: String,
+    /// Unacknowledged deliveries per consumer.
+    #[serde(deserialize_with = "lenient::number")]
+    pub prefetch: u16,
+    /// `x-delivery-limit` of the work queues: a safety net against crash loops.
+    #[serde(deserialize_with = "lenient::number")]
+    pub delivery_limit: u32,
+    /// One retry tier per delay.
+    #[serde(deserialize_with = "lenient::list")]
+    pub retry_delays: Vec<Dur>,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"),
+            url_file: None,
+            prefix: "jst2kd".into(),
+            prefetch: 100,
+            delivery_limit: 20,
+            retry_delays: vec![Dur::secs(5), Dur::secs(30), Dur::secs(120), Dur::secs(600)],
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address; each binary has its own default port.
+    pub listen: Option<String>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// `[runtime]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// How long a graceful shutdown may take.
+    pub shutdown_timeout: Dur,
+    /// `json` or `pretty`.
+    pub log_format: LogFormat,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Dur::secs(30),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+/// `[jst]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JstConfig {
+    /// Open platform host, no path.
+    pub base_url: String,
+    /// The app's key.
+    pub app_key: Secret,
+    /// File holding `app_key`.
+    pub app_key_file: Option<PathBuf>,
+    /// The app's secret (signs every call).
+    pub app_secret: Secret,
+    /// File holding `app_secret`.
+    pub app_secret_file: Option<PathBuf>,
+    /// The merchant's access token.
+    pub access_token: Secret,
+    /// File holding `access_token`.
+    pub access_token_file: Option<PathBuf>,
+    /// Documents per page, at most 50.
+    #[serde(deserialize_with = "lenient::number")]
+    pub page_size: u32,
+    /// Timeout of one HTTP call.
+    pub timeout: Dur,
+}
+
+impl Default for JstConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://openapi.jushuitan.com".into(),
+            app_key: Secret::default(),
+            app_key_file: None,
+            app_secret: Secret::default(),
+            app_secret_file: None,
+            access_token: Secret::default(),
+            access_token_file: None,
+            page_size: 50,
+            timeout: Dur::secs(30),
+        }
+    }
+}
+
+/// When the first poll starts: a Beijing time, or a duration before the first start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// A fixed instant.
+    At(chrono::DateTime<chrono::FixedOffset>),
+    /// That long before the producer first starts.
+    Ago(Duration),
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Some(at) = parse_beijing(&text) {
+            return Ok(StartAt::At(at));
+        }
+        parse_duration(&text).map(StartAt::Ago).map_err(|_| {
+            serde::de::Error::custom(
+                "must be a time (yyyy-MM-dd HH:mm:ss, Beijing) or a duration such as \"24h\"",
+            )
+        })
+    }
+}
+
+/// `[producer]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Time between two polls.
+    pub poll_interval: Dur,
+    /// Where the very first poll starts.
+    pub start_at: StartAt,
+    /// How far before the checkpoint each poll starts again (documents modified while paging).
+    pub overlap: Dur,
+    /// How far behind "now" each poll ends (JST's own indexing delay).
+    pub lag: Dur,
+    /// Statuses fetched, one query each.
+    #[serde(deserialize_with = "lenient::list")]
+    pub statuses: Vec<String>,
+    /// Checkpoint file.
+    pub checkpoint: PathBuf,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Dur::secs(60),
+            start_at: StartAt::Ago(Duration::from_secs(86400)),
+            overlap: Dur::secs(300),
+            lag: Dur::secs(30),
+            statuses: default_statuses(),
+            checkpoint: PathBuf::from("./producer.checkpoint.json"),
+        }
+    }
+}
+
+fn default_statuses() -> Vec<String> {
+    vec!["Confirmed".into(), "Archive".into()]
+}
+
+/// How the client authenticates to Kingdee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KingdeeAuth {
+    /// Signed headers on every call, as the official SDKs do.
+    #[default]
+    Signature,
+}
+
+/// `[kingdee]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KingdeeConfig {
+    /// Site URL, e.g. `https://acme.ik3cloud.com/k3cloud`.
+    pub base_url: String,
+    /// Authentication method.
+    pub auth: KingdeeAuth,
+    /// Data centre (account set) id.
+    pub acct_id: Secret,
+    /// File holding `acct_id`.
+    pub acct_id_file: Option<PathBuf>,
+    /// Integration user.
+    pub user_name: Secret,
+    /// File holding `user_name`.
+    pub user_name_file: Option<PathBuf>,
+    /// Third-party app id (`123456_…`).
+    pub app_id: Secret,
+    /// File holding `app_id`.
+    pub app_id_file: Option<PathBuf>,
+    /// Third-party app secret.
+    pub app_secret: Secret,
+    /// File holding `app_secret`.
+    pub app_secret_file: Option<PathBuf>,
+    /// Language id.
+    #[serde(deserialize_with = "lenient::number")]
+    pub lcid: u32,
+    /// Organisation number sent in the app data.
+    pub org_num: String,
+    /// Timeout of one HTTP call.
+    pub timeout: Dur,
+}
+
+impl Default for KingdeeConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            auth: KingdeeAuth::Signature,
+            acct_id: Secret::default(),
+            acct_id_file: None,
+            user_name: Secret::default(),
+            user_name_file: None,
+            app_id: Secret::default(),
+            app_id_file: None,
+            app_secret: Secret::default(),
+            app_secret_file: None,
+            lcid: 2052,
+            org_num: "0".into(),
+            timeout: Dur::secs(60),
+        }
+    }
+}
+
+/// Which sign marks a loss in a line's `qty`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossSign {
+    /// JST's own convention: negative difference = loss.
+    #[default]
+    Negative,
+    /// Accounts whose data is signed the other way.
+    Positive,
+}
+
+/// `[mapping]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingConfig {
+    /// Statuses that are mapped; other documents are skipped.
+    #[serde(deserialize_with = "lenient::list")]
+    pub statuses: Vec<String>,
+    /// Sign of a loss in `qty`.
+    pub loss_sign: LossSign,
+    /// `FBillNo` of the loss bill; `{io_id}` is replaced.
+    pub bill_no_template: String,
+    /// `FBillTypeID` of the loss bill.
+    pub bill_type: String,
+    /// Stock, pick and owner organisation number (required).
+    pub org: String,
+    /// Department number, when the account wants one.
+    pub dept: Option<String>,
+    /// Unit number of every entry.
+    pub unit: String,
+    /// `"{wms_co_id}:{wh_id}"` or `"{wh_id}"` → Kingdee stock number (required).
+    pub warehouses: BTreeMap<String, String>,
+    /// JST `sku_id` → Kingdee material number, where they differ.
+    pub skus: BTreeMap<String, String>,
+    /// An SKU absent from `skus` is a mapping error instead of passing through.
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub require_sku_mapping: bool,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            statuses: default_statuses(),
+            loss_sign: LossSign::Negative,
+            bill_no_template: "JSTPD{io_id}".into(),
+            bill_type: "QTCKD01_SYS".into(),
+            org: String::new(),
+            dept: None,
+            unit: "Pcs".into(),
+            warehouses: BTreeMap::new(),
+            skus: BTreeMap::new(),
+            require_sku_mapping: false,
+        }
+    }
+}
+
+/// `[loader]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Bills per BatchSave call.
+    #[serde(deserialize_with = "lenient::number")]
+    pub batch_size: usize,
+    /// How long an incomplete batch waits for more bills.
+    pub linger: Dur,
+    /// BatchSave calls in flight at once.
+    #[serde(deserialize_with = "lenient::number")]
+    pub concurrency: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 50,
+            linger: Dur::millis(200),
+            concurrency: 2,
+        }
+    }
+}
+
+/// Which binary is asking: each checks only what it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Polls JST.
+    Producer,
+    /// Maps documents to bills.
+    Transformer,
+    /// Saves bills in Kingdee.
+    Loader,
+}
+
+impl Config {
+    /// Loads defaults < `file` (when given) < the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads defaults < `file` < the given environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Serialized::defaults(env_dict(env)));
+        let mut config: Config = figment.extract().map_err(|e| describe(&e))?;
+        config.resolve_secrets()?;
+        config.check_common()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        resolve(&mut self.amqp.url, &mut self.amqp.url_file, "amqp.url")?;
+        let j = &mut self.jst;
+        resolve(&mut j.app_key, &mut j.app_key_file, "jst.app_key")?;
+        resolve(&mut j.app_secret, &mut j.app_secret_file, "jst.app_secret")?;
+        resolve(
+            &mut j.access_token,
+            &mut j.access_token_file,
+            "jst.access_token",
+        )?;
+        let k = &mut self.kingdee;
+        resolve(&mut k.acct_id, &mut k.acct_id_file, "kingdee.acct_id")?;
+        resolve(&mut k.user_name, &mut k.user_name_file, "kingdee.user_name")?;
+        resolve(&mut k.app_id, &mut k.app_id_file, "kingdee.app_id")?;
+        resolve(
+            &mut k.app_secret,
+            &mut k.app_secret_file,
+            "kingdee.app_secret",
+        )?;
+        Ok(())
+    }
+
+    /// Checks that hold for every binary.
+    fn check_common(&self) -> Result<(), ConfigError> {
+        let url = self.amqp.url.expose();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::key(
+                "amqp.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        let prefix = &self.amqp.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::key(
+                "amqp.prefix",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
+        }
+        if self.amqp.retry_delays.iter().any(|d| d.0.as_secs() == 0) {
+            return Err(ConfigError::key(
+                "amqp.retry_delays",
+                "must hold delays of at least 1s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the sections `role` uses.
+    pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        match role {
+            Role::Producer => self.validate_producer(),
+            Role::Transformer => self.validate_mapping(),
+            Role::Loader => self.validate_kingdee(),
+        }
+    }
+
+    fn validate_producer(&self) -> Result<(), ConfigError> {
+        let j = &self.jst;
+        require_url(&j.base_url, "jst.base_url")?;
+        for (value, key) in [
+            (&j.app_key, "jst.app_key"),
+            (&j.app_secret, "jst.app_secret"),
+            (&j.access_token, "jst.access_token"),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::key(key, "is required by the producer"));
+            }
+        }
+        if !(1..=50).contains(&j.page_size) {
+            return Err(ConfigError::key("jst.page_size", "must be 1 to 50"));
+        }
+        if self.producer.statuses.is_empty() {
+            return Err(ConfigError::key(
+                "producer.statuses",
+                "must name at least one status",
+            ));
+        }
+        if self.producer.poll_interval.0.is_zero() {
+            return Err(ConfigError::key(
+                "producer.poll_interval",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_mapping(&self) -> Result<(), ConfigError> {
+        let m = &self.mapping;
+        if m.org.trim().is_empty() {
+            return Err(ConfigError::key(
+                "mapping.org",
+                "is required: the Kingdee organisation number",
+            ));
+        }
+        if m.warehouses.is_empty() {
+            return Err(ConfigError::key(
+                "mapping.warehouses",
+                "is required: map each JST warehouse to a Kingdee stock number",
+            ));
+        }
+        if !m.bill_no_template.contains("{io_id}") {
+            return Err(ConfigError::key(
+                "mapping.bill_no_template",
+                "must contain {io_id}",
+            ));
+        }
+        if m.statuses.is_empty() {
+            return Err(ConfigError::key(
+                "mapping.statuses",
+                "must name at least one status",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_kingdee(&self) -> Result<(), ConfigError> {
+        let k = &self.kingdee;
+        require_url(&k.base_url, "kingdee.base_url")?;
+        for (value, key) in [
+            (&k.acct_id, "kingdee.acct_id"),
+            (&k.user_name, "kingdee.user_name"),
+            (&k.app_id, "kingdee.app_id"),
+            (&k.app_secret, "kingdee.app_secret"),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::key(key, "is required by the loader"));
+            }
+        }
+        if !k.app_id.expose().contains('_') {
+            return Err(ConfigError::key(
+                "kingdee.app_id",
+                "must look like 123456_xxxxxxxx (the id Kingdee issued)",
+            ));
+        }
+        if self.loader.batch_size == 0 || self.loader.batch_size > 1000 {
+            return Err(ConfigError::key("loader.batch_size", "must be 1 to 1000"));
+        }
+        if self.loader.concurrency == 0 {
+            return Err(ConfigError::key("loader.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn require_url(value: &str, key: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::key(key, "is required"));
+    }
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err(ConfigError::key(key, "must start with http:// or https://"));
+    }
+    Ok(())
+}
+
+/// Takes a secret from its `*_file` key when that is given; both at once is an error.
+fn resolve(value: &mut Secret, file: &mut Option<PathBuf>, key: &str) -> Result<(), ConfigError> {
+    let Some(path) = file.take() else {
+        return Ok(());
+    };
+    if !value.is_empty() && Some(value.expose()) != default_secret(key) {
+        return Err(ConfigError(format!(
+            "set either `{key}` or `{key}_file`, not both"
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ConfigError(format!(
+            "`{key}_file`: cannot read {}: {}",
+            path.display(),
+            e.kind()
+        ))
+    })?;
+    *value = Secret::new(text.trim_end_matches(['\r', '\n']));
+    Ok(())
+}
+
+/// The built-in default of a secret key, which a `*_file` may replace without conflict.
+fn default_secret(key: &str) -> Option<&'static str> {
+    (key == "amqp.url").then_some("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10")
+}
+
+/// Builds a nested dictionary of text values from `JST2KD_<SECTION>__<KEY>` variables.
+///
+/// Only names with the double underscore are read: Kubernetes injects variables such as
+/// `JST2KD_PRODUCER_SERVICE_HOST` that must not be taken for configuration.
+fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
+    let mut root = Dict::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            continue;
+        }
+        insert_path(&mut root, &path, value);
+    }
+    root
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: String) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), Value::from(value));
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+/// Turns figment's error into one line that names the key and never shows the value.
+fn describe(err: &figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut key = err.path.join(".");
+    let problem = match &err.kind {
+        Kind::Message(m) => m.clone(),
+        Kind::InvalidType(_, expected) => format!("has the wrong type: expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("has an invalid value: expected {expected}"),
+        Kind::InvalidLength(_, expected) => format!("has the wrong length: expected {expected}"),
+        Kind::UnknownVariant(_, expected) => {
+            format!("must be one of: {}", expected.join(", "))
+        }
+        Kind::UnknownField(field, _) => {
+            if key.is_empty() {
+                key = field.clone();
+            }
+            "is not a known configuration key".to_string()
+        }
+        Kind::MissingField(field) => format!("misses `{field}`"),
+        Kind::DuplicateField(field) => format!("sets `{field}` twice"),
+        other => format!("cannot be read ({})", kind_name(other)),
+    };
+    if key.is_empty() {
+        ConfigError(problem)
+    } else {
+        ConfigError::key(&key, problem)
+    }
+}
+
+fn kind_name(kind: &figment::error::Kind) -> &'static str {
+    use figment::error::Kind;
+    match kind {
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range",
+        Kind::Unsupported(_) | Kind::UnsupportedKey(..) => "unsupported value",
+        _ => "invalid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn toml(text: &str) -> tempfile_like::TempToml {
+        tempfile_like::TempToml::new(text)
+    }
+
+    /// A tiny self-deleting TOML file, so config tests exercise the real file provider.
+    mod tempfile_like {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        pub struct TempToml(pub PathBuf);
+        impl TempToml {
+            pub fn new(text: &str) -> Self {
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                let path = std::env::temp_dir().join(format!(
+                    "jst2kd-config-test-{}-{n}.toml",
+                    std::process::id()
+                ));
+                std::fs::write(&path, text).ok();
+                Self(path)
+            }
+        }
+        impl Drop for TempToml {
+            fn drop(&mut self) {
+                std::fs::remove_file(&self.0).ok();
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(c.amqp.prefix, "jst2kd");
+        assert_eq!(c.amqp.prefetch, 100);
+        assert_eq!(c.amqp.delivery_limit, 20);
+        let delays: Vec<u64> = c.amqp.retry_delays.iter().map(|d| d.0.as_secs()).collect();
+        assert_eq!(delays, vec![5, 30, 120, 600]);
+        assert_eq!(c.loader.batch_size, 50);
+        assert_eq!(c.loader.linger, Dur::millis(200));
+        assert_eq!(c.mapping.bill_no_template, "JSTPD{io_id}");
+        assert_eq!(c.producer.statuses, vec!["Confirmed", "Archive"]);
+        assert_eq!(c.runtime.shutdown_timeout, Dur::secs(30));
+    }
+
+    #[test]
+    fn env_overrides_file_and_keeps_text_as_text() {
+        let f = toml("[mapping]\norg = \"1\"\n[amqp]\nprefetch = 7\n");
+        let c = Config::load_from(
+            Some(&f.0),
+            env(&[
+                ("JST2KD_MAPPING__ORG", "0100"),
+                ("JST2KD_MAPPING__WAREHOUSES__1", "0020002"),
+                ("JST2KD_AMQP__PREFETCH", "12"),
+                ("JST2KD_AMQP__RETRY_DELAYS", "1s, 2m"),
+                ("JST2KD_PRODUCER_SERVICE_HOST", "10.0.0.1"),
+                ("JST2KD_CONFIG", "/nowhere.toml"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.mapping.org, "0100");
+        assert_eq!(
+            c.mapping.warehouses.get("1").map(String::as_str),
+            Some("0020002")
+        );
+        assert_eq!(c.amqp.prefetch, 12);
+        assert_eq!(c.amqp.retry_delays, vec![Dur::secs(1), Dur::secs(120)]);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_refused_by_name() {
+        let f = toml("[amqp]\nprefixx = \"a\"\n");
+        let e = Config::load_from(Some(&f.0), env(&[])).expect_err("refused");
+        assert!(e.to_string().contains("`amqp.prefixx`"), "{e}");
+        let e = Config::load_from(None, env(&[("JST2KD_NOPE__X", "1")])).expect_err("refused");
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_without_repeating_it() {
+        let e = Config::load_from(None, env(&[("JST2KD_AMQP__PREFETCH", "lots-of-secret")]))
+            .expect_err("refused");
+        let line = e.to_string();
+        assert!(line.contains("amqp.prefetch"), "{line}");
+        assert!(!line.contains("lots-of-secret"), "{line}");
+        assert!(!line.contains('\n'));
+        let e = Config::load_from(None, env(&[("JST2KD_LOADER__LINGER", "5 parsecs")]))
+            .expect_err("refused");
+        assert!(e.to_string().contains("loader.linger"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("JST2KD_JST__APP_SECRET", "s3cr3t-value"),
+                ("JST2KD_AMQP__URL", "amqp://u:hunter2@h:5672/%2f"),
+            ]),
+        )
+        .expect("loads");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t-value"));
+        assert!(!debug.contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_but_not_from_both() {
+        let secret = toml("from-a-file\n");
+        let path = secret.0.display().to_string();
+        let c =
+            Config::load_from(None, env(&[("JST2KD_JST__APP_SECRET_FILE", &path)])).expect("loads");
+        assert_eq!(c.jst.app_secret.expose(), "from-a-file");
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("JST2KD_JST__APP_SECRET_FILE", &path),
+                ("JST2KD_JST__APP_SECRET", "x"),
+            ]),
+        )
+        .expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
+        let e = Config::load_from(None, env(&[("JST2KD_JST__APP_SECRET_FILE", "/no/such")]))
+            .expect_err("missing file");
+        assert!(e.to_string().contains("jst.app_secret_file"), "{e}");
+    }
+
+    #[test]
+    fn roles_check_their_sections() {
+        let c = Config::load_from(None, env(&[])).expect("loads");
+        let e = c.validate(Role::Transformer).expect_err("no org");
+        assert!(e.to_string().contains("mapping.org"));
+        let e = c.validate(Role::Loader).expect_err("no url");
+        assert!(e.to_string().contains("kingdee.base_url"));
+        let e = c.validate(Role::Producer).expect_err("no key");
+        assert!(e.to_string().contains("jst.app_key"));
+    }
+
+    #[test]
+    fn start_at_takes_a_time_or_a_duration() {
+        let c = Config::load_from(
+            None,
+            env(&[("JST2KD_PRODUCER__START_AT", "2026-01-02 03:04:05")]),
+        )
+        .expect("loads");
+        assert!(matches!(c.producer.start_at, StartAt::At(_)));
+        let c =
+            Config::load_from(None, env(&[("JST2KD_PRODUCER__START_AT", "31d")])).expect("loads");
+        assert_eq!(
+            c.producer.start_at,
+            StartAt::Ago(Duration::from_secs(31 * 86400))
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The shared core of jst2kd: configuration, the message contract, the queue abstraction
+//! (RabbitMQ and in-process), retries and dead letters, telemetry, and the worker harness.
+//!
+//! Workers depend on this crate and on the API clients, never on each other.
+
+pub mod config;
+pub mod messages;
+pub mod queue;
+pub mod settle;
+pub mod telemetry;
+pub mod time;
+pub mod worker;

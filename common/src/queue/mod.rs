@@ -1,0 +1,349 @@
+//! The queue abstraction the stages are written against.
+//!
+//! Two implementations with the same semantics: [`rabbit`] (the product: RabbitMQ through lapin,
+//! quorum queues, confirms, manual acks) and [`memory`] (in-process, so `jst2kd demo` needs no
+//! broker). Only `rabbit` knows lapin.
+//!
+//! Invariants every implementation keeps:
+//! - [`Broker::publish`] returns `Ok` only once the message is safely stored (a broker confirm);
+//!   an unroutable or refused message is an error, never silently dropped.
+//! - A [`Delivery`] that is neither acked nor requeued is redelivered when its consumer goes away.
+//! - Work queues send a message that was delivered more than `delivery_limit` times to the
+//!   dead-letter queue (a safety net against crash loops).
+
+pub mod memory;
+pub mod rabbit;
+
+use std::time::Duration;
+
+use crate::config::AmqpConfig;
+use crate::messages::Headers;
+
+/// A logical work queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Work {
+    /// Count documents (`{prefix}.counts`), consumed by the transformer.
+    Counts,
+    /// Kingdee bills (`{prefix}.bills`), consumed by the loader.
+    Bills,
+}
+
+impl Work {
+    /// Both work queues.
+    pub const ALL: [Work; 2] = [Work::Counts, Work::Bills];
+
+    /// Routing key and logical name (`counts`, `bills`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Work::Counts => "counts",
+            Work::Bills => "bills",
+        }
+    }
+}
+
+/// Names of every exchange and queue, derived from one prefix (SPEC section 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// `amqp.prefix`.
+    pub prefix: String,
+    /// One retry tier per delay (whole seconds).
+    pub retry_delays: Vec<Duration>,
+    /// `x-delivery-limit` of the work queues.
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    /// From the `[amqp]` section.
+    pub fn from_config(amqp: &AmqpConfig) -> Self {
+        Self {
+            prefix: amqp.prefix.clone(),
+            retry_delays: amqp.retry_delays.iter().map(|d| d.0).collect(),
+            delivery_limit: amqp.delivery_limit,
+        }
+    }
+
+    /// The direct work exchange.
+    pub fn exchange(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// The fanout dead-letter exchange (and its queue, of the same name).
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// A work queue.
+    pub fn work_queue(&self, work: Work) -> String {
+        format!("{}.{}", self.prefix, work.key())
+    }
+
+    /// A retry-tier queue, named by its delay in whole seconds.
+    pub fn retry_queue(&self, work: Work, tier: usize) -> Option<String> {
+        let delay = self.retry_delays.get(tier)?;
+        Some(format!(
+            "{}.{}.retry.{}s",
+            self.prefix,
+            work.key(),
+            delay.as_secs()
+        ))
+    }
+
+    /// Every queue name this topology declares (not the producer's lock).
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut names = vec![self.dead()];
+        for work in Work::ALL {
+            names.push(self.work_queue(work));
+            names.extend((0..self.retry_delays.len()).filter_map(|t| self.retry_queue(work, t)));
+        }
+        names
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A work queue, through the work exchange.
+    Work(Work),
+    /// A retry tier of a work queue (0-based), through the default exchange.
+    Retry(Work, usize),
+    /// The dead-letter exchange.
+    Dead,
+}
+
+/// A message to publish.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Target.
+    pub destination: Destination,
+    /// `message_id` property.
+    pub message_id: String,
+    /// Our headers.
+    pub headers: Headers,
+    /// JSON body.
+    pub body: Vec<u8>,
+}
+
+/// A failure of the queue layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// The broker refused a declaration because an argument differs from the existing queue.
+    #[error(
+        "queue {queue} exists with other arguments ({detail}); drain it, delete it and start again to re-declare it"
+    )]
+    TopologyMismatch {
+        /// The queue or exchange.
+        queue: String,
+        /// The broker's words.
+        detail: String,
+    },
+    /// The broker could not be reached or the connection broke.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (nack) or could not route it.
+    #[error("broker did not accept the message {message_id}: {reason}")]
+    NotAccepted {
+        /// The message.
+        message_id: String,
+        /// Nacked, unroutable, …
+        reason: String,
+    },
+    /// Shutting down: the operation was abandoned.
+    #[error("shutting down")]
+    Cancelled,
+    /// A retry tier that does not exist.
+    #[error("no retry tier {0}")]
+    NoSuchTier(usize),
+}
+
+/// How a delivery is settled with the broker.
+pub(crate) enum Acker {
+    Memory(memory::MemoryAcker),
+    Rabbit(lapin::Acker),
+}
+
+/// A message received from a work queue.
+pub struct Delivery {
+    /// `message_id` property, when set.
+    pub message_id: Option<String>,
+    /// Headers (ours and the broker's).
+    pub headers: Headers,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// The broker delivered it before.
+    pub redelivered: bool,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message_id", &self.message_id)
+            .field("redelivered", &self.redelivered)
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        message_id: Option<String>,
+        headers: Headers,
+        body: Vec<u8>,
+        redelivered: bool,
+        acker: Acker,
+    ) -> Self {
+        Self {
+            message_id,
+            headers,
+            body,
+            redelivered,
+            acker,
+        }
+    }
+
+    /// Done with it: the broker forgets it.
+    pub async fn ack(self) -> Result<(), QueueError> {
+        match self.acker {
+            Acker::Memory(a) => {
+                a.ack();
+                Ok(())
+            }
+            Acker::Rabbit(a) => a
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| QueueError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Give it back to the queue for another try (counts toward the delivery limit).
+    pub async fn requeue(self) -> Result<(), QueueError> {
+        match self.acker {
+            Acker::Memory(a) => {
+                a.requeue();
+                Ok(())
+            }
+            Acker::Rabbit(a) => a
+                .nack(lapin::options::BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| QueueError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// A connection to a broker, cheap to clone.
+#[derive(Clone)]
+pub enum Broker {
+    /// In-process.
+    Memory(memory::MemoryBroker),
+    /// RabbitMQ.
+    Rabbit(rabbit::RabbitBroker),
+}
+
+impl Broker {
+    /// The names this broker uses.
+    pub fn topology(&self) -> &Topology {
+        match self {
+            Broker::Memory(b) => b.topology(),
+            Broker::Rabbit(b) => b.topology(),
+        }
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    pub async fn publish(&self, message: Outgoing) -> Result<(), QueueError> {
+        match self {
+            Broker::Memory(b) => b.publish(message),
+            Broker::Rabbit(b) => b.publish_all(vec![message]).await,
+        }
+    }
+
+    /// Publishes several messages and waits until every one is confirmed.
+    pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        match self {
+            Broker::Memory(b) => messages.into_iter().try_for_each(|m| b.publish(m)),
+            Broker::Rabbit(b) => b.publish_all(messages).await,
+        }
+    }
+
+    /// Starts consuming a work queue with at most `prefetch` unsettled deliveries.
+    pub async fn consume(&self, work: Work, prefetch: u16) -> Result<Consumer, QueueError> {
+        match self {
+            Broker::Memory(b) => Ok(Consumer::Memory(b.consume(work, prefetch))),
+            Broker::Rabbit(b) => Ok(Consumer::Rabbit(Box::new(b.consume(work, prefetch).await?))),
+        }
+    }
+
+    /// Messages waiting in a work queue (ready ones; the in-process queue counts unsettled and
+    /// delayed ones too).
+    pub async fn depth(&self, work: Work) -> Result<u64, QueueError> {
+        match self {
+            Broker::Memory(b) => Ok(b.depth(work)),
+            Broker::Rabbit(b) => b.depth(work).await,
+        }
+    }
+
+    /// True while connected with the topology declared.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Broker::Memory(_) => true,
+            Broker::Rabbit(b) => b.is_ready(),
+        }
+    }
+
+    /// Closes the connection after outstanding confirms.
+    pub async fn close(&self) {
+        match self {
+            Broker::Memory(_) => {}
+            Broker::Rabbit(b) => b.close().await,
+        }
+    }
+}
+
+/// A stream of deliveries from one work queue.
+pub enum Consumer {
+    /// In-process.
+    Memory(memory::MemoryConsumer),
+    /// RabbitMQ (recovers from connection loss on its own).
+    Rabbit(Box<rabbit::RabbitConsumer>),
+}
+
+impl Consumer {
+    /// The next delivery; `None` once the consumer was cancelled or the broker closed for good.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match self {
+            Consumer::Memory(c) => c.next().await,
+            Consumer::Rabbit(c) => c.next().await,
+        }
+    }
+
+    /// Stops receiving; unsettled deliveries can still be settled.
+    pub async fn cancel(&mut self) {
+        match self {
+            Consumer::Memory(c) => c.cancel(),
+            Consumer::Rabbit(c) => c.cancel().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_spec() {
+        let t = Topology::from_config(&AmqpConfig::default());
+        assert_eq!(t.exchange(), "jst2kd");
+        assert_eq!(t.dead(), "jst2kd.dead");
+        assert_eq!(t.work_queue(Work::Counts), "jst2kd.counts");
+        assert_eq!(
+            t.retry_queue(Work::Bills, 2).as_deref(),
+            Some("jst2kd.bills.retry.120s")
+        );
+        assert_eq!(t.retry_queue(Work::Bills, 4), None);
+        assert_eq!(t.all_queues().len(), 11);
+    }
+}

@@ -1,0 +1,247 @@
+//! Retry tiers and dead letters, shared by the transformer and the loader.
+//!
+//! Invariant: the original delivery is acked only after its retry or dead letter was confirmed
+//! by the broker; when that publish fails, the delivery is requeued instead (and the broker's
+//! delivery limit still bounds the loop).
+
+use serde_json::Value;
+use tracing::warn;
+
+use crate::messages::{Headers, header, header_int};
+use crate::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
+use crate::telemetry::{DeadKind, Metrics, Stage};
+use crate::time::rfc3339_now;
+
+/// Longest `jst2kd-error`.
+pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+/// Longest `jst2kd-kingdee-errors` (a header must fit in one AMQP frame).
+pub const MAX_KINGDEE_ERRORS_BYTES: usize = 16 * 1024;
+const TRUNCATED: &str = "…[truncated]";
+
+/// What to do with a message that failed transiently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextTry {
+    /// Publish to this tier (0-based) with this `jst2kd-attempt`.
+    Retry {
+        /// Tier index.
+        tier: usize,
+        /// Header value to send.
+        attempt: i64,
+    },
+    /// Every tier was used: dead-letter as `exhausted`.
+    Exhausted,
+}
+
+/// Decides the next try from the `jst2kd-attempt` a message carries and the number of tiers.
+pub fn next_try(attempt_so_far: Option<i64>, tiers: usize) -> NextTry {
+    let done = attempt_so_far.unwrap_or(0).max(0);
+    let tier = usize::try_from(done).unwrap_or(usize::MAX);
+    if tier >= tiers {
+        NextTry::Exhausted
+    } else {
+        NextTry::Retry {
+            tier,
+            attempt: done + 1,
+        }
+    }
+}
+
+/// Cuts text to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(TRUNCATED.len());
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &text[..end])
+}
+
+/// Why a message goes to the dead letters.
+#[derive(Clone, Debug)]
+pub struct DeadReason {
+    /// `jst2kd-error-kind`.
+    pub kind: DeadKind,
+    /// `jst2kd-error`.
+    pub error: String,
+    /// `jst2kd-kingdee-errors` (JSON), for bills Kingdee answered.
+    pub kingdee_errors: Option<Value>,
+}
+
+/// Sends failed messages of one stage to retry tiers or the dead letters.
+#[derive(Clone)]
+pub struct Settler {
+    broker: Broker,
+    metrics: std::sync::Arc<Metrics>,
+    stage: Stage,
+    origin: Work,
+}
+
+impl Settler {
+    /// For `stage`, which consumes `origin`.
+    pub fn new(
+        broker: Broker,
+        metrics: std::sync::Arc<Metrics>,
+        stage: Stage,
+        origin: Work,
+    ) -> Self {
+        Self {
+            broker,
+            metrics,
+            stage,
+            origin,
+        }
+    }
+
+    /// The dead-letter message for a delivery (pure, for tests and `dlq` tools).
+    pub fn dead_message(&self, delivery: &Delivery, reason: &DeadReason) -> Outgoing {
+        let topology = self.broker.topology();
+        let mut headers: Headers = delivery.headers.clone();
+        headers.insert(header::STAGE.into(), self.stage.as_str().into());
+        headers.insert(header::ERROR_KIND.into(), reason.kind.as_str().into());
+        headers.insert(
+            header::ERROR.into(),
+            truncate(&reason.error, MAX_ERROR_BYTES).into(),
+        );
+        if let Some(errors) = &reason.kingdee_errors {
+            headers.insert(
+                header::KINGDEE_ERRORS.into(),
+                truncate(&errors.to_string(), MAX_KINGDEE_ERRORS_BYTES).into(),
+            );
+        }
+        headers.insert(
+            header::ORIGIN_QUEUE.into(),
+            topology.work_queue(self.origin).into(),
+        );
+        headers.insert(header::ORIGIN_KEY.into(), self.origin.key().into());
+        headers.insert(header::FAILED_AT.into(), rfc3339_now().into());
+        Outgoing {
+            destination: Destination::Dead,
+            message_id: delivery.message_id.clone().unwrap_or_default(),
+            headers,
+            body: delivery.body.clone(),
+        }
+    }
+
+    /// Dead-letters a delivery: publish (confirmed), then ack; requeue if the publish failed.
+    pub async fn dead_letter(
+        &self,
+        delivery: Delivery,
+        reason: DeadReason,
+    ) -> Result<(), QueueError> {
+        let message = self.dead_message(&delivery, &reason);
+        match self.broker.publish(message).await {
+            Ok(()) => {
+                let s = self.stage.as_str();
+                self.metrics.published.with_label_values(&[s, "dead"]).inc();
+                self.metrics
+                    .dead_lettered
+                    .with_label_values(&[s, reason.kind.as_str()])
+                    .inc();
+                delivery.ack().await
+            }
+            Err(err) => {
+                warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %err, "Cannot dead-letter; the message goes back to its queue.");
+                delivery.requeue().await.ok();
+                Err(err)
+            }
+        }
+    }
+
+    /// Sends a delivery that failed transiently to its next retry tier, or dead-letters it as
+    /// `exhausted` when the tiers ran out.
+    pub async fn retry(&self, delivery: Delivery, error: String) -> Result<NextTry, QueueError> {
+        let tiers = self.broker.topology().retry_delays.len();
+        let next = next_try(header_int(&delivery.headers, header::ATTEMPT), tiers);
+        match next {
+            NextTry::Exhausted => {
+                let reason = DeadReason {
+                    kind: DeadKind::Exhausted,
+                    error: format!("gave up after {tiers} retries: {error}"),
+                    kingdee_errors: None,
+                };
+                self.dead_letter(delivery, reason).await?;
+            }
+            NextTry::Retry { tier, attempt } => {
+                let mut headers = delivery.headers.clone();
+                headers.insert(header::ATTEMPT.into(), attempt.into());
+                let message = Outgoing {
+                    destination: Destination::Retry(self.origin, tier),
+                    message_id: delivery.message_id.clone().unwrap_or_default(),
+                    headers,
+                    body: delivery.body.clone(),
+                };
+                if let Err(err) = self.broker.publish(message).await {
+                    delivery.requeue().await.ok();
+                    return Err(err);
+                }
+                let s = self.stage.as_str();
+                self.metrics
+                    .published
+                    .with_label_values(&[s, "retry"])
+                    .inc();
+                self.metrics.retried.with_label_values(&[s]).inc();
+                delivery.ack().await?;
+            }
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_used_in_order_then_exhausted() {
+        let table = [
+            (
+                None,
+                4,
+                NextTry::Retry {
+                    tier: 0,
+                    attempt: 1,
+                },
+            ),
+            (
+                Some(1),
+                4,
+                NextTry::Retry {
+                    tier: 1,
+                    attempt: 2,
+                },
+            ),
+            (
+                Some(3),
+                4,
+                NextTry::Retry {
+                    tier: 3,
+                    attempt: 4,
+                },
+            ),
+            (Some(4), 4, NextTry::Exhausted),
+            (
+                Some(-3),
+                4,
+                NextTry::Retry {
+                    tier: 0,
+                    attempt: 1,
+                },
+            ),
+            (None, 0, NextTry::Exhausted),
+        ];
+        for (attempt, tiers, expected) in table {
+            assert_eq!(next_try(attempt, tiers), expected, "{attempt:?} of {tiers}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_utf8_and_marks_the_cut() {
+        let long = "错".repeat(3000);
+        let cut = truncate(&long, MAX_ERROR_BYTES);
+        assert!(cut.len() <= MAX_ERROR_BYTES);
+        assert!(cut.ends_with(TRUNCATED));
+        assert_eq!(truncate("short", 10), "short");
+    }
+}

@@ -1,0 +1,507 @@
+//! Logs, metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//!
+//! Metric names and labels are the contract of SPEC section 7 (dashboards and alerts rely on
+//! them). Each process keeps its metrics in its own [`prometheus::Registry`] (never the global
+//! one), registers the metrics of the roles it plays, and initialises every label value it knows
+//! to 0 so a series exists before the first event. Label values come from enums, never from ids
+//! or error text.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::LogFormat;
+
+/// Starts logging to stderr (stdout is for command output). `RUST_LOG` refines the level.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests, the demo) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+/// A pipeline stage, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Polls JST.
+    Producer,
+    /// Maps documents to bills.
+    Transformer,
+    /// Saves bills in Kingdee.
+    Loader,
+}
+
+impl Stage {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Producer => "producer",
+            Stage::Transformer => "transformer",
+            Stage::Loader => "loader",
+        }
+    }
+}
+
+/// Why a message was dead-lettered (`jst2kd-error-kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeadKind {
+    /// Body not parseable.
+    Malformed,
+    /// No mapping for a warehouse or SKU.
+    Mapping,
+    /// Kingdee refused the bill.
+    Rejected,
+    /// The bill number exists in Kingdee with other content.
+    Conflict,
+    /// Transient failures outlasted the retry tiers.
+    Exhausted,
+}
+
+impl DeadKind {
+    /// Every kind.
+    pub const ALL: [DeadKind; 5] = [
+        DeadKind::Malformed,
+        DeadKind::Mapping,
+        DeadKind::Rejected,
+        DeadKind::Conflict,
+        DeadKind::Exhausted,
+    ];
+    /// Header and label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadKind::Malformed => "malformed",
+            DeadKind::Mapping => "mapping",
+            DeadKind::Rejected => "rejected",
+            DeadKind::Conflict => "conflict",
+            DeadKind::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Every metric of SPEC section 7.
+pub struct Metrics {
+    registry: Registry,
+    /// `jst2kd_consumed_total{stage}`
+    pub consumed: IntCounterVec,
+    /// `jst2kd_published_total{stage,queue}`
+    pub published: IntCounterVec,
+    /// `jst2kd_retried_total{stage}`
+    pub retried: IntCounterVec,
+    /// `jst2kd_dead_lettered_total{stage,kind}`
+    pub dead_lettered: IntCounterVec,
+    /// `jst2kd_skipped_total{stage,reason}`
+    pub skipped: IntCounterVec,
+    /// `jst2kd_jst_requests_total{outcome}`
+    pub jst_requests: IntCounterVec,
+    /// `jst2kd_jst_request_seconds`
+    pub jst_request_seconds: Histogram,
+    /// `jst2kd_producer_checkpoint_timestamp_seconds`
+    pub checkpoint_timestamp: Gauge,
+    /// `jst2kd_kingdee_requests_total{op,outcome}`
+    pub kingdee_requests: IntCounterVec,
+    /// `jst2kd_kingdee_request_seconds{op}`
+    pub kingdee_request_seconds: HistogramVec,
+    /// `jst2kd_loader_bills_total{result}`
+    pub loader_bills: IntCounterVec,
+    /// `jst2kd_loader_batch_size`
+    pub loader_batch_size: Histogram,
+    /// `jst2kd_end_to_end_seconds`
+    pub end_to_end_seconds: Histogram,
+    /// `jst2kd_queue_messages{queue}`
+    pub queue_messages: IntGaugeVec,
+    /// `jst2kd_amqp_connected`
+    pub amqp_connected: IntGauge,
+    /// `jst2kd_build_info{version}`
+    pub build_info: IntGaugeVec,
+}
+
+/// Label values of `jst2kd_jst_requests_total{outcome}`.
+pub const JST_OUTCOMES: [&str; 4] = ["ok", "rate_limited", "token_expired", "error"];
+/// Label values of `jst2kd_kingdee_requests_total{outcome}`.
+pub const KINGDEE_OUTCOMES: [&str; 4] = ["ok", "partial", "failed", "transient"];
+/// Label values of `jst2kd_kingdee_requests_total{op}`.
+pub const KINGDEE_OPS: [&str; 2] = ["batch_save", "execute_bill_query"];
+/// Label values of `jst2kd_loader_bills_total{result}`.
+pub const LOADER_RESULTS: [&str; 5] = ["created", "duplicate", "conflict", "rejected", "exhausted"];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable_metric(&e))
+}
+
+fn unreachable_metric(e: &prometheus::Error) -> ! {
+    // Names and labels are constants of this file; an error here is a programming bug that the
+    // unit tests catch before any release.
+    panic!("invalid metric definition: {e}")
+}
+
+impl Metrics {
+    /// All metrics, registered for the given stages (a process may play several: the demo).
+    pub fn new(stages: &[Stage]) -> Arc<Self> {
+        let secs = prometheus::exponential_buckets(0.005, 2.0, 14)
+            .unwrap_or_else(|e| unreachable_metric(&e));
+        let e2e = prometheus::exponential_buckets(0.05, 2.0, 16)
+            .unwrap_or_else(|e| unreachable_metric(&e));
+        let m = Self {
+            registry: Registry::new(),
+            consumed: counter("jst2kd_consumed_total", "Deliveries received.", &["stage"]),
+            published: counter(
+                "jst2kd_published_total",
+                "Messages published and confirmed.",
+                &["stage", "queue"],
+            ),
+            retried: counter(
+                "jst2kd_retried_total",
+                "Messages sent to a retry tier.",
+                &["stage"],
+            ),
+            dead_lettered: counter(
+                "jst2kd_dead_lettered_total",
+                "Messages dead-lettered, by kind.",
+                &["stage", "kind"],
+            ),
+            skipped: counter(
+                "jst2kd_skipped_total",
+                "Documents skipped on purpose, by reason.",
+                &["stage", "reason"],
+            ),
+            jst_requests: counter(
+                "jst2kd_jst_requests_total",
+                "Jushuitan API calls, by outcome.",
+                &["outcome"],
+            ),
+            jst_request_seconds: Histogram::with_opts(
+                HistogramOpts::new("jst2kd_jst_request_seconds", "Jushuitan call latency.")
+                    .buckets(secs.clone()),
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            checkpoint_timestamp: Gauge::new(
+                "jst2kd_producer_checkpoint_timestamp_seconds",
+                "Unix time up to which the producer has published every document.",
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            kingdee_requests: counter(
+                "jst2kd_kingdee_requests_total",
+                "Kingdee WebAPI calls, by operation and outcome.",
+                &["op", "outcome"],
+            ),
+            kingdee_request_seconds: HistogramVec::new(
+                HistogramOpts::new("jst2kd_kingdee_request_seconds", "Kingdee call latency.")
+                    .buckets(secs),
+                &["op"],
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            loader_bills: counter(
+                "jst2kd_loader_bills_total",
+                "Bills settled by the loader, by result.",
+                &["result"],
+            ),
+            loader_batch_size: Histogram::with_opts(
+                HistogramOpts::new("jst2kd_loader_batch_size", "Bills per BatchSave call.")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0]),
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            end_to_end_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "jst2kd_end_to_end_seconds",
+                    "From the producer's publish to the bill saved in Kingdee.",
+                )
+                .buckets(e2e),
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            queue_messages: IntGaugeVec::new(
+                Opts::new(
+                    "jst2kd_queue_messages",
+                    "Messages ready in the queue this process consumes.",
+                ),
+                &["queue"],
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            amqp_connected: IntGauge::new(
+                "jst2kd_amqp_connected",
+                "1 while connected to RabbitMQ with the topology declared.",
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+            build_info: IntGaugeVec::new(
+                Opts::new("jst2kd_build_info", "Build of this process."),
+                &["version"],
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+        };
+        m.register_for(stages);
+        Arc::new(m)
+    }
+
+    fn register_for(&self, stages: &[Stage]) {
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.amqp_connected.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.published.clone()),
+        ];
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let consumes = stages.iter().any(|s| *s != Stage::Producer);
+        if consumes {
+            collectors.push(Box::new(self.consumed.clone()));
+            collectors.push(Box::new(self.retried.clone()));
+            collectors.push(Box::new(self.dead_lettered.clone()));
+            collectors.push(Box::new(self.queue_messages.clone()));
+        }
+        if stages.contains(&Stage::Producer) || stages.contains(&Stage::Transformer) {
+            collectors.push(Box::new(self.skipped.clone()));
+        }
+        for stage in stages {
+            let s = stage.as_str();
+            match stage {
+                Stage::Producer => {
+                    self.published.with_label_values(&[s, "counts"]);
+                    for o in JST_OUTCOMES {
+                        self.jst_requests.with_label_values(&[o]);
+                    }
+                    collectors.push(Box::new(self.jst_requests.clone()));
+                    collectors.push(Box::new(self.jst_request_seconds.clone()));
+                    collectors.push(Box::new(self.checkpoint_timestamp.clone()));
+                }
+                Stage::Transformer => {
+                    for r in ["status", "no_lines"] {
+                        self.skipped.with_label_values(&[s, r]);
+                    }
+                    for q in ["bills", "retry", "dead"] {
+                        self.published.with_label_values(&[s, q]);
+                    }
+                    self.queue_messages.with_label_values(&["counts"]);
+                }
+                Stage::Loader => {
+                    for q in ["retry", "dead"] {
+                        self.published.with_label_values(&[s, q]);
+                    }
+                    for op in KINGDEE_OPS {
+                        self.kingdee_request_seconds.with_label_values(&[op]);
+                        for o in KINGDEE_OUTCOMES {
+                            self.kingdee_requests.with_label_values(&[op, o]);
+                        }
+                    }
+                    for r in LOADER_RESULTS {
+                        self.loader_bills.with_label_values(&[r]);
+                    }
+                    self.queue_messages.with_label_values(&["bills"]);
+                    collectors.push(Box::new(self.kingdee_requests.clone()));
+                    collectors.push(Box::new(self.kingdee_request_seconds.clone()));
+                    collectors.push(Box::new(self.loader_bills.clone()));
+                    collectors.push(Box::new(self.loader_batch_size.clone()));
+                    collectors.push(Box::new(self.end_to_end_seconds.clone()));
+                }
+            }
+            if *stage != Stage::Producer {
+                self.consumed.with_label_values(&[s]);
+                self.retried.with_label_values(&[s]);
+                for k in DeadKind::ALL {
+                    self.dead_lettered.with_label_values(&[s, k.as_str()]);
+                }
+            }
+        }
+        for c in collectors {
+            if let Err(e) = self.registry.register(c) {
+                unreachable_metric(&e);
+            }
+        }
+    }
+
+    /// The text exposition of every registered metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            warn!(error = %e, "Cannot encode metrics.");
+        }
+        out
+    }
+
+    /// Current value of a counter, for summaries and tests.
+    pub fn count(vec: &IntCounterVec, labels: &[&str]) -> u64 {
+        vec.get_metric_with_label_values(labels)
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+}
+
+/// Liveness and readiness of one process.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Health {
+    /// A fresh, not-ready state.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    /// Ready while connected with the topology declared.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+    /// From now on never ready again.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+    /// What `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener until `cancel`.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "Cannot accept a metrics connection.");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let metrics = metrics.clone();
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, &health)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(peer = %peer, error = %e, "Metrics connection ended with an error.");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(metrics.render()),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        (&Method::GET, "/readyz") if health.is_ready() => {
+            (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+        }
+        (&Method::GET, "/readyz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            Bytes::from_static(b"not ready\n"),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found\n"),
+        ),
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// Binds the metrics listener.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "metrics.listen must be host:port",
+        )
+    })?;
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_owned_metric_is_exported_from_the_start() {
+        let m = Metrics::new(&[Stage::Producer, Stage::Transformer, Stage::Loader]);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        for name in [
+            "jst2kd_consumed_total",
+            "jst2kd_published_total",
+            "jst2kd_retried_total",
+            "jst2kd_dead_lettered_total",
+            "jst2kd_skipped_total",
+            "jst2kd_jst_requests_total",
+            "jst2kd_jst_request_seconds",
+            "jst2kd_producer_checkpoint_timestamp_seconds",
+            "jst2kd_kingdee_requests_total",
+            "jst2kd_kingdee_request_seconds",
+            "jst2kd_loader_bills_total",
+            "jst2kd_loader_batch_size",
+            "jst2kd_end_to_end_seconds",
+            "jst2kd_queue_messages",
+            "jst2kd_amqp_connected",
+            "jst2kd_build_info",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        assert!(
+            text.contains(r#"jst2kd_dead_lettered_total{kind="mapping",stage="transformer"} 0"#)
+        );
+    }
+
+    #[test]
+    fn a_producer_does_not_export_loader_metrics() {
+        let m = Metrics::new(&[Stage::Producer]);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        assert!(text.contains("jst2kd_jst_requests_total"));
+        assert!(!text.contains("jst2kd_loader_bills_total"));
+    }
+
+    #[test]
+    fn readiness_ends_with_shutdown() {
+        let h = Health::new();
+        assert!(!h.is_ready());
+        h.set_ready(true);
+        assert!(h.is_ready());
+        h.set_stopping();
+        assert!(!h.is_ready());
+    }
+}

@@ -1,0 +1,256 @@
+//! What every worker binary does around its stage: arguments, configuration, logging, the
+//! metrics endpoint, signals, the broker connection, and an orderly shutdown.
+//!
+//! Invariant (SPEC section 8): SIGTERM / SIGINT → not ready → the stage stops taking work and
+//! finishes what it holds → confirms awaited → connection closed → exit 0, all within
+//! `runtime.shutdown_timeout`; past it the process exits 1 and the broker redelivers whatever
+//! was not acked.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, LogFormat, Role};
+use crate::queue::rabbit::RabbitBroker;
+use crate::queue::{Broker, QueueError, Topology, Work};
+use crate::telemetry::{self, Health, Metrics, Stage};
+
+/// Arguments every worker takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// TOML configuration file (environment `JST2KD_<SECTION>__<KEY>` overrides it).
+    #[arg(long, env = "JST2KD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: json (default) or pretty.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// What a stage is given to run.
+#[derive(Clone)]
+pub struct Context {
+    /// Fires on SIGTERM / SIGINT.
+    pub cancel: CancellationToken,
+    /// `/readyz`.
+    pub health: Arc<Health>,
+    /// This process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Every task the stage spawns, awaited on shutdown.
+    pub tracker: TaskTracker,
+}
+
+impl Context {
+    /// A context for `stages` (tests and the demo build their own).
+    pub fn new(stages: &[Stage]) -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            health: Health::new(),
+            metrics: Metrics::new(stages),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Exit 2.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Exit 2 for a topology mismatch, 1 otherwise.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl WorkerError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Config(_) | WorkerError::Queue(QueueError::TopologyMismatch { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads and checks the configuration for `role`, honouring `--log-format`.
+pub fn load_config(args: &WorkerArgs, role: Option<Role>) -> Result<Config, ConfigError> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(format) = args.log_format {
+        config.runtime.log_format = format;
+    }
+    if let Some(role) = role {
+        config.validate(role)?;
+    }
+    Ok(config)
+}
+
+/// Connects to RabbitMQ as `name` and keeps `jst2kd_amqp_connected`, the queue depth gauge
+/// and readiness up to date until `cancel`.
+pub async fn connect_rabbit(
+    config: &Config,
+    name: &str,
+    consumes: Option<Work>,
+    ctx: &Context,
+) -> Result<Broker, QueueError> {
+    let topology = Topology::from_config(&config.amqp);
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let rabbit = RabbitBroker::connect(
+        config.amqp.url.clone(),
+        format!("{name}@{host}-{}", std::process::id()),
+        topology,
+        ctx.cancel.clone(),
+    )
+    .await?;
+    let broker = Broker::Rabbit(rabbit);
+    let watched = broker.clone();
+    let ctx2 = ctx.clone();
+    ctx.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let ready = watched.is_ready();
+            ctx2.metrics.amqp_connected.set(i64::from(ready));
+            ctx2.health.set_ready(ready);
+            if let (Some(work), true) = (consumes, ready)
+                && let Ok(depth) = watched.depth(work).await
+            {
+                ctx2.metrics
+                    .queue_messages
+                    .with_label_values(&[work.key()])
+                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            }
+            tokio::select! {
+                () = ctx2.cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+        }
+        ctx2.health.set_ready(false);
+    });
+    Ok(broker)
+}
+
+/// Runs a worker binary: `main` of producer, transformer and loader is one call to this.
+pub fn main<F, Fut>(
+    stage: Stage,
+    role: Role,
+    default_listen: &str,
+    args: WorkerArgs,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(Config, Context) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>>,
+{
+    let config = match load_config(&args, Some(role)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", stage.as_str());
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.runtime.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", stage.as_str());
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let ctx = Context::new(&[stage]);
+        let listen = config
+            .metrics
+            .listen
+            .clone()
+            .unwrap_or_else(|| default_listen.to_string());
+        let listener = match telemetry::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(listen = %listen, error = %e, "Cannot bind the metrics endpoint.");
+                return 2;
+            }
+        };
+        let http_cancel = CancellationToken::new();
+        let server = tokio::spawn(telemetry::serve_http(
+            listener,
+            ctx.metrics.clone(),
+            ctx.health.clone(),
+            http_cancel.clone(),
+        ));
+        spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
+        let timeout = config.runtime.shutdown_timeout.0;
+        info!(stage = stage.as_str(), version = env!("CARGO_PKG_VERSION"), metrics = %listen, "Starting.");
+        let cancel = ctx.cancel.clone();
+        let tracker = ctx.tracker.clone();
+        let work = run(config, ctx);
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = async { cancel.cancelled().await; tokio::time::sleep(timeout).await } => {
+                error!(timeout_s = timeout.as_secs(), "Shutdown took longer than runtime.shutdown_timeout; exiting, unsettled messages will be redelivered.");
+                Err(WorkerError::Runtime("shutdown timed out".into()))
+            }
+        };
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("Background tasks did not stop in time.");
+        }
+        http_cancel.cancel();
+        server.abort();
+        match result {
+            Ok(()) => {
+                info!(stage = stage.as_str(), "Stopped.");
+                0
+            }
+            Err(e) => {
+                error!(stage = stage.as_str(), error = %e, "Stopped with an error.");
+                e.exit_code()
+            }
+        }
+    });
+    // Don't wait for stray blocking tasks (DNS, files) past the shutdown we just did.
+    ExitCode::from(code)
+}
+
+/// SIGTERM / SIGINT → not ready, then cancel.
+pub fn spawn_signal_handler(cancel: CancellationToken, health: Arc<Health>) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("Shutdown signal received.");
+        health.set_stopping();
+        cancel.cancel();
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                tokio::signal::ctrl_c().await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.ok();
+    }
+}
