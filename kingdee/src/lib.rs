@@ -1,0 +1,479 @@
+//! Kingdee Cloud Galaxy (金蝶云星空) WebAPI client: signed-header authentication, `BatchSave`
+//! read bill by bill, `ExecuteBillQuery`.
+//!
+//! A BatchSave is not all-or-nothing: every bill is settled by its own entry in
+//! `SuccessEntitys` or `Errors`, keyed by `DIndex`, whatever `IsSuccess` says. A transport
+//! failure, an HTTP error, a `response_error:` body or an unreadable answer is
+//! [`KingdeeError::is_transient`]: Kingdee may have committed, so the caller retries and lets
+//! the bill-number uniqueness tell it what was saved.
+
+pub mod sign;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::config::KingdeeConfig;
+use common::telemetry::Metrics;
+use serde_json::{Value, json};
+
+/// Service name prefix.
+pub const SERVICE_PREFIX: &str = "Kingdee.BOS.WebApi.ServicesStub.";
+/// BatchSave.
+pub const BATCH_SAVE: &str = "DynamicFormService.BatchSave";
+/// ExecuteBillQuery.
+pub const EXECUTE_BILL_QUERY: &str = "DynamicFormService.ExecuteBillQuery";
+/// MsgCode of a lost session.
+pub const MSG_SESSION_LOST: i64 = 1;
+
+/// A failed Kingdee call (the call as a whole; bills have their own results).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KingdeeError {
+    /// Connection failure or timeout: the call may or may not have been carried out.
+    #[error("cannot reach kingdee: {0}")]
+    Transport(String),
+    /// HTTP error status.
+    #[error("kingdee answered HTTP {0}")]
+    Http(u16),
+    /// A server exception (`response_error:` body).
+    #[error("kingdee server exception: {0}")]
+    Server(String),
+    /// The answer is not the documented envelope.
+    #[error("unreadable answer from kingdee ({reason}); body starts with: {start}")]
+    Body {
+        /// What was wrong.
+        reason: String,
+        /// First bytes of the body.
+        start: String,
+    },
+    /// The call as a whole was refused (session, permission, parameters).
+    #[error("kingdee refused the call (MsgCode {msg_code}): {message}")]
+    Refused {
+        /// Kingdee's MsgCode.
+        msg_code: i64,
+        /// Its messages, joined.
+        message: String,
+    },
+    /// The credentials cannot sign a request.
+    #[error(transparent)]
+    Credentials(#[from] sign::BadAppId),
+}
+
+impl KingdeeError {
+    /// Worth retrying later: the bills' fate is unknown or the failure passes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KingdeeError::Transport(_)
+            | KingdeeError::Http(_)
+            | KingdeeError::Server(_)
+            | KingdeeError::Body { .. } => true,
+            KingdeeError::Refused { msg_code, .. } => {
+                matches!(*msg_code, MSG_SESSION_LOST | 4 | 6 | 13 | 14)
+            }
+            KingdeeError::Credentials(_) => false,
+        }
+    }
+}
+
+/// One entry of `Errors`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BillError {
+    /// Field at fault, when Kingdee names one.
+    #[serde(rename = "FieldName")]
+    pub field_name: Option<String>,
+    /// Kingdee's message.
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
+impl BillError {
+    /// "Bill number already used" (违反字段唯一性要求 … 已经被使用).
+    pub fn is_duplicate_bill_no(&self) -> bool {
+        self.field_name.as_deref() == Some("FBillNo")
+            && (self.message.contains("唯一") || self.message.contains("已经被使用"))
+    }
+}
+
+/// The result of one bill in a BatchSave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BillResult {
+    /// Saved.
+    Saved {
+        /// Its `FID`.
+        id: Option<i64>,
+        /// Its number.
+        number: Option<String>,
+    },
+    /// Refused, with every error Kingdee gave for it.
+    Failed {
+        /// The errors.
+        errors: Vec<BillError>,
+        /// The response's MsgCode.
+        msg_code: i64,
+    },
+    /// Kingdee said nothing about this bill.
+    Missing,
+}
+
+/// A client for one Kingdee account.
+#[derive(Clone)]
+pub struct KingdeeClient {
+    http: reqwest::Client,
+    base_url: String,
+    site_path: String,
+    creds: sign::Credentials,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for KingdeeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KingdeeClient")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KingdeeClient {
+    /// A client from the `[kingdee]` section.
+    pub fn new(
+        config: &KingdeeConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, KingdeeError> {
+        // Err means a provider is installed already, which is all we need.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout.0)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| KingdeeError::Transport(e.to_string()))?;
+        let base_url = config.base_url.trim_end_matches('/').to_string();
+        let site_path = reqwest::Url::parse(&base_url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        let creds = sign::Credentials {
+            acct_id: config.acct_id.expose().to_string(),
+            user_name: config.user_name.expose().to_string(),
+            app_id: config.app_id.expose().to_string(),
+            app_secret: config.app_secret.expose().to_string(),
+            lcid: config.lcid,
+            org_num: config.org_num.clone(),
+        };
+        sign::client_sec(&creds.app_id)?;
+        Ok(Self {
+            http,
+            base_url,
+            site_path,
+            creds,
+            metrics,
+        })
+    }
+
+    /// Posts `{"parameters": [...]}` to a service with signed headers; returns the raw body.
+    async fn post(&self, service: &str, parameters: Value) -> Result<Vec<u8>, KingdeeError> {
+        let name = format!("{SERVICE_PREFIX}{service}.common.kdsvc");
+        let path = format!("{}/{name}", self.site_path);
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let mut request = self
+            .http
+            .post(format!("{}/{name}", self.base_url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .json(&json!({ "parameters": parameters }));
+        for (header, value) in sign::signed_headers(&self.creds, &path, &timestamp)? {
+            request = request.header(header, value);
+        }
+        let response = request.send().await.map_err(|e| transport(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| transport(&e))?;
+        if !status.is_success() {
+            return Err(KingdeeError::Http(status.as_u16()));
+        }
+        if let Some(rest) = body.strip_prefix(b"response_error:") {
+            return Err(KingdeeError::Server(body_start(rest)));
+        }
+        Ok(body.to_vec())
+    }
+
+    fn observe(&self, op: &str, started: Instant, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.kingdee_request_seconds
+                .with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+            m.kingdee_requests.with_label_values(&[op, outcome]).inc();
+        }
+    }
+
+    /// Saves `models` of `form_id` in one call; one result per model, in order.
+    pub async fn batch_save(
+        &self,
+        form_id: &str,
+        models: &[Value],
+    ) -> Result<Vec<BillResult>, KingdeeError> {
+        let started = Instant::now();
+        let data = json!({
+            "NeedUpDateFields": [], "NeedReturnFields": ["FBillNo", "FID"],
+            "IsDeleteEntry": true, "SubSystemId": "", "IsVerifyBaseDataField": true,
+            "IsEntryBatchFill": true, "ValidateFlag": true, "NumberSearch": true,
+            "InterationFlags": "", "Model": models,
+        });
+        let result = match self
+            .post(BATCH_SAVE, json!([form_id, data.to_string()]))
+            .await
+        {
+            Ok(body) => read_batch_save(&body, models.len()),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(r) if r.iter().all(|b| matches!(b, BillResult::Saved { .. })) => "ok",
+            Ok(_) => "partial",
+            Err(e) if e.is_transient() => "transient",
+            Err(_) => "failed",
+        };
+        self.observe("batch_save", started, outcome);
+        result
+    }
+
+    /// Runs a bill query; rows in `field_keys` order.
+    pub async fn execute_bill_query(
+        &self,
+        form_id: &str,
+        field_keys: &str,
+        filter: &str,
+    ) -> Result<Vec<Vec<Value>>, KingdeeError> {
+        let started = Instant::now();
+        let data = json!({"FormId": form_id, "FieldKeys": field_keys, "FilterString": filter,
+            "OrderString": "", "TopRowCount": 0, "StartRow": 0, "Limit": 2000, "SubSystemId": ""});
+        let result = match self
+            .post(EXECUTE_BILL_QUERY, json!([data.to_string()]))
+            .await
+        {
+            Ok(body) => read_query(&body),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_transient() => "transient",
+            Err(_) => "failed",
+        };
+        self.observe("execute_bill_query", started, outcome);
+        result
+    }
+}
+
+fn transport(err: &reqwest::Error) -> KingdeeError {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(err) {
+        Some(s) => KingdeeError::Transport(format!("{kind}: {s}")),
+        None => KingdeeError::Transport(kind.to_string()),
+    }
+}
+
+fn body_start(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+fn unreadable(reason: &str, body: &[u8]) -> KingdeeError {
+    KingdeeError::Body {
+        reason: reason.to_string(),
+        start: body_start(body),
+    }
+}
+
+fn as_bool(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => Some(s.eq_ignore_ascii_case("true")),
+        _ => None,
+    }
+}
+
+fn as_i64(v: Option<&Value>) -> Option<i64> {
+    common::messages::int_field(v)
+}
+
+/// Reads a write envelope into one result per model (`count` of them).
+pub fn read_batch_save(body: &[u8], count: usize) -> Result<Vec<BillResult>, KingdeeError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| unreadable("not JSON", body))?;
+    let status = value
+        .pointer("/Result/ResponseStatus")
+        .ok_or_else(|| unreadable("no Result.ResponseStatus", body))?;
+    let msg_code = as_i64(status.get("MsgCode")).unwrap_or(0);
+    let errors: Vec<(Option<i64>, BillError)> = status
+        .get("Errors")
+        .and_then(Value::as_array)
+        .map(|errs| {
+            errs.iter()
+                .map(|e| {
+                    (
+                        as_i64(e.get("DIndex")),
+                        BillError {
+                            field_name: e
+                                .get("FieldName")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                            message: e
+                                .get("Message")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if msg_code == MSG_SESSION_LOST
+        || (errors.iter().all(|(i, _)| i.is_none()) && !errors.is_empty())
+    {
+        let message = errors
+            .iter()
+            .map(|(_, e)| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(KingdeeError::Refused { msg_code, message });
+    }
+    let mut results: Vec<BillResult> = vec![BillResult::Missing; count];
+    let mut failed: BTreeMap<usize, Vec<BillError>> = BTreeMap::new();
+    for (index, error) in errors {
+        if let Some(i) = index
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|i| *i < count)
+        {
+            failed.entry(i).or_default().push(error);
+        }
+    }
+    if let Some(saved) = status.get("SuccessEntitys").and_then(Value::as_array) {
+        for entity in saved {
+            let Some(i) = as_i64(entity.get("DIndex"))
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|i| *i < count)
+            else {
+                continue;
+            };
+            results[i] = BillResult::Saved {
+                id: as_i64(entity.get("Id")),
+                number: entity
+                    .get("Number")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            };
+        }
+    }
+    for (i, errors) in failed {
+        if !matches!(results[i], BillResult::Saved { .. }) {
+            results[i] = BillResult::Failed { errors, msg_code };
+        }
+    }
+    // A one-bill call that succeeded may omit DIndex: IsSuccess settles it.
+    if count == 1
+        && results[0] == BillResult::Missing
+        && as_bool(status.get("IsSuccess")) == Some(true)
+    {
+        results[0] = BillResult::Saved {
+            id: None,
+            number: None,
+        };
+    }
+    Ok(results)
+}
+
+/// Reads an ExecuteBillQuery answer: a 2-D array, or an error object (possibly wrapped `[[…]]`).
+pub fn read_query(body: &[u8]) -> Result<Vec<Vec<Value>>, KingdeeError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| unreadable("not JSON", body))?;
+    let error_status = value
+        .pointer("/0/0/Result/ResponseStatus")
+        .or_else(|| value.pointer("/Result/ResponseStatus"));
+    if let Some(status) = error_status
+        && as_bool(status.get("IsSuccess")) == Some(false)
+    {
+        let message = status
+            .get("Errors")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .filter_map(|x| x.get("Message").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        return Err(KingdeeError::Refused {
+            msg_code: as_i64(status.get("MsgCode")).unwrap_or(0),
+            message,
+        });
+    }
+    let rows = value
+        .as_array()
+        .ok_or_else(|| unreadable("not a list of rows", body))?;
+    rows.iter()
+        .map(|r| {
+            r.as_array()
+                .cloned()
+                .ok_or_else(|| unreadable("a row is not a list", body))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_results_are_read_per_dindex_whatever_is_success_says() {
+        let body = r#"{"Result":{"ResponseStatus":{"ErrorCode":500,"IsSuccess":false,
+            "Errors":[{"FieldName":"FBillNo","Message":"违反字段唯一性要求：编码唯一。[B0]在当前系统中已经被使用。","DIndex":0},
+                      {"FieldName":"FStockId","Message":"仓库字段必录","DIndex":2},
+                      {"FieldName":null,"Message":"第2条","DIndex":"2"}],
+            "SuccessEntitys":[{"Id":140670,"Number":"B1","DIndex":1}],
+            "SuccessMessages":[],"MsgCode":11},"NeedReturnData":[{}]}}"#;
+        let r = read_batch_save(body.as_bytes(), 4).expect("readable");
+        match &r[0] {
+            BillResult::Failed { errors, .. } => assert!(errors[0].is_duplicate_bill_no()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r[1],
+            BillResult::Saved {
+                id: Some(140_670),
+                number: Some("B1".into())
+            }
+        );
+        match &r[2] {
+            BillResult::Failed { errors, msg_code } => {
+                assert_eq!(errors.len(), 2);
+                assert_eq!(*msg_code, 11);
+                assert!(!errors[0].is_duplicate_bill_no());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r[3], BillResult::Missing);
+    }
+
+    #[test]
+    fn session_loss_and_unreadable_bodies_are_transient() {
+        let lost = r#"{"Result":{"ResponseStatus":{"ErrorCode":500,"IsSuccess":false,"Errors":[{"FieldName":null,"Message":"会话信息已丢失，请重新登录","DIndex":0}],"SuccessEntitys":[],"SuccessMessages":[],"MsgCode":1}}}"#;
+        let e = read_batch_save(lost.as_bytes(), 1).expect_err("session lost");
+        assert!(e.is_transient());
+        let e = read_batch_save(b"<html>", 1).expect_err("html");
+        assert!(e.is_transient());
+        let wrapped = format!("[[{lost}]]");
+        assert!(read_query(wrapped.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn queries_return_rows() {
+        let rows = read_query(br#"[[100001,"B1","A"]]"#).expect("rows");
+        assert_eq!(rows[0][1], "B1");
+        assert!(read_query(b"[]").expect("empty").is_empty());
+    }
+}
