@@ -25,6 +25,8 @@ pub const BATCH_SAVE: &str = "DynamicFormService.BatchSave";
 pub const EXECUTE_BILL_QUERY: &str = "DynamicFormService.ExecuteBillQuery";
 /// MsgCode of a lost session.
 pub const MSG_SESSION_LOST: i64 = 1;
+/// MsgCode of a call refused for permission or authentication: no bill was looked at.
+pub const MSG_NO_PERMISSION: i64 = 2;
 
 /// A failed Kingdee call (the call as a whole; bills have their own results).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -333,7 +335,7 @@ pub fn read_batch_save(body: &[u8], count: usize) -> Result<Vec<BillResult>, Kin
                 .collect()
         })
         .unwrap_or_default();
-    if msg_code == MSG_SESSION_LOST
+    if matches!(msg_code, MSG_SESSION_LOST | MSG_NO_PERMISSION)
         || (errors.iter().all(|(i, _)| i.is_none()) && !errors.is_empty())
     {
         let message = errors

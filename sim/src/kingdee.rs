@@ -1,0 +1,818 @@
+//! The Kingdee simulator: `POST /{site}/{Service}.common.kdsvc` with signed headers verified,
+//! `BatchSave` validating each bill on its own and answering per `DIndex`, `ExecuteBillQuery`,
+//! and `/_sim/` hooks for tests.
+//!
+//! Strict where the real service is: unknown field keys are refused (MsgCode 9), a bare string
+//! where a reference object belongs is refused, bill numbers are unique across saved bills and
+//! within one batch, lot-managed materials need a lot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Credentials the simulator accepts.
+#[derive(Clone)]
+pub struct KingdeeCredentials {
+    /// Data centre id.
+    pub acct_id: String,
+    /// Integration user.
+    pub user_name: String,
+    /// `123456_…`.
+    pub app_id: String,
+    /// 32 hex characters.
+    pub app_secret: String,
+}
+
+impl Default for KingdeeCredentials {
+    /// The defaults of `config/local.toml`.
+    fn default() -> Self {
+        Self {
+            acct_id: "local-acct".into(),
+            user_name: "local-user".into(),
+            app_id: "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY".into(),
+            app_secret: "0123456789abcdef0123456789abcdef".into(),
+        }
+    }
+}
+
+/// A material of the master data.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Material {
+    /// Material number.
+    pub number: String,
+    /// Its unit number.
+    #[serde(default = "default_unit")]
+    pub unit: String,
+    /// Lot-managed.
+    #[serde(default)]
+    pub lot: bool,
+}
+
+fn default_unit() -> String {
+    "Pcs".into()
+}
+
+/// `--master-data FILE`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterData {
+    /// Organisation numbers.
+    #[serde(default)]
+    pub orgs: Vec<String>,
+    /// Stock numbers.
+    #[serde(default)]
+    pub stocks: Vec<String>,
+    /// Materials.
+    #[serde(default)]
+    pub materials: Vec<Material>,
+    /// Department numbers.
+    #[serde(default)]
+    pub departments: Vec<String>,
+    /// The account requires a department or a customer on every bill.
+    #[serde(default)]
+    pub require_dept_or_cust: bool,
+}
+
+/// A saved bill.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SavedBill {
+    /// Form.
+    pub form_id: String,
+    /// `FBillNo`.
+    pub bill_no: String,
+    /// `FID`.
+    pub id: i64,
+    /// The model exactly as the client sent it.
+    pub model: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    bills: Vec<SavedBill>,
+    stats: BTreeMap<String, u64>,
+}
+
+struct Inner {
+    creds: KingdeeCredentials,
+    master: Option<MasterData>,
+    store: Mutex<Store>,
+}
+
+/// A running simulator's state; clones share it.
+#[derive(Clone)]
+pub struct KingdeeSim {
+    inner: Arc<Inner>,
+}
+
+/// Largest accepted skew of `x-api-timestamp`.
+const MAX_SKEW_SECS: i64 = 900;
+
+const MIS_DELIVERY: &str = "STK_MisDelivery";
+const HEADER_FIELDS: &[&str] = &[
+    "FID",
+    "FBillNo",
+    "FBillTypeID",
+    "FStockOrgId",
+    "FPickOrgId",
+    "FStockDirect",
+    "FDate",
+    "FDeptId",
+    "FCustId",
+    "FBizType",
+    "FOwnerTypeIdHead",
+    "FOwnerIdHead",
+    "FNote",
+    "FBaseCurrId",
+    "FEntity",
+];
+const HEADER_REFERENCES: &[&str] = &[
+    "FBillTypeID",
+    "FStockOrgId",
+    "FPickOrgId",
+    "FDeptId",
+    "FCustId",
+    "FOwnerIdHead",
+    "FBaseCurrId",
+];
+const ENTRY_FIELDS: &[&str] = &[
+    "FEntryID",
+    "FMaterialId",
+    "FUnitID",
+    "FBaseUnitId",
+    "FQty",
+    "FStockId",
+    "FStockLocId",
+    "FStockStatusId",
+    "FLot",
+    "FProduceDate",
+    "FExpiryDate",
+    "FOwnerTypeId",
+    "FOwnerId",
+    "FKeeperTypeId",
+    "FKeeperId",
+    "FEntryNote",
+];
+const ENTRY_REFERENCES: &[&str] = &[
+    "FMaterialId",
+    "FUnitID",
+    "FBaseUnitId",
+    "FStockId",
+    "FStockStatusId",
+    "FLot",
+    "FOwnerId",
+    "FKeeperId",
+];
+const BILL_TYPES: &[&str] = &["QTCKD01_SYS", "QTCKD02_SYS", "QTCKD03_SYS"];
+
+impl KingdeeSim {
+    /// A simulator; without master data every material and stock number is accepted.
+    pub fn new(creds: KingdeeCredentials, master: Option<MasterData>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                creds,
+                master,
+                store: Mutex::new(Store::default()),
+            }),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every saved bill, in saving order.
+    pub fn bills(&self) -> Vec<SavedBill> {
+        self.store().bills.clone()
+    }
+
+    /// The HTTP routes (site path `/k3cloud`, or any other single segment).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{site}/{service}", post(service))
+            .route("/_sim/bills", get(list_bills))
+            .route("/_sim/stats", get(stats))
+            .with_state(self.clone())
+    }
+
+    fn count(&self, what: &str) {
+        *self.store().stats.entry(what.to_string()).or_default() += 1;
+    }
+
+    /// Verifies the signed headers exactly as the SDKs compute them.
+    fn verify(&self, headers: &HeaderMap, path: &str) -> Result<(), Value> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let creds = &self.inner.creds;
+        let (Some(app_key), Some(timestamp), Some(signature), Some(app_data), Some(kd_signature)) = (
+            get("x-kd-appkey"),
+            get("x-api-timestamp"),
+            get("x-api-signature"),
+            get("x-kd-appdata"),
+            get("x-kd-signature"),
+        ) else {
+            return Err(session_lost());
+        };
+        let refused = || status_error(2, "认证失败：签名验证不通过");
+        if app_key != creds.app_id || get("x-api-nonce") != Some(timestamp) {
+            return Err(refused());
+        }
+        let client_sec = kingdee::sign::client_sec(&creds.app_id).map_err(|_| refused())?;
+        if kingdee::sign::api_signature(&client_sec, path, timestamp) != signature {
+            return Err(refused());
+        }
+        let plain = base64::engine::general_purpose::STANDARD
+            .decode(app_data)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(refused)?;
+        if kingdee::sign::kd_signature(&creds.app_secret, &creds.app_id, &plain) != kd_signature {
+            return Err(refused());
+        }
+        let mut parts = plain.split(',');
+        if parts.next() != Some(creds.acct_id.as_str())
+            || parts.next() != Some(creds.user_name.as_str())
+        {
+            return Err(refused());
+        }
+        let ts: i64 = timestamp.parse().map_err(|_| refused())?;
+        let ts = if ts > 100_000_000_000 { ts / 1000 } else { ts };
+        if (chrono::Utc::now().timestamp() - ts).abs() > MAX_SKEW_SECS {
+            return Err(status_error(2, "认证失败：时间戳已过期"));
+        }
+        Ok(())
+    }
+
+    fn batch_save(&self, form_id: &str, data: &Value) -> Value {
+        let models: Vec<Value> = match data.get("Model") {
+            Some(Value::Array(m)) => m.clone(),
+            Some(m @ Value::Object(_)) => vec![m.clone()],
+            _ => return status_error(8, "参数Model不能为空"),
+        };
+        if form_id != MIS_DELIVERY {
+            return status_error(9, &format!("业务对象“{form_id}”不存在"));
+        }
+        let mut store = self.store();
+        let mut numbers_in_batch = BTreeSet::new();
+        let mut errors = Vec::new();
+        let mut saved = Vec::new();
+        let mut msg_code = 0;
+        for (index, model) in models.iter().enumerate() {
+            let bill_no = model
+                .get("FBillNo")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let mut problems = validate(model, self.inner.master.as_ref());
+            if problems.is_empty()
+                && let Some(no) = &bill_no
+                && (store
+                    .bills
+                    .iter()
+                    .any(|b| b.form_id == form_id && &b.bill_no == no)
+                    || !numbers_in_batch.insert(no.clone()))
+            {
+                problems.push(Problem::new(
+                    11,
+                    Some("FBillNo"),
+                    format!("违反字段唯一性要求：编码唯一。[{no}]在当前系统中已经被使用。"),
+                ));
+            }
+            if problems.is_empty() {
+                let id = 100_001 + i64::try_from(store.bills.len()).unwrap_or(0);
+                let no = bill_no.unwrap_or_else(|| format!("QTCK{id:06}"));
+                store.bills.push(SavedBill {
+                    form_id: form_id.to_string(),
+                    bill_no: no.clone(),
+                    id,
+                    model: model.clone(),
+                });
+                saved.push(json!({"Id": id, "Number": no, "DIndex": index}));
+            } else {
+                for p in problems {
+                    if msg_code == 0 {
+                        msg_code = p.msg_code;
+                    }
+                    errors
+                        .push(json!({"FieldName": p.field, "Message": p.message, "DIndex": index}));
+                }
+            }
+        }
+        *store.stats.entry("bills_saved".into()).or_default() += saved.len() as u64;
+        *store.stats.entry("bills_refused".into()).or_default() +=
+            models.len().saturating_sub(saved.len()) as u64;
+        let need_return: Vec<Value> = saved
+            .iter()
+            .map(|s| json!({"FID": s["Id"], "FBillNo": s["Number"]}))
+            .collect();
+        let mut status = json!({
+            "IsSuccess": errors.is_empty(), "Errors": errors, "SuccessEntitys": saved,
+            "SuccessMessages": [], "MsgCode": msg_code,
+        });
+        if !errors.is_empty()
+            && let Some(obj) = status.as_object_mut()
+        {
+            obj.insert("ErrorCode".into(), json!(500));
+        }
+        json!({"Result": {"ResponseStatus": status, "NeedReturnData": need_return}})
+    }
+
+    fn query(&self, data: &Value) -> Value {
+        let form_id = data
+            .get("FormId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(keys) = data.get("FieldKeys").and_then(Value::as_str) else {
+            return json!([[status_error(8, "FieldKeys不能为空")]]);
+        };
+        let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
+        for key in &keys {
+            if !["FID", "FBillNo", "FDocumentStatus", "FDate"].contains(key) {
+                return json!([[status_error(9, &format!("元数据中标识为{key}的字段不存在"))]]);
+            }
+        }
+        let filter = data
+            .get("FilterString")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(predicate) = Filter::parse(filter) else {
+            return json!([[status_error(8, &format!("过滤条件不合法：{filter}"))]]);
+        };
+        let rows: Vec<Value> = self
+            .store()
+            .bills
+            .iter()
+            .filter(|b| b.form_id == form_id && predicate.matches(b))
+            .map(|b| {
+                Value::Array(
+                    keys.iter()
+                        .map(|k| match *k {
+                            "FID" => json!(b.id),
+                            "FBillNo" => json!(b.bill_no),
+                            "FDocumentStatus" => json!("A"),
+                            _ => b.model.get("FDate").cloned().unwrap_or(Value::Null),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        Value::Array(rows)
+    }
+}
+
+/// The FilterString forms the simulator understands: `FBillNo='X'`, `FBillNo in ('A','B')`,
+/// `FID=1`, or nothing.
+enum Filter {
+    All,
+    BillNo(BTreeSet<String>),
+    Id(i64),
+}
+
+impl Filter {
+    fn parse(text: &str) -> Option<Filter> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(Filter::All);
+        }
+        let lower = text.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("fid") {
+            return rest
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+                .map(Filter::Id);
+        }
+        let rest = lower.strip_prefix("fbillno")?;
+        let original = &text[text.len() - rest.len()..];
+        let original = original.trim();
+        let list = if let Some(v) = original.strip_prefix('=') {
+            v.trim().to_string()
+        } else if original.to_ascii_lowercase().starts_with("in") {
+            original[2..]
+                .trim()
+                .strip_prefix('(')?
+                .strip_suffix(')')?
+                .to_string()
+        } else {
+            return None;
+        };
+        let numbers = list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .strip_prefix('\'')
+                    .and_then(|s| s.strip_suffix('\''))
+                    .map(str::to_string)
+            })
+            .collect::<Option<BTreeSet<String>>>()?;
+        Some(Filter::BillNo(numbers))
+    }
+
+    fn matches(&self, bill: &SavedBill) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::BillNo(numbers) => numbers.contains(&bill.bill_no),
+            Filter::Id(id) => bill.id == *id,
+        }
+    }
+}
+
+struct Problem {
+    msg_code: i64,
+    field: Option<String>,
+    message: String,
+}
+
+impl Problem {
+    fn new(msg_code: i64, field: Option<&str>, message: String) -> Self {
+        Self {
+            msg_code,
+            field: field.map(str::to_string),
+            message,
+        }
+    }
+}
+
+/// The number inside a reference object, or a problem when the value is not one.
+fn reference<'a>(value: &'a Value, key: &str, row: Option<usize>) -> Result<&'a str, Problem> {
+    let number = value.as_object().and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("FNumber"))
+            .and_then(|(_, v)| v.as_str())
+    });
+    number.ok_or_else(|| {
+        let place = row.map_or(String::new(), |r| {
+            format!("单据体实体【明细信息】第【{r}】行分录，")
+        });
+        Problem::new(
+            9,
+            Some(key),
+            format!(
+                "{place}字段“{key}”的值格式不正确：基础资料字段应为对象，例如 {{\"FNumber\":\"…\"}}"
+            ),
+        )
+    })
+}
+
+fn find<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+/// Every problem of one bill (empty when it can be saved).
+fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Some(obj) = model.as_object() else {
+        return vec![Problem::new(8, None, "Model 必须是对象".into())];
+    };
+    for key in obj.keys() {
+        if !HEADER_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)) {
+            problems.push(Problem::new(
+                9,
+                Some(key),
+                format!("元数据中标识为{key}的字段不存在"),
+            ));
+        }
+    }
+    for key in HEADER_REFERENCES {
+        if let Some(v) = find(obj, key)
+            && let Err(p) = reference(v, key, None)
+        {
+            problems.push(p);
+        }
+    }
+    for key in [
+        "FBillTypeID",
+        "FStockOrgId",
+        "FPickOrgId",
+        "FDate",
+        "FOwnerIdHead",
+    ] {
+        if find(obj, key).is_none() {
+            problems.push(Problem::new(11, Some(key), format!("字段“{key}”是必填项")));
+        }
+    }
+    if let Some(t) = find(obj, "FBillTypeID").and_then(|v| reference(v, "FBillTypeID", None).ok())
+        && !BILL_TYPES.contains(&t)
+    {
+        problems.push(Problem::new(
+            11,
+            Some("FBillTypeID"),
+            format!("单据类型“{t}”不存在"),
+        ));
+    }
+    if let Some(date) = find(obj, "FDate").and_then(Value::as_str)
+        && common::time::parse_beijing(date).is_none()
+    {
+        problems.push(Problem::new(
+            11,
+            Some("FDate"),
+            "字段“日期”的值不是有效日期".into(),
+        ));
+    }
+    if let Some(master) = master {
+        for key in ["FStockOrgId", "FPickOrgId", "FOwnerIdHead"] {
+            if let Some(n) = find(obj, key).and_then(|v| reference(v, key, None).ok())
+                && !master.orgs.iter().any(|o| o == n)
+            {
+                problems.push(unknown(key, n, None));
+            }
+        }
+        if let Some(n) = find(obj, "FDeptId").and_then(|v| reference(v, "FDeptId", None).ok())
+            && !master.departments.iter().any(|d| d == n)
+        {
+            problems.push(unknown("FDeptId", n, None));
+        }
+        if master.require_dept_or_cust
+            && find(obj, "FDeptId").is_none()
+            && find(obj, "FCustId").is_none()
+        {
+            problems.push(Problem::new(
+                11,
+                Some("FDeptId"),
+                "字段“领料部门”和“客户”不能同时为空".into(),
+            ));
+        }
+    }
+    let entries = match find(obj, "FEntity") {
+        Some(Value::Array(e)) if !e.is_empty() => e,
+        _ => {
+            problems.push(Problem::new(
+                11,
+                Some("FEntity"),
+                "单据体“明细信息”至少要有一行分录".into(),
+            ));
+            return problems;
+        }
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let row = i + 1;
+        let Some(e) = entry.as_object() else {
+            problems.push(Problem::new(
+                8,
+                Some("FEntity"),
+                format!("第【{row}】行分录不是对象"),
+            ));
+            continue;
+        };
+        for key in e.keys() {
+            if !ENTRY_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)) {
+                problems.push(Problem::new(
+                    9,
+                    Some(key),
+                    format!("元数据中标识为{key}的字段不存在"),
+                ));
+            }
+        }
+        for key in ENTRY_REFERENCES {
+            if let Some(v) = find(e, key)
+                && let Err(p) = reference(v, key, Some(row))
+            {
+                problems.push(p);
+            }
+        }
+        for key in ["FMaterialId", "FUnitID", "FQty", "FStockId"] {
+            if find(e, key).is_none() {
+                problems.push(Problem::new(
+                    11,
+                    Some(key),
+                    format!("单据体实体【明细信息】第【{row}】行分录，【{key}】字段必录"),
+                ));
+            }
+        }
+        if let Some(q) = find(e, "FQty")
+            && common::messages::num_field(Some(q)).is_none_or(|q| q <= 0.0)
+        {
+            problems.push(Problem::new(
+                11,
+                Some("FQty"),
+                format!("单据体实体【明细信息】第【{row}】行分录，实发数量必须大于0"),
+            ));
+        }
+        let Some(master) = master else { continue };
+        let material =
+            find(e, "FMaterialId").and_then(|v| reference(v, "FMaterialId", Some(row)).ok());
+        if let Some(m) = material {
+            match master.materials.iter().find(|x| x.number == m) {
+                None => problems.push(unknown("FMaterialId", m, Some(row))),
+                Some(known) => {
+                    if known.lot && find(e, "FLot").is_none() {
+                        problems.push(Problem::new(
+                            11,
+                            Some("FLot"),
+                            format!("单据体实体【明细信息】第【{row}】行分录，物料【{m}】启用了批号管理，【批号】字段必录"),
+                        ));
+                    }
+                    if let Some(u) =
+                        find(e, "FUnitID").and_then(|v| reference(v, "FUnitID", Some(row)).ok())
+                        && u != known.unit
+                    {
+                        problems.push(unknown("FUnitID", u, Some(row)));
+                    }
+                }
+            }
+        }
+        if let Some(s) = find(e, "FStockId").and_then(|v| reference(v, "FStockId", Some(row)).ok())
+            && !master.stocks.iter().any(|x| x == s)
+        {
+            problems.push(unknown("FStockId", s, Some(row)));
+        }
+    }
+    problems
+}
+
+fn unknown(key: &str, number: &str, row: Option<usize>) -> Problem {
+    let place = row.map_or(String::new(), |r| {
+        format!("单据体实体【明细信息】第【{r}】行分录，")
+    });
+    Problem::new(
+        11,
+        Some(key),
+        format!("{place}字段“{key}”的值“{number}”在系统中不存在或未审核"),
+    )
+}
+
+fn status_error(msg_code: i64, message: &str) -> Value {
+    json!({"Result": {"ResponseStatus": {"ErrorCode": 500, "IsSuccess": false,
+        "Errors": [{"FieldName": null, "Message": message, "DIndex": 0}],
+        "SuccessEntitys": [], "SuccessMessages": [], "MsgCode": msg_code}}})
+}
+
+fn session_lost() -> Value {
+    status_error(1, "会话信息已丢失，请重新登录")
+}
+
+/// Reads a JSON argument that may arrive as an object or as JSON text.
+fn argument(v: Option<&Value>) -> Option<Value> {
+    match v? {
+        Value::String(s) => serde_json::from_str(s).ok(),
+        other => Some(other.clone()),
+    }
+}
+
+/// The (formid, data) of either body shape; ExecuteBillQuery has only `data`.
+fn arguments(body: &Value, data_only: bool) -> Option<(String, Value)> {
+    if let Some(params) = body.get("parameters").and_then(Value::as_array) {
+        if data_only {
+            return Some((String::new(), argument(params.first())?));
+        }
+        let form = params.first()?.as_str()?.to_string();
+        return Some((form, argument(params.get(1))?));
+    }
+    let form = body
+        .get("formid")
+        .or_else(|| body.get("FormId"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Some((form, argument(body.get("data"))?))
+}
+
+async fn service(
+    State(sim): State<KingdeeSim>,
+    Path((_site, service)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let lower = service.to_ascii_lowercase();
+    let Some(name) = lower
+        .strip_suffix(".common.kdsvc")
+        .and_then(|s| s.strip_prefix("kingdee.bos.webapi.servicesstub."))
+        .map(str::to_string)
+    else {
+        return (StatusCode::NOT_FOUND, "unknown service").into_response();
+    };
+    if let Err(answer) = sim.verify(&headers, uri.path()) {
+        sim.count("refused_auth");
+        let answer = if name.ends_with("executebillquery") {
+            json!([[answer]])
+        } else {
+            answer
+        };
+        return Json(answer).into_response();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        sim.count("bad_body");
+        return Json(status_error(8, "请求的JSON格式不正确")).into_response();
+    };
+    match name.as_str() {
+        "dynamicformservice.batchsave" | "dynamicformservice.save" => {
+            sim.count("batch_save");
+            let Some((form, data)) = arguments(&body, false) else {
+                return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
+            };
+            Json(sim.batch_save(&form, &data)).into_response()
+        }
+        "dynamicformservice.executebillquery" => {
+            sim.count("execute_bill_query");
+            let Some((_, data)) = arguments(&body, true) else {
+                return Json(json!([[status_error(8, "缺少参数 data")]])).into_response();
+            };
+            Json(sim.query(&data)).into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "service not simulated").into_response(),
+    }
+}
+
+async fn list_bills(State(sim): State<KingdeeSim>) -> Json<Value> {
+    Json(json!(sim.bills()))
+}
+
+async fn stats(State(sim): State<KingdeeSim>) -> Json<Value> {
+    let store = sim.store();
+    Json(json!({"counts": store.stats, "bills": store.bills.len()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bill(no: &str) -> Value {
+        json!({"FBillNo": no, "FBillTypeID": {"FNUMBER": "QTCKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
+            "FPickOrgId": {"FNumber": "100"}, "FOwnerIdHead": {"FNumber": "100"}, "FDate": "2026-03-01",
+            "FOwnerTypeIdHead": "BD_OwnerOrg", "FStockDirect": "GENERAL",
+            "FEntity": [{"FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"}, "FQty": 2.0,
+                "FStockId": {"FNumber": "CK001"}}]})
+    }
+
+    fn master() -> MasterData {
+        MasterData {
+            orgs: vec!["100".into()],
+            stocks: vec!["CK001".into()],
+            materials: vec![
+                Material {
+                    number: "SKU-1".into(),
+                    unit: "Pcs".into(),
+                    lot: false,
+                },
+                Material {
+                    number: "LOT-1".into(),
+                    unit: "Pcs".into(),
+                    lot: true,
+                },
+            ],
+            departments: vec![],
+            require_dept_or_cust: false,
+        }
+    }
+
+    #[test]
+    fn each_bill_is_settled_on_its_own() {
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
+        let mut bare = bill("B2");
+        bare["FEntity"][0]["FStockId"] = json!("CK001");
+        let mut unknown_field = bill("B3");
+        unknown_field["FXxx"] = json!(1);
+        let mut lot = bill("B4");
+        lot["FEntity"][0]["FMaterialId"] = json!({"FNumber": "LOT-1"});
+        let answer = sim.batch_save(
+            MIS_DELIVERY,
+            &json!({"Model": [bill("B1"), bare, unknown_field, lot, bill("B1")]}),
+        );
+        let status = &answer["Result"]["ResponseStatus"];
+        assert_eq!(status["IsSuccess"], false);
+        assert_eq!(status["SuccessEntitys"].as_array().map(Vec::len), Some(1));
+        let failed: BTreeSet<i64> = status["Errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["DIndex"].as_i64())
+            .collect();
+        assert_eq!(failed, BTreeSet::from([1, 2, 3, 4]));
+        let text = status["Errors"].to_string();
+        assert!(text.contains("元数据中标识为FXxx的字段不存在"));
+        assert!(text.contains("已经被使用"));
+        assert!(text.contains("批号"));
+        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("B1")]}));
+        assert!(again.to_string().contains("[B1]在当前系统中已经被使用"));
+        assert_eq!(sim.bills().len(), 1);
+    }
+
+    #[test]
+    fn queries_filter_by_bill_number_or_id() {
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
+        sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("B1"), bill("B2")]}));
+        let rows = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FID,FBillNo", "FilterString": "FBillNo in ('B2','B9')"}));
+        assert_eq!(rows, json!([[100_002, "B2"]]));
+        let rows = sim.query(
+            &json!({"FormId": MIS_DELIVERY, "FieldKeys": "FBillNo", "FilterString": "FID=100001"}),
+        );
+        assert_eq!(rows, json!([["B1"]]));
+        let bad = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FNope"}));
+        assert!(bad.to_string().contains("FNope"));
+    }
+}

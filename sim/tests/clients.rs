@@ -1,0 +1,227 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! The real clients against the simulators on port 0, and against a misbehaving server
+//! (HTTP 5xx, a server that never answers): request shape, errors, timeouts.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use common::config::{Dur, JstConfig, KingdeeConfig, Secret};
+use jst::{CountQuery, JstClient, JstError};
+use kingdee::{BillResult, KingdeeClient};
+use serde_json::{Value, json};
+use sim::jst::{JstCredentials, JstSim};
+use sim::kingdee::{KingdeeCredentials, KingdeeSim};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn start(router: Router) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cancel = CancellationToken::new();
+    tokio::spawn(sim::serve(listener, router, cancel.clone()));
+    (format!("http://{addr}"), cancel)
+}
+
+fn jst_config(base_url: &str, secret: &str) -> JstConfig {
+    let c = JstCredentials::default();
+    JstConfig {
+        base_url: base_url.into(),
+        app_key: Secret::new(c.app_key),
+        app_secret: Secret::new(secret),
+        access_token: Secret::new(c.access_token),
+        timeout: Dur::secs(2),
+        ..JstConfig::default()
+    }
+}
+
+fn window() -> CountQuery {
+    let now = common::time::now_beijing();
+    CountQuery {
+        modified_begin: common::time::format_beijing(&(now - chrono::Duration::days(7))),
+        modified_end: common::time::format_beijing(&now),
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn the_jst_client_pages_through_a_window() {
+    let now = common::time::now_beijing();
+    let docs: Vec<Value> = (0..120)
+        .map(|i| {
+            let m = common::time::format_beijing(&(now - chrono::Duration::minutes(i + 5)));
+            json!({"io_id": 1000 + i, "status": if i % 2 == 0 { "Confirmed" } else { "WaitConfirm" }, "modified": m, "items": []})
+        })
+        .collect();
+    let sim = JstSim::new(JstCredentials::default(), docs);
+    let (url, _stop) = start(sim.router()).await;
+    let client = JstClient::new(
+        &jst_config(&url, &JstCredentials::default().app_secret),
+        None,
+    )
+    .expect("client");
+    let all = client.count_window(&window()).await.expect("pages");
+    assert_eq!(all.len(), 120);
+    let mut confirmed = window();
+    confirmed.status = Some("Confirmed".into());
+    assert_eq!(
+        client.count_window(&confirmed).await.expect("pages").len(),
+        60
+    );
+    assert_eq!(sim.stats().get("ok"), Some(&5));
+}
+
+#[tokio::test]
+async fn a_wrong_jst_secret_is_code_10_a_configuration_error() {
+    let sim = JstSim::new(JstCredentials::default(), vec![]);
+    let (url, _stop) = start(sim.router()).await;
+    let client = JstClient::new(&jst_config(&url, "wrong"), None).expect("client");
+    let err = client.count_page(&window(), 1).await.expect_err("refused");
+    assert!(matches!(err, JstError::Api { code: 10, .. }), "{err}");
+    assert!(err.is_configuration());
+}
+
+#[tokio::test]
+async fn jst_5xx_and_timeouts_are_transient_errors() {
+    let router = Router::new()
+        .route(
+            jst::COUNT_QUERY_PATH,
+            post(|| async { (StatusCode::BAD_GATEWAY, "bad gateway") }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+    let (url, _stop) = start(router).await;
+    let client = JstClient::new(&jst_config(&url, "s"), None).expect("client");
+    let err = client.count_page(&window(), 1).await.expect_err("502");
+    assert!(
+        matches!(err, JstError::Http(502)) && err.is_transient(),
+        "{err}"
+    );
+    let err = client.call("/slow", &json!({})).await.expect_err("timeout");
+    assert!(
+        matches!(err, JstError::Transport(_)) && err.is_transient(),
+        "{err}"
+    );
+}
+
+fn kingdee_config(base_url: &str, secret: &str) -> KingdeeConfig {
+    let c = KingdeeCredentials::default();
+    KingdeeConfig {
+        base_url: format!("{base_url}/k3cloud"),
+        acct_id: Secret::new(c.acct_id),
+        user_name: Secret::new(c.user_name),
+        app_id: Secret::new(c.app_id),
+        app_secret: Secret::new(secret),
+        timeout: Dur::secs(2),
+        ..KingdeeConfig::default()
+    }
+}
+
+fn bill(no: &str, stock: Value) -> Value {
+    json!({"FBillNo": no, "FBillTypeID": {"FNUMBER": "QTCKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
+        "FPickOrgId": {"FNumber": "100"}, "FOwnerIdHead": {"FNumber": "100"}, "FOwnerTypeIdHead": "BD_OwnerOrg",
+        "FStockDirect": "GENERAL", "FDate": "2026-03-01",
+        "FEntity": [{"FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"}, "FBaseUnitId": {"FNumber": "Pcs"},
+            "FQty": 1.0, "FStockId": stock}]})
+}
+
+#[tokio::test]
+async fn the_kingdee_client_saves_bill_by_bill_and_queries() {
+    let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
+    let (url, _stop) = start(sim.router()).await;
+    let client = KingdeeClient::new(
+        &kingdee_config(&url, &KingdeeCredentials::default().app_secret),
+        None,
+    )
+    .expect("client");
+    let results = client
+        .batch_save(
+            "STK_MisDelivery",
+            &[
+                bill("A1", json!({"FNumber": "CK001"})),
+                bill("A2", json!("CK001")),
+            ],
+        )
+        .await
+        .expect("answered");
+    assert!(
+        matches!(results[0], BillResult::Saved { id: Some(_), .. }),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], BillResult::Failed { .. }),
+        "a bare string is refused"
+    );
+    let again = client
+        .batch_save(
+            "STK_MisDelivery",
+            &[bill("A1", json!({"FNumber": "CK001"}))],
+        )
+        .await
+        .expect("answered");
+    match &again[0] {
+        BillResult::Failed { errors, .. } => {
+            assert!(errors.iter().any(kingdee::BillError::is_duplicate_bill_no))
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    let rows = client
+        .execute_bill_query("STK_MisDelivery", "FBillNo,FDocumentStatus", "FBillNo='A1'")
+        .await
+        .expect("rows");
+    assert_eq!(rows, vec![vec![json!("A1"), json!("A")]]);
+    assert_eq!(sim.bills().len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_kingdee_secret_is_refused_and_5xx_and_timeouts_are_transient() {
+    let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
+    let (url, _stop) = start(sim.router()).await;
+    let wrong = KingdeeClient::new(
+        &kingdee_config(&url, "ffffffffffffffffffffffffffffffff"),
+        None,
+    )
+    .expect("client");
+    let err = wrong
+        .batch_save(
+            "STK_MisDelivery",
+            &[bill("A1", json!({"FNumber": "CK001"}))],
+        )
+        .await
+        .expect_err("refused");
+    assert!(!err.is_transient(), "{err}");
+    assert!(sim.bills().is_empty());
+
+    let router = Router::new().route(
+        "/k3cloud/{service}",
+        post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+    );
+    let (url, _stop) = start(router).await;
+    let client = KingdeeClient::new(&kingdee_config(&url, "s"), None).expect("client");
+    let err = client
+        .batch_save("STK_MisDelivery", &[json!({})])
+        .await
+        .expect_err("500");
+    assert!(err.is_transient(), "{err}");
+
+    let router = Router::new().route(
+        "/k3cloud/{service}",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    );
+    let (url, _stop) = start(router).await;
+    let client = KingdeeClient::new(&kingdee_config(&url, "s"), None).expect("client");
+    let err = client
+        .batch_save("STK_MisDelivery", &[json!({})])
+        .await
+        .expect_err("timeout");
+    assert!(err.is_transient(), "{err}");
+}
