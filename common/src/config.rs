@@ -571,7 +571,22 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Serialized::defaults(env_dict(env)));
+        Self::extract(figment, env)
+    }
+
+    /// Loads defaults < TOML `text` < the given environment (the demo's built-in file).
+    pub fn load_from_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::extract(Figment::new().merge(Toml::string(text)), env)
+    }
+
+    fn extract(
+        figment: Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let figment = figment.merge(Serialized::defaults(env_dict(env)));
         let mut config: Config = figment.extract().map_err(|e| describe(&e))?;
         config.resolve_secrets()?;
         config.check_common()?;

@@ -29,8 +29,13 @@ use crate::config::LogFormat;
 
 /// Starts logging to stderr (stdout is for command output). `RUST_LOG` refines the level.
 pub fn init_logging(format: LogFormat) {
+    init_logging_with(format, "info,lapin=warn");
+}
+
+/// Starts logging with `default_filter` where `RUST_LOG` is not set.
+pub fn init_logging_with(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,25 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Every task the stage spawns, awaited on shutdown.
     pub tracker: TaskTracker,
+    /// Deliveries received and not yet settled, across the stages of this process.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one delivery as in flight until dropped (settled, or abandoned to redelivery).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn start(ctx: &Context) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(ctx.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Context {
@@ -53,6 +73,7 @@ impl Context {
             health: Health::new(),
             metrics: Metrics::new(stages),
             tracker: TaskTracker::new(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 }

@@ -19,3 +19,11 @@ pub async fn serve(
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
 }
+
+/// Serves `router` on a free loopback port in the background; returns its base URL.
+pub async fn spawn_local(router: Router, cancel: CancellationToken) -> std::io::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, router, cancel));
+    Ok(format!("http://{addr}"))
+}

@@ -1,0 +1,32 @@
+#![allow(clippy::expect_used)]
+//! The shipped configuration files load and say what they should.
+
+use std::path::Path;
+
+use common::config::{Config, Role};
+
+fn file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config")
+        .join(name)
+}
+
+#[test]
+fn example_toml_documents_the_defaults() {
+    let example =
+        Config::load_from(Some(&file("example.toml")), Vec::new()).expect("example.toml loads");
+    let defaults = Config::load_from(None, Vec::new()).expect("defaults");
+    assert_eq!(
+        format!("{example:?}"),
+        format!("{defaults:?}"),
+        "example.toml shows the defaults"
+    );
+}
+
+#[test]
+fn local_toml_serves_every_worker() {
+    let local = Config::load_from(Some(&file("local.toml")), Vec::new()).expect("local.toml loads");
+    for role in [Role::Producer, Role::Transformer, Role::Loader] {
+        local.validate(role).expect("valid for every worker");
+    }
+}

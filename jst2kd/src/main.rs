@@ -1,0 +1,58 @@
+//! `jst2kd`: the operations CLI — the built-in demo and the simulators.
+//!
+//! Command output goes to stdout, logs to stderr. Exit codes: 0 success, 1 runtime failure,
+//! 2 usage or configuration error.
+
+mod demo;
+mod simulators;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Operations CLI of jst2kd (Jushuitan stock counts → Kingdee other-outbound bills).
+#[derive(Parser)]
+#[command(name = "jst2kd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline once against built-in simulators and print a summary.
+    Demo(demo::DemoArgs),
+    /// Run a simulator as an HTTP server.
+    #[command(subcommand)]
+    Sim(simulators::SimCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("jst2kd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Sim(cmd) => simulators::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jst2kd: {e:#}");
+            let usage = e
+                .chain()
+                .any(|c| c.downcast_ref::<common::config::ConfigError>().is_some());
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `jst2kd sim jst` and `jst2kd sim kingdee`: the simulators as HTTP servers, until SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use common::config::LogFormat;
+use sim::jst::{JstCredentials, JstSim};
+use sim::kingdee::{KingdeeCredentials, KingdeeSim, MasterData};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Subcommand)]
+pub enum SimCommand {
+    /// The Jushuitan open platform (count query).
+    Jst {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// A JSON array of count documents exactly as JST returns them.
+        #[arg(long, conflicts_with = "generate")]
+        data: Option<PathBuf>,
+        /// Generate this many realistic documents.
+        #[arg(long)]
+        generate: Option<usize>,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Accepted app_key.
+        #[arg(long, default_value_t = JstCredentials::default().app_key)]
+        app_key: String,
+        /// Accepted app_secret.
+        #[arg(long, default_value_t = JstCredentials::default().app_secret)]
+        app_secret: String,
+        /// Accepted access_token.
+        #[arg(long, default_value_t = JstCredentials::default().access_token)]
+        access_token: String,
+    },
+    /// The Kingdee WebAPI (site path /k3cloud).
+    Kingdee {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: String,
+        /// Master data JSON: {"orgs":[…],"stocks":[…],"materials":[{"number","unit","lot"}],…}.
+        #[arg(long)]
+        master_data: Option<PathBuf>,
+        /// Accepted acct_id.
+        #[arg(long, default_value_t = KingdeeCredentials::default().acct_id)]
+        acct_id: String,
+        /// Accepted user name.
+        #[arg(long, default_value_t = KingdeeCredentials::default().user_name)]
+        user: String,
+        /// Accepted app_id.
+        #[arg(long, default_value_t = KingdeeCredentials::default().app_id)]
+        app_id: String,
+        /// Accepted app_secret.
+        #[arg(long, default_value_t = KingdeeCredentials::default().app_secret)]
+        app_secret: String,
+    },
+}
+
+pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
+    common::telemetry::init_logging(LogFormat::Json);
+    let (listen, router, what) = match cmd {
+        SimCommand::Jst {
+            listen,
+            data,
+            generate,
+            seed,
+            app_key,
+            app_secret,
+            access_token,
+        } => {
+            let docs = match (data, generate) {
+                (Some(path), _) => {
+                    let text = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_slice::<Vec<serde_json::Value>>(&text)
+                        .with_context(|| {
+                            format!("{} is not a JSON array of count documents", path.display())
+                        })
+                        .map_err(usage)?
+                }
+                (None, Some(n)) => sim::jst::generate(n, seed),
+                (None, None) => Vec::new(),
+            };
+            let count = docs.len();
+            let sim = JstSim::new(
+                JstCredentials {
+                    app_key,
+                    app_secret,
+                    access_token,
+                },
+                docs,
+            );
+            (
+                listen,
+                sim.router(),
+                format!("Jushuitan simulator with {count} documents"),
+            )
+        }
+        SimCommand::Kingdee {
+            listen,
+            master_data,
+            acct_id,
+            user,
+            app_id,
+            app_secret,
+        } => {
+            let master = match master_data {
+                Some(path) => {
+                    let text = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(
+                        serde_json::from_slice::<MasterData>(&text)
+                            .with_context(|| format!("{} is not valid master data", path.display()))
+                            .map_err(usage)?,
+                    )
+                }
+                None => None,
+            };
+            kingdee::sign::client_sec(&app_id)
+                .map_err(|e| usage(anyhow::anyhow!("--app-id: {e}")))?;
+            let sim = KingdeeSim::new(
+                KingdeeCredentials {
+                    acct_id,
+                    user_name: user,
+                    app_id,
+                    app_secret,
+                },
+                master,
+            );
+            (listen, sim.router(), "Kingdee simulator".to_string())
+        }
+    };
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let cancel = CancellationToken::new();
+    let health = common::telemetry::Health::new();
+    common::worker::spawn_signal_handler(cancel.clone(), health);
+    info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen), "{what} listening.");
+    sim::serve(listener, router, cancel)
+        .await
+        .context("simulator server failed")?;
+    Ok(())
+}
+
+/// Marks an error as a usage error (exit 2).
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(common::config::ConfigError(format!("{e:#}")))
+}

@@ -1,0 +1,369 @@
+//! Maps one JST count document to Kingdee bills (SPEC section 4, rules 1–6, loss documents).
+//!
+//! Pure: no I/O, the same input always gives the same bills, and the bill number depends only
+//! on `io_id` — which is what makes a re-sent document a harmless duplicate in Kingdee.
+
+use common::config::{LossSign, MappingConfig};
+use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem, DocError};
+use common::time::date_part;
+use serde_json::{Map, Value, json};
+
+/// Form of the loss bill (其他出库单).
+pub const FORM_MIS_DELIVERY: &str = "STK_MisDelivery";
+
+/// Why a document produced no bill on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Its status is not in `mapping.statuses`.
+    Status,
+    /// No line becomes an entry.
+    NoLines,
+}
+
+impl SkipReason {
+    /// Label of `jst2kd_skipped_total{reason}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Status => "status",
+            SkipReason::NoLines => "no_lines",
+        }
+    }
+}
+
+/// What a document becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mapped {
+    /// Nothing, on purpose.
+    Skipped(SkipReason),
+    /// These bills.
+    Bills(Vec<BillMessage>),
+}
+
+/// Why a document cannot be mapped.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MapError {
+    /// The document cannot be read (dead-lettered as `malformed`).
+    #[error("{0}")]
+    Malformed(#[from] DocError),
+    /// The configuration lacks a mapping (dead-lettered as `mapping`); the text says what to add.
+    #[error("{0}")]
+    Mapping(String),
+}
+
+/// Maps a raw `jst.count.v1` body.
+pub fn map_document(raw: &Value, config: &MappingConfig) -> Result<Mapped, MapError> {
+    let doc = CountDoc::from_value(raw)?;
+    map_count(&doc, config)
+}
+
+/// Maps a parsed document.
+pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapError> {
+    if !config.statuses.iter().any(|s| s == &doc.status) {
+        return Ok(Mapped::Skipped(SkipReason::Status));
+    }
+    let is_loss = |qty: f64| match config.loss_sign {
+        LossSign::Negative => qty < 0.0,
+        LossSign::Positive => qty > 0.0,
+    };
+    let losses: Vec<&CountItem> = doc.items.iter().filter(|i| is_loss(i.qty)).collect();
+    if losses.is_empty() {
+        return Ok(Mapped::Skipped(SkipReason::NoLines));
+    }
+    let mut missing = Vec::new();
+    let stock = match warehouse(doc, config) {
+        Some(s) => s.to_string(),
+        None => {
+            missing.push(format!(
+                "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add mapping.warehouses.\"{}:{}\" (or \"{}\") = \"<stock number>\"",
+                doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
+            ));
+            String::new()
+        }
+    };
+    let mut unmapped_skus: Vec<&str> = Vec::new();
+    for line in &losses {
+        if config.require_sku_mapping
+            && !config.skus.contains_key(&line.sku_id)
+            && !unmapped_skus.contains(&line.sku_id.as_str())
+        {
+            unmapped_skus.push(&line.sku_id);
+        }
+    }
+    if !unmapped_skus.is_empty() {
+        let keys: Vec<String> = unmapped_skus
+            .iter()
+            .map(|s| format!("mapping.skus.\"{s}\""))
+            .collect();
+        missing.push(format!(
+            "no Kingdee material for SKU {} (mapping.require_sku_mapping is on): add {} = \"<material number>\"",
+            unmapped_skus.join(", "),
+            keys.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        return Err(MapError::Mapping(format!(
+            "document {}: {}",
+            doc.io_id,
+            missing.join("; ")
+        )));
+    }
+    let date = date_part(&doc.io_date)
+        .or_else(|| date_part(&doc.modified))
+        .ok_or_else(|| {
+            DocError(format!(
+                "document {}: neither io_date nor modified is a readable date",
+                doc.io_id
+            ))
+        })?;
+    let entries: Vec<Value> = losses
+        .iter()
+        .flat_map(|line| entries_of(line, &stock, config))
+        .collect();
+    let bill_no = config
+        .bill_no_template
+        .replace("{io_id}", &doc.io_id.to_string());
+    let org = reference(&config.org);
+    let mut model = Map::new();
+    model.insert("FID".into(), json!(0));
+    model.insert("FBillNo".into(), json!(bill_no));
+    model.insert("FBillTypeID".into(), json!({"FNUMBER": config.bill_type}));
+    model.insert("FStockOrgId".into(), org.clone());
+    model.insert("FPickOrgId".into(), org.clone());
+    model.insert("FStockDirect".into(), json!("GENERAL"));
+    model.insert("FDate".into(), json!(date));
+    if let Some(dept) = config.dept.as_deref().filter(|d| !d.is_empty()) {
+        model.insert("FDeptId".into(), reference(dept));
+    }
+    model.insert("FOwnerTypeIdHead".into(), json!("BD_OwnerOrg"));
+    model.insert("FOwnerIdHead".into(), org);
+    model.insert("FNote".into(), json!(note(doc)));
+    model.insert("FEntity".into(), Value::Array(entries));
+    Ok(Mapped::Bills(vec![BillMessage {
+        form_id: FORM_MIS_DELIVERY.into(),
+        bill_no,
+        source: BillSource {
+            io_id: doc.io_id,
+            modified: doc.modified.clone(),
+        },
+        model: Value::Object(model),
+    }]))
+}
+
+/// `"{wms_co_id}:{wh_id}"` first, then `"{wh_id}"`.
+fn warehouse<'a>(doc: &CountDoc, config: &'a MappingConfig) -> Option<&'a str> {
+    config
+        .warehouses
+        .get(&format!("{}:{}", doc.wms_co_id, doc.wh_id))
+        .or_else(|| config.warehouses.get(&doc.wh_id.to_string()))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn reference(number: &str) -> Value {
+    json!({ "FNumber": number })
+}
+
+fn note(doc: &CountDoc) -> String {
+    if doc.remark.is_empty() {
+        format!("聚水潭盘点单 {}", doc.io_id)
+    } else {
+        format!("聚水潭盘点单 {}：{}", doc.io_id, doc.remark)
+    }
+}
+
+/// One entry per non-zero batch, or one for the line when it has none.
+fn entries_of(line: &CountItem, stock: &str, config: &MappingConfig) -> Vec<Value> {
+    let material = config
+        .skus
+        .get(&line.sku_id)
+        .cloned()
+        .unwrap_or_else(|| line.sku_id.clone());
+    let batches: Vec<&CountBatch> = line.batchs.iter().filter(|b| b.qty != 0.0).collect();
+    if batches.is_empty() {
+        return vec![entry(line, &material, stock, config, line.qty, None)];
+    }
+    batches
+        .into_iter()
+        .map(|b| entry(line, &material, stock, config, b.qty, Some(b)))
+        .collect()
+}
+
+fn entry(
+    line: &CountItem,
+    material: &str,
+    stock: &str,
+    config: &MappingConfig,
+    qty: f64,
+    batch: Option<&CountBatch>,
+) -> Value {
+    let org = reference(&config.org);
+    let mut e = Map::new();
+    e.insert("FMaterialId".into(), reference(material));
+    e.insert("FUnitID".into(), reference(&config.unit));
+    e.insert("FBaseUnitId".into(), reference(&config.unit));
+    e.insert("FQty".into(), json!(qty.abs()));
+    e.insert("FStockId".into(), reference(stock));
+    e.insert("FStockStatusId".into(), reference("KCZT01_SYS"));
+    e.insert("FOwnerTypeId".into(), json!("BD_OwnerOrg"));
+    e.insert("FOwnerId".into(), org.clone());
+    e.insert("FKeeperTypeId".into(), json!("BD_KeeperOrg"));
+    e.insert("FKeeperId".into(), org);
+    e.insert(
+        "FEntryNote".into(),
+        json!(line.ioi_id.map(|i| i.to_string()).unwrap_or_default()),
+    );
+    if let Some(b) = batch {
+        if !b.batch_no.is_empty() {
+            e.insert("FLot".into(), reference(&b.batch_no));
+        }
+        if let Some(d) = b.product_date.as_deref().and_then(date_part) {
+            e.insert("FProduceDate".into(), json!(d));
+        }
+        if let Some(d) = b.expiration_date.as_deref().and_then(date_part) {
+            e.insert("FExpiryDate".into(), json!(d));
+        }
+    }
+    Value::Object(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MappingConfig {
+        let mut c = MappingConfig {
+            org: "100".into(),
+            ..MappingConfig::default()
+        };
+        c.warehouses.insert("1".into(), "CK001".into());
+        c.warehouses.insert("10001:1".into(), "CK101".into());
+        c
+    }
+
+    fn doc(status: &str, wh: i64, items: Value) -> Value {
+        json!({"io_id": 42, "status": status, "io_date": "2026-03-01 10:00:00", "modified": "2026-03-02 08:00:00",
+            "wh_id": wh, "wms_co_id": 0, "remark": "月度", "items": items})
+    }
+
+    fn bills(m: Mapped) -> Vec<BillMessage> {
+        match m {
+            Mapped::Bills(b) => b,
+            other => panic!("expected bills, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_loss_document_becomes_one_bill_with_reference_objects() {
+        let raw = doc(
+            "Confirmed",
+            1,
+            json!([
+                {"ioi_id": 1, "sku_id": "A", "qty": -2},
+                {"ioi_id": 2, "sku_id": "B", "qty": 3},
+                {"ioi_id": 3, "sku_id": "C", "qty": 0},
+            ]),
+        );
+        let b = bills(map_document(&raw, &config()).expect("maps"));
+        assert_eq!(b.len(), 1);
+        let bill = &b[0];
+        assert_eq!(bill.bill_no, "JSTPD42");
+        assert_eq!(bill.form_id, "STK_MisDelivery");
+        let m = &bill.model;
+        assert_eq!(m["FBillNo"], "JSTPD42");
+        assert_eq!(m["FBillTypeID"], json!({"FNUMBER": "QTCKD01_SYS"}));
+        assert_eq!(m["FStockOrgId"], json!({"FNumber": "100"}));
+        assert_eq!(m["FDate"], "2026-03-01");
+        assert_eq!(m["FNote"], "聚水潭盘点单 42：月度");
+        assert_eq!(m["FEntity"].as_array().map(Vec::len), Some(1));
+        let e = &m["FEntity"][0];
+        assert_eq!(e["FMaterialId"], json!({"FNumber": "A"}));
+        assert_eq!(e["FStockId"], json!({"FNumber": "CK001"}));
+        assert_eq!(e["FQty"], 2.0);
+        assert_eq!(e["FEntryNote"], "1");
+        assert_eq!(e["FKeeperTypeId"], "BD_KeeperOrg");
+        assert!(e.get("FLot").is_none());
+    }
+
+    #[test]
+    fn batches_become_entries_and_the_branch_warehouse_wins() {
+        let mut raw = doc(
+            "Archive",
+            1,
+            json!([{"ioi_id": 7, "sku_id": "L", "qty": -5, "batchs": [
+                {"batch_no": "X1", "qty": -3, "product_date": "2026-01-01 00:00:00", "expiration_date": "2027-01-01"},
+                {"batch_no": "X2", "qty": 0},
+                {"batch_no": "X3", "qty": "-2"},
+            ]}]),
+        );
+        raw["wms_co_id"] = json!("10001");
+        let b = bills(map_document(&raw, &config()).expect("maps"));
+        let entries = b[0].model["FEntity"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["FLot"], json!({"FNumber": "X1"}));
+        assert_eq!(entries[0]["FQty"], 3.0);
+        assert_eq!(entries[0]["FProduceDate"], "2026-01-01");
+        assert_eq!(entries[0]["FExpiryDate"], "2027-01-01");
+        assert_eq!(entries[1]["FQty"], 2.0);
+        assert_eq!(entries[1]["FStockId"], json!({"FNumber": "CK101"}));
+    }
+
+    #[test]
+    fn skips_and_errors() {
+        let table: Vec<(Value, Result<Mapped, &str>)> = vec![
+            (
+                doc("WaitConfirm", 1, json!([{"sku_id": "A", "qty": -1}])),
+                Ok(Mapped::Skipped(SkipReason::Status)),
+            ),
+            (
+                doc("Confirmed", 1, json!([{"sku_id": "A", "qty": 4}])),
+                Ok(Mapped::Skipped(SkipReason::NoLines)),
+            ),
+            (
+                doc("Confirmed", 9, json!([{"sku_id": "A", "qty": 4}])),
+                Ok(Mapped::Skipped(SkipReason::NoLines)),
+            ),
+            (
+                doc("Confirmed", 9, json!([{"sku_id": "A", "qty": -4}])),
+                Err("mapping.warehouses.\"0:9\""),
+            ),
+            (json!({"io_id": "x"}), Err("io_id")),
+        ];
+        for (raw, expected) in table {
+            let got = map_document(&raw, &config());
+            match (got, expected) {
+                (Ok(m), Ok(e)) => assert_eq!(m, e),
+                (Err(err), Err(needle)) => assert!(err.to_string().contains(needle), "{err}"),
+                (got, expected) => panic!("{raw}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sku_mapping_and_positive_loss_sign() {
+        let mut c = config();
+        c.loss_sign = LossSign::Positive;
+        c.skus.insert("A".into(), "MAT-A".into());
+        c.dept = Some("BM01".into());
+        let raw = doc(
+            "Confirmed",
+            1,
+            json!([{"sku_id": "A", "qty": 2}, {"sku_id": "B", "qty": -1}]),
+        );
+        let b = bills(map_document(&raw, &c).expect("maps"));
+        assert_eq!(
+            b[0].model["FEntity"][0]["FMaterialId"],
+            json!({"FNumber": "MAT-A"})
+        );
+        assert_eq!(b[0].model["FDeptId"], json!({"FNumber": "BM01"}));
+        c.require_sku_mapping = true;
+        let raw = doc("Confirmed", 1, json!([{"sku_id": "Z", "qty": 2}]));
+        let err = map_document(&raw, &c).expect_err("unmapped sku");
+        assert!(
+            matches!(&err, MapError::Mapping(m) if m.contains("mapping.skus.\"Z\"")),
+            "{err}"
+        );
+    }
+}
