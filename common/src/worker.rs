@@ -230,7 +230,8 @@ where
         http_cancel.cancel();
         server.abort();
         match result {
-            Ok(()) => {
+            // Shutdown asked while still connecting: nothing was taken, nothing is lost.
+            Ok(()) | Err(WorkerError::Queue(QueueError::Cancelled)) => {
                 info!(stage = stage.as_str(), "Stopped.");
                 0
             }

@@ -1,0 +1,118 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! The loader stage on the in-process queue against the Kingdee simulator: created, duplicate,
+//! rejected (with Kingdee's errors) and malformed bills each settled their own way.
+
+use std::time::Duration;
+
+use common::config::{AmqpConfig, Dur, KingdeeConfig, LoaderConfig, Secret};
+use common::messages::{Headers, header, header_text};
+use common::queue::memory::MemoryBroker;
+use common::queue::{Broker, Destination, Outgoing, Topology, Work};
+use common::telemetry::{Metrics, Stage};
+use common::worker::Context;
+use kingdee::KingdeeClient;
+use serde_json::{Value, json};
+use sim::kingdee::{KingdeeCredentials, KingdeeSim};
+use tokio_util::sync::CancellationToken;
+
+fn bill(no: &str, stock: Value) -> Outgoing {
+    let model = json!({"FBillNo": no, "FBillTypeID": {"FNUMBER": "QTCKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
+        "FPickOrgId": {"FNumber": "100"}, "FOwnerIdHead": {"FNumber": "100"}, "FOwnerTypeIdHead": "BD_OwnerOrg",
+        "FStockDirect": "GENERAL", "FDate": "2026-03-01",
+        "FEntity": [{"FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"}, "FQty": 1.0, "FStockId": stock}]});
+    let body = json!({"form_id": "STK_MisDelivery", "bill_no": no, "source": {"io_id": 1, "modified": "m"}, "model": model});
+    Outgoing {
+        destination: Destination::Work(Work::Bills),
+        message_id: no.into(),
+        headers: Headers::new(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn each_bill_is_settled_by_its_own_result() {
+    let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(sim.router(), stop.clone())
+        .await
+        .expect("sim");
+    let c = KingdeeCredentials::default();
+    let client = KingdeeClient::new(
+        &KingdeeConfig {
+            base_url: format!("{url}/k3cloud"),
+            acct_id: Secret::new(c.acct_id),
+            user_name: Secret::new(c.user_name),
+            app_id: Secret::new(c.app_id),
+            app_secret: Secret::new(c.app_secret),
+            ..KingdeeConfig::default()
+        },
+        None,
+    )
+    .expect("client");
+
+    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let broker = Broker::Memory(memory.clone());
+    for m in [
+        bill("B1", json!({"FNumber": "CK001"})),
+        bill("B1", json!({"FNumber": "CK001"})),
+        bill("B2", json!("CK001")),
+    ] {
+        broker.publish(m).await.expect("stored");
+    }
+    broker
+        .publish(Outgoing {
+            destination: Destination::Work(Work::Bills),
+            message_id: "junk".into(),
+            headers: Headers::new(),
+            body: b"[]".to_vec(),
+        })
+        .await
+        .expect("stored");
+
+    let ctx = Context::new(&[Stage::Loader]);
+    let config = LoaderConfig {
+        batch_size: 10,
+        linger: Dur::millis(50),
+        concurrency: 1,
+    };
+    let stage = tokio::spawn({
+        let (broker, ctx) = (broker.clone(), ctx.clone());
+        async move { loader::run(&config, 10, broker, client, ctx).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.depth(Work::Bills).await.expect("depth") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loader settles every bill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.cancel.cancel();
+    stage.await.expect("task").expect("clean stop");
+
+    let m = &ctx.metrics;
+    assert_eq!(Metrics::count(&m.loader_bills, &["created"]), 1);
+    assert_eq!(Metrics::count(&m.loader_bills, &["duplicate"]), 1);
+    assert_eq!(Metrics::count(&m.loader_bills, &["rejected"]), 1);
+    assert_eq!(
+        Metrics::count(&m.dead_lettered, &["loader", "malformed"]),
+        1
+    );
+    assert_eq!(sim.bills().len(), 1, "booked once");
+    let dead = memory.dead_letters();
+    let rejected = dead
+        .iter()
+        .find(|d| header_text(&d.headers, header::ERROR_KIND) == Some("rejected"))
+        .expect("rejected letter");
+    assert_eq!(rejected.message_id, "B2");
+    let errors: Value = serde_json::from_str(
+        header_text(&rejected.headers, header::KINGDEE_ERRORS).expect("kingdee errors"),
+    )
+    .expect("json");
+    assert!(errors.to_string().contains("FStockId"), "{errors}");
+    assert_eq!(
+        header_text(&rejected.headers, header::ORIGIN_QUEUE),
+        Some("jst2kd.bills")
+    );
+    stop.cancel();
+}
