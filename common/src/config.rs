@@ -315,9 +315,19 @@ pub struct JstConfig {
     pub access_token: Secret,
     /// File holding `access_token`.
     pub access_token_file: Option<PathBuf>,
+    /// The merchant's refresh token.
+    pub refresh_token: Secret,
+    /// File holding `refresh_token`.
+    pub refresh_token_file: Option<PathBuf>,
     /// Documents per page, at most 50.
     #[serde(deserialize_with = "lenient::number")]
     pub page_size: u32,
+    /// Most calls in any sliding second (0: no pacing).
+    #[serde(deserialize_with = "lenient::number")]
+    pub rate_per_second: u32,
+    /// Most calls in any sliding minute (0: no pacing).
+    #[serde(deserialize_with = "lenient::number")]
+    pub rate_per_minute: u32,
     /// Timeout of one HTTP call.
     pub timeout: Dur,
 }
@@ -332,7 +342,11 @@ impl Default for JstConfig {
             app_secret_file: None,
             access_token: Secret::default(),
             access_token_file: None,
+            refresh_token: Secret::default(),
+            refresh_token_file: None,
             page_size: 50,
+            rate_per_second: 5,
+            rate_per_minute: 100,
             timeout: Dur::secs(30),
         }
     }
@@ -659,10 +673,10 @@ impl Config {
     fn validate_producer(&self) -> Result<(), ConfigError> {
         let j = &self.jst;
         require_url(&j.base_url, "jst.base_url")?;
+        // The access token may be left out: the producer then asks for one (getInitToken).
         for (value, key) in [
             (&j.app_key, "jst.app_key"),
             (&j.app_secret, "jst.app_secret"),
-            (&j.access_token, "jst.access_token"),
         ] {
             if value.is_empty() {
                 return Err(ConfigError::key(key, "is required by the producer"));
@@ -828,6 +842,11 @@ fn describe(err: &figment::Error) -> ConfigError {
     use figment::error::Kind;
     let mut key = err.path.join(".");
     let problem = match &err.kind {
+        // A parse error of the file: its first line names line and column; the lines after it
+        // quote the file, which may hold a secret.
+        Kind::Message(m) if key.is_empty() => {
+            m.lines().next().unwrap_or("cannot be read").to_string()
+        }
         Kind::Message(m) => m.clone(),
         Kind::InvalidType(_, expected) => format!("has the wrong type: expected {expected}"),
         Kind::InvalidValue(_, expected) => format!("has an invalid value: expected {expected}"),
@@ -962,6 +981,15 @@ mod tests {
     }
 
     #[test]
+    fn a_toml_syntax_error_does_not_quote_the_file() {
+        let f = toml("[amqp]\nurl = \"amqp://u:hunter2\\q@h\"\n");
+        let e = Config::load_from(Some(&f.0), env(&[])).expect_err("bad escape");
+        let line = e.to_string();
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
     fn secrets_never_show_in_debug() {
         let c = Config::load_from(
             None,
@@ -1006,6 +1034,28 @@ mod tests {
         assert!(e.to_string().contains("kingdee.base_url"));
         let e = c.validate(Role::Producer).expect_err("no key");
         assert!(e.to_string().contains("jst.app_key"));
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("JST2KD_JST__APP_KEY", "k"),
+                ("JST2KD_JST__APP_SECRET", "s"),
+            ]),
+        )
+        .expect("loads");
+        c.validate(Role::Producer)
+            .expect("no access token needed: getInitToken");
+        let e = Config::load_from(
+            None,
+            env(&[
+                ("JST2KD_JST__APP_KEY", "k"),
+                ("JST2KD_JST__APP_SECRET", "s"),
+                ("JST2KD_JST__PAGE_SIZE", "51"),
+            ]),
+        )
+        .expect("loads")
+        .validate(Role::Producer)
+        .expect_err("page size");
+        assert!(e.to_string().contains("jst.page_size"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Workers depend on this crate and on the API clients, never on each other.
 
 pub mod config;
+pub mod files;
 pub mod messages;
 pub mod queue;
 pub mod settle;

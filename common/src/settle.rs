@@ -17,6 +17,8 @@ pub const MAX_ERROR_BYTES: usize = 4 * 1024;
 /// Longest `jst2kd-kingdee-errors` (a header must fit in one AMQP frame).
 pub const MAX_KINGDEE_ERRORS_BYTES: usize = 16 * 1024;
 const TRUNCATED: &str = "…[truncated]";
+/// How long a delivery whose republish failed is held before it is requeued.
+pub const REQUEUE_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What to do with a message that failed transiently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +145,10 @@ impl Settler {
             }
             Err(err) => {
                 warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %err, "Cannot dead-letter; the message goes back to its queue.");
-                delivery.requeue().await.ok();
+                delivery
+                    .requeue_after(crate::settle::REQUEUE_PAUSE)
+                    .await
+                    .ok();
                 Err(err)
             }
         }
@@ -173,7 +178,10 @@ impl Settler {
                     body: delivery.body.clone(),
                 };
                 if let Err(err) = self.broker.publish(message).await {
-                    delivery.requeue().await.ok();
+                    delivery
+                        .requeue_after(crate::settle::REQUEUE_PAUSE)
+                        .await
+                        .ok();
                     return Err(err);
                 }
                 let s = self.stage.as_str();

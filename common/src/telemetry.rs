@@ -143,6 +143,8 @@ pub struct Metrics {
     pub amqp_connected: IntGauge,
     /// `jst2kd_build_info{version}`
     pub build_info: IntGaugeVec,
+    /// `jst2kd_jst_token_expiry_timestamp_seconds`
+    pub jst_token_expiry: Gauge,
 }
 
 /// Label values of `jst2kd_jst_requests_total{outcome}`.
@@ -256,6 +258,11 @@ impl Metrics {
                 &["version"],
             )
             .unwrap_or_else(|e| unreachable_metric(&e)),
+            jst_token_expiry: Gauge::new(
+                "jst2kd_jst_token_expiry_timestamp_seconds",
+                "Unix time the current Jushuitan access token expires (0 while unknown).",
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
         };
         m.register_for(stages);
         Arc::new(m)
@@ -285,12 +292,14 @@ impl Metrics {
             match stage {
                 Stage::Producer => {
                     self.published.with_label_values(&[s, "counts"]);
+                    self.skipped.with_label_values(&[s, "already_published"]);
                     for o in JST_OUTCOMES {
                         self.jst_requests.with_label_values(&[o]);
                     }
                     collectors.push(Box::new(self.jst_requests.clone()));
                     collectors.push(Box::new(self.jst_request_seconds.clone()));
                     collectors.push(Box::new(self.checkpoint_timestamp.clone()));
+                    collectors.push(Box::new(self.jst_token_expiry.clone()));
                 }
                 Stage::Transformer => {
                     for r in ["status", "no_lines"] {
@@ -354,10 +363,11 @@ impl Metrics {
     }
 }
 
-/// Liveness and readiness of one process.
+/// Liveness and readiness of one process: ready while every condition holds (the broker
+/// connection, and whatever the stage adds, such as the producer's lock) and until shutdown.
 #[derive(Default)]
 pub struct Health {
-    ready: AtomicBool,
+    conditions: std::sync::Mutex<std::collections::BTreeMap<&'static str, bool>>,
     stopping: AtomicBool,
 }
 
@@ -366,9 +376,16 @@ impl Health {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
-    /// Ready while connected with the topology declared.
+    /// Ready as far as the broker goes: connected with the topology declared.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.set("broker", ready);
+    }
+    /// Sets one named condition of readiness.
+    pub fn set(&self, condition: &'static str, ok: bool) {
+        self.conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(condition, ok);
     }
     /// From now on never ready again.
     pub fn set_stopping(&self) {
@@ -376,7 +393,13 @@ impl Health {
     }
     /// What `/readyz` answers.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+        let conditions = self
+            .conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !conditions.is_empty()
+            && conditions.values().all(|ok| *ok)
+            && !self.stopping.load(Ordering::SeqCst)
     }
 }
 
@@ -484,6 +507,7 @@ mod tests {
             "jst2kd_queue_messages",
             "jst2kd_amqp_connected",
             "jst2kd_build_info",
+            "jst2kd_jst_token_expiry_timestamp_seconds",
         ] {
             assert!(text.contains(name), "{name} missing");
         }
@@ -501,10 +525,14 @@ mod tests {
     }
 
     #[test]
-    fn readiness_ends_with_shutdown() {
+    fn readiness_needs_every_condition_and_ends_with_shutdown() {
         let h = Health::new();
         assert!(!h.is_ready());
         h.set_ready(true);
+        assert!(h.is_ready());
+        h.set("lock", false);
+        assert!(!h.is_ready());
+        h.set("lock", true);
         assert!(h.is_ready());
         h.set_stopping();
         assert!(!h.is_ready());

@@ -3,6 +3,7 @@
 //! Command output goes to stdout, logs to stderr. Exit codes: 0 success, 1 runtime failure,
 //! 2 usage or configuration error.
 
+mod backfill;
 mod demo;
 mod simulators;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline once against built-in simulators and print a summary.
     Demo(demo::DemoArgs),
+    /// Publish the documents of a past period without touching the producer's checkpoint.
+    Backfill(backfill::BackfillArgs),
     /// Run a simulator as an HTTP server.
     #[command(subcommand)]
     Sim(simulators::SimCommand),
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Backfill(args) => backfill::run(args).await,
             Command::Sim(cmd) => simulators::run(cmd).await,
         }
     });

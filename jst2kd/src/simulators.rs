@@ -1,11 +1,12 @@
 //! `jst2kd sim jst` and `jst2kd sim kingdee`: the simulators as HTTP servers, until SIGTERM.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 use common::config::LogFormat;
-use sim::jst::{JstCredentials, JstSim};
+use sim::jst::{JstBehaviour, JstCredentials, JstSim};
 use sim::kingdee::{KingdeeCredentials, KingdeeSim, MasterData};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +34,21 @@ pub enum SimCommand {
         /// Accepted app_secret.
         #[arg(long, default_value_t = JstCredentials::default().app_secret)]
         app_secret: String,
-        /// Accepted access_token.
+        /// Access token valid at start.
         #[arg(long, default_value_t = JstCredentials::default().access_token)]
         access_token: String,
+        /// Refresh token valid at start.
+        #[arg(long, default_value_t = JstCredentials::default().refresh_token)]
+        refresh_token: String,
+        /// Enforce the per-app limits of 5 calls per second and 100 per minute (codes 199, 200).
+        #[arg(long, value_enum, default_value = "on")]
+        rate_limit: OnOff,
+        /// Share of business calls that fail: HTTP 502, a truncated body or code 199.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Access tokens expire after this long (code 100), e.g. "2m".
+        #[arg(long, value_parser = parse_duration)]
+        token_ttl: Option<Duration>,
     },
     /// The Kingdee WebAPI (site path /k3cloud).
     Kingdee {
@@ -71,7 +84,16 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
             app_key,
             app_secret,
             access_token,
+            refresh_token,
+            rate_limit,
+            fail_rate,
+            token_ttl,
         } => {
+            if !(0.0..=1.0).contains(&fail_rate) {
+                return Err(usage(anyhow::anyhow!(
+                    "--fail-rate must be between 0 and 1"
+                )));
+            }
             let docs = match (data, generate) {
                 (Some(path), _) => {
                     let text = std::fs::read(&path)
@@ -86,14 +108,20 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 (None, None) => Vec::new(),
             };
             let count = docs.len();
-            let sim = JstSim::new(
-                JstCredentials {
-                    app_key,
-                    app_secret,
-                    access_token,
-                },
-                docs,
-            );
+            let behaviour = JstBehaviour {
+                rate_limit: rate_limit == OnOff::On,
+                fail_rate,
+                token_ttl,
+                seed,
+                ..JstBehaviour::default()
+            };
+            let creds = JstCredentials {
+                app_key,
+                app_secret,
+                access_token,
+                refresh_token,
+            };
+            let sim = JstSim::with_behaviour(creds, docs, behaviour);
             (
                 listen,
                 sim.router(),
@@ -145,6 +173,19 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
         .await
         .context("simulator server failed")?;
     Ok(())
+}
+
+/// A switch.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    common::config::parse_duration(text)
 }
 
 /// Marks an error as a usage error (exit 2).

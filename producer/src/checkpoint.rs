@@ -6,7 +6,6 @@
 //! either the old or the new checkpoint, never a torn one. A checkpoint that exists but cannot
 //! be read stops the producer rather than silently starting over from `start_at`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset};
@@ -47,28 +46,8 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
 
 /// Writes the checkpoint atomically.
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| error(path, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
     let body = serde_json::to_vec_pretty(checkpoint).map_err(|e| error(path, e))?;
-    let mut file = std::fs::File::create(&tmp).map_err(|e| error(&tmp, e))?;
-    file.write_all(&body).map_err(|e| error(&tmp, e))?;
-    file.sync_all().map_err(|e| error(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| error(path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Makes the rename itself durable; not every filesystem supports it, and the rename is
-        // already atomic, so a failure here is not fatal.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    common::files::write_atomic(path, &body).map_err(|e| error(path, e))
 }
 
 #[cfg(test)]

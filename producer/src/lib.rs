@@ -7,17 +7,19 @@
 
 pub mod checkpoint;
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use common::config::{ProducerConfig, StartAt};
 use common::messages::{self, Headers, header, int_field, text_field};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Work};
-use common::telemetry::{Metrics, Stage};
+use common::telemetry::{Health, Metrics, Stage};
 use common::time::{format_beijing, now_beijing, rfc3339_now};
-use common::worker::Context;
 use jst::{CountQuery, JstClient, JstError};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use checkpoint::{Checkpoint, CheckpointError};
@@ -61,11 +63,51 @@ pub fn windows(
 pub struct PollReport {
     /// Windows queried.
     pub windows: usize,
-    /// Documents fetched and published.
+    /// Documents fetched.
+    pub fetched: usize,
+    /// Documents published (fetched less those already published with the same version).
     pub published: usize,
     /// The checkpoint now.
     pub until: Option<DateTime<FixedOffset>>,
 }
+
+/// The `io_id@modified` of documents published lately, bounded, oldest forgotten first: the
+/// overlap of consecutive polls re-reads documents, and they need not flood the queue again.
+/// After a restart the set is empty and the overlap is re-sent, which downstream tolerates.
+#[derive(Debug)]
+struct Recent {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Recent {
+    fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.seen.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.seen.insert(id.clone()) {
+            self.order.push_back(id);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// How many published document versions the producer remembers.
+pub const RECENT_CAPACITY: usize = 100_000;
 
 /// Polls one JST account into one broker.
 pub struct Producer {
@@ -74,6 +116,16 @@ pub struct Producer {
     config: ProducerConfig,
     metrics: std::sync::Arc<Metrics>,
     started: DateTime<FixedOffset>,
+    recent: Mutex<Recent>,
+}
+
+/// The message id of a document version: `{io_id}@{modified}`.
+fn message_id(doc: &Value) -> String {
+    format!(
+        "{}@{}",
+        int_field(doc.get("io_id")).map_or_else(|| "unknown".to_string(), |i| i.to_string()),
+        text_field(doc.get("modified")).unwrap_or_default()
+    )
 }
 
 impl Producer {
@@ -90,6 +142,7 @@ impl Producer {
             config,
             metrics,
             started: now_beijing(),
+            recent: Mutex::new(Recent::new(RECENT_CAPACITY)),
         }
     }
 
@@ -102,8 +155,8 @@ impl Producer {
         }
     }
 
-    /// One poll: from `checkpoint − overlap` (or `start_at`) to `now − lag`, window by window,
-    /// each status of `producer.statuses` in turn; the checkpoint advances after each window.
+    /// One poll: from `checkpoint − overlap` (or `start_at`) to `now − lag`, window by window;
+    /// the checkpoint advances after each window whose documents were all confirmed.
     pub async fn poll_once(&self) -> Result<PollReport, ProducerError> {
         let path = &self.config.checkpoint;
         let from = match checkpoint::load(path)? {
@@ -118,47 +171,72 @@ impl Producer {
         let to = now_beijing() - chrono::Duration::from_std(self.config.lag.0).unwrap_or_default();
         let mut report = PollReport::default();
         for (begin, end) in windows(from, to, MAX_WINDOW) {
-            let mut published = 0;
-            for status in &self.config.statuses {
-                let query = CountQuery {
-                    modified_begin: format_beijing(&begin),
-                    modified_end: format_beijing(&end),
-                    status: Some(status.clone()),
-                };
-                let docs = self.client.count_window(&query).await?;
-                published += docs.len();
-                self.publish(docs).await?;
-            }
+            let (fetched, published) = self.publish_window(begin, end, true).await?;
             checkpoint::save(path, &Checkpoint { until: end })?;
             self.metrics
                 .checkpoint_timestamp
                 .set(end.timestamp() as f64);
-            debug!(from = %format_beijing(&begin), to = %format_beijing(&end), published, "Window published; checkpoint advanced.");
+            debug!(from = %format_beijing(&begin), to = %format_beijing(&end), fetched, published, "Window published; checkpoint advanced.");
             report.windows += 1;
+            report.fetched += fetched;
             report.published += published;
             report.until = Some(end);
         }
         Ok(report)
     }
 
+    /// Publishes every document of one window, each status of `producer.statuses` in turn, and
+    /// waits for every confirm. With `skip_recent`, versions published lately are skipped.
+    /// Returns (fetched, published).
+    pub async fn publish_window(
+        &self,
+        begin: DateTime<FixedOffset>,
+        end: DateTime<FixedOffset>,
+        skip_recent: bool,
+    ) -> Result<(usize, usize), ProducerError> {
+        let (mut fetched, mut published) = (0, 0);
+        for status in &self.config.statuses {
+            let query = CountQuery {
+                modified_begin: format_beijing(&begin),
+                modified_end: format_beijing(&end),
+                status: Some(status.clone()),
+            };
+            let docs = self.client.count_window(&query).await?;
+            fetched += docs.len();
+            let docs: Vec<(String, Value)> = {
+                let recent = self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                docs.into_iter()
+                    .map(|d| (message_id(&d), d))
+                    .filter(|(id, _)| !(skip_recent && recent.contains(id)))
+                    .collect()
+            };
+            let skipped = fetched - published - docs.len();
+            self.metrics
+                .skipped
+                .with_label_values(&[Stage::Producer.as_str(), "already_published"])
+                .inc_by(skipped as u64);
+            published += docs.len();
+            self.publish(docs).await?;
+        }
+        Ok((fetched, published))
+    }
+
     /// Publishes documents exactly as JST returned them, and waits for every confirm.
-    async fn publish(&self, docs: Vec<Value>) -> Result<(), ProducerError> {
+    async fn publish(&self, docs: Vec<(String, Value)>) -> Result<(), ProducerError> {
         if docs.is_empty() {
             return Ok(());
         }
         let published_at = rfc3339_now();
         let count = docs.len() as u64;
+        let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
         let messages: Vec<Outgoing> = docs
             .into_iter()
-            .map(|doc| {
+            .map(|(message_id, doc)| {
                 // An unreadable document is still published: the transformer dead-letters it
                 // as malformed, so it is kept and visible rather than dropped here.
-                let message_id = format!(
-                    "{}@{}",
-                    int_field(doc.get("io_id"))
-                        .map_or_else(|| "unknown".to_string(), |i| i.to_string()),
-                    text_field(doc.get("modified")).unwrap_or_default()
-                );
                 let mut headers = Headers::new();
                 headers.insert(header::SCHEMA.into(), messages::SCHEMA_COUNT.into());
                 headers.insert(
@@ -179,46 +257,68 @@ impl Producer {
             .published
             .with_label_values(&[Stage::Producer.as_str(), "counts"])
             .inc_by(count);
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            recent.insert(id);
+        }
         Ok(())
     }
 
-    /// Polls every `poll_interval` until `ctx.cancel`. A failed poll is logged and retried at
-    /// the next interval, from the checkpoint.
-    pub async fn run(&self, ctx: &Context) -> Result<(), ProducerError> {
+    /// Polls every `poll_interval` until `cancel`. A failed poll is retried at the next
+    /// interval, from the checkpoint; a configuration failure (bad signature, IP whitelist,
+    /// permission, token) marks the process not ready and retries slowly instead of exiting.
+    pub async fn run(
+        &self,
+        cancel: &CancellationToken,
+        health: &Health,
+    ) -> Result<(), ProducerError> {
         info!(statuses = ?self.config.statuses, poll_interval_s = self.config.poll_interval.0.as_secs(), "Producer polling.");
         loop {
             let poll = self.poll_once();
             tokio::pin!(poll);
             let result = tokio::select! {
-                // A poll cut short by shutdown leaves the checkpoint at its last confirmed window.
-                () = ctx.cancel.cancelled() => break,
+                // A poll cut short leaves the checkpoint at its last confirmed window.
+                () = cancel.cancelled() => break,
                 r = &mut poll => r,
             };
+            let mut pause = self.config.poll_interval.0;
             match result {
-                Ok(report) if report.published > 0 => {
-                    info!(published = report.published, windows = report.windows, until = %report.until.map(|u| format_beijing(&u)).unwrap_or_default(), "Poll published documents.");
+                Ok(report) => {
+                    health.set("jst", true);
+                    if report.published > 0 {
+                        info!(published = report.published, fetched = report.fetched, windows = report.windows, until = %report.until.map(|u| format_beijing(&u)).unwrap_or_default(), "Poll published documents.");
+                    } else {
+                        debug!(fetched = report.fetched, "Poll found nothing new.");
+                    }
                 }
-                Ok(_) => debug!("Poll found nothing new."),
                 Err(ProducerError::Checkpoint(e)) => {
                     error!(error = %e, "Checkpoint problem; the producer cannot continue safely.");
                     return Err(ProducerError::Checkpoint(e));
                 }
                 Err(ProducerError::Jst(e)) if e.is_configuration() => {
-                    error!(error = %e, "Jushuitan refused the credentials or the app's permissions; check the jst section of the configuration. Retrying at the next poll.");
+                    health.set("jst", false);
+                    pause = pause.max(CONFIGURATION_RETRY);
+                    error!(error = %e, retry_in_s = pause.as_secs(), "Jushuitan refused the app: check jst.app_key / jst.app_secret (code 10), the app's IP whitelist (code 110), its API permissions (code 190) or the tokens (code 100). Not ready until a poll succeeds.");
                 }
                 Err(e) => {
                     warn!(error = %e, "Poll failed; the next poll resumes from the checkpoint.")
                 }
             }
             tokio::select! {
-                () = ctx.cancel.cancelled() => break,
-                () = tokio::time::sleep(self.config.poll_interval.0) => {}
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
             }
         }
-        info!("Producer stopped.");
+        info!("Producer stopped polling.");
         Ok(())
     }
 }
+
+/// Least pause after a configuration failure, so a misconfigured producer does not hammer JST.
+pub const CONFIGURATION_RETRY: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration as ChronoDuration, FixedOffset};
@@ -24,8 +29,10 @@ pub struct JstCredentials {
     pub app_key: String,
     /// `app_secret`.
     pub app_secret: String,
-    /// `access_token`.
+    /// The access token valid at start.
     pub access_token: String,
+    /// The refresh token valid at start.
+    pub refresh_token: String,
 }
 
 impl Default for JstCredentials {
@@ -35,17 +42,61 @@ impl Default for JstCredentials {
             app_key: "local-app-key".into(),
             app_secret: "local-app-secret".into(),
             access_token: "local-access-token".into(),
+            refresh_token: "local-refresh-token".into(),
+        }
+    }
+}
+
+/// How the simulator behaves beyond its data.
+#[derive(Clone, Debug)]
+pub struct JstBehaviour {
+    /// Enforce the per-app limits (codes 199 and 200).
+    pub rate_limit: bool,
+    /// Calls allowed in any sliding second.
+    pub per_second: usize,
+    /// Calls allowed in any sliding minute.
+    pub per_minute: usize,
+    /// Share of business calls that fail (HTTP 502, a truncated body or code 199).
+    pub fail_rate: f64,
+    /// Lifetime of access tokens (None: they never expire).
+    pub token_ttl: Option<Duration>,
+    /// Seed of the fault injection.
+    pub seed: u64,
+}
+
+impl Default for JstBehaviour {
+    fn default() -> Self {
+        Self {
+            rate_limit: true,
+            per_second: 5,
+            per_minute: 100,
+            fail_rate: 0.0,
+            token_ttl: None,
+            seed: 1,
         }
     }
 }
 
 /// Largest timestamp skew accepted (the platform's 10 minutes).
 const MAX_SKEW_SECS: i64 = 600;
+/// `expires_in` of tokens that do not expire.
+const LONG_TOKEN_SECS: u64 = 30 * 86_400;
+
+struct Tokens {
+    access: String,
+    refresh: String,
+    issued: Instant,
+    generation: u64,
+}
 
 struct Inner {
     creds: JstCredentials,
+    behaviour: JstBehaviour,
     docs: Mutex<BTreeMap<i64, Value>>,
     stats: Mutex<BTreeMap<String, u64>>,
+    tokens: Mutex<Tokens>,
+    calls: Mutex<VecDeque<Instant>>,
+    rng: Mutex<StdRng>,
 }
 
 /// A running simulator's state; clones share it.
@@ -54,14 +105,37 @@ pub struct JstSim {
     inner: Arc<Inner>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl JstSim {
-    /// A simulator holding `docs`.
+    /// A simulator holding `docs`, with the default behaviour (rate limits on, no faults).
     pub fn new(creds: JstCredentials, docs: Vec<Value>) -> Self {
+        Self::with_behaviour(creds, docs, JstBehaviour::default())
+    }
+
+    /// A simulator with the given behaviour.
+    pub fn with_behaviour(
+        creds: JstCredentials,
+        docs: Vec<Value>,
+        behaviour: JstBehaviour,
+    ) -> Self {
+        let tokens = Tokens {
+            access: creds.access_token.clone(),
+            refresh: creds.refresh_token.clone(),
+            issued: Instant::now(),
+            generation: 0,
+        };
         let sim = Self {
             inner: Arc::new(Inner {
+                rng: Mutex::new(StdRng::seed_from_u64(behaviour.seed)),
                 creds,
+                behaviour,
                 docs: Mutex::new(BTreeMap::new()),
                 stats: Mutex::new(BTreeMap::new()),
+                tokens: Mutex::new(tokens),
+                calls: Mutex::new(VecDeque::new()),
             }),
         };
         sim.put(docs);
@@ -69,10 +143,7 @@ impl JstSim {
     }
 
     fn docs(&self) -> MutexGuard<'_, BTreeMap<i64, Value>> {
-        self.inner
-            .docs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.inner.docs)
     }
 
     /// Adds or replaces documents (by `io_id`); returns how many were taken.
@@ -94,42 +165,135 @@ impl JstSim {
     }
 
     fn count(&self, outcome: &str) {
-        let mut stats = self
-            .inner
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *stats.entry(outcome.to_string()).or_default() += 1;
+        *lock(&self.inner.stats)
+            .entry(outcome.to_string())
+            .or_default() += 1;
     }
 
     /// Request counts by outcome.
     pub fn stats(&self) -> BTreeMap<String, u64> {
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.inner.stats).clone()
+    }
+
+    /// The access token valid now.
+    pub fn access_token(&self) -> String {
+        lock(&self.inner.tokens).access.clone()
+    }
+
+    /// Makes the current access token invalid (as if it had expired).
+    pub fn expire_tokens(&self) {
+        let mut t = lock(&self.inner.tokens);
+        t.generation += 1;
+        t.access = format!("expired-{}-{}", t.generation, t.access);
     }
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
         Router::new()
             .route(jst::COUNT_QUERY_PATH, post(count_query))
+            .route(jst::INIT_TOKEN_PATH, post(init_token))
+            .route(jst::REFRESH_TOKEN_PATH, post(refresh_token))
             .route("/_sim/counts", post(put_counts).get(get_counts))
             .route("/_sim/stats", get(get_stats))
+            .route("/_sim/expire-tokens", post(expire_tokens))
             .with_state(self.clone())
     }
+
+    /// Admits one call under the sliding limits, or names the limit it breaks.
+    fn admit(&self) -> Result<(), (i64, &'static str)> {
+        let b = &self.inner.behaviour;
+        if !b.rate_limit {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut calls = lock(&self.inner.calls);
+        while calls
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            calls.pop_front();
+        }
+        let last_second = calls
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) < Duration::from_secs(1))
+            .count();
+        if last_second >= b.per_second {
+            return Err((199, "调用太频繁，请稍后再试"));
+        }
+        if calls.len() >= b.per_minute {
+            return Err((200, "调用频次超过限制"));
+        }
+        calls.push_back(now);
+        Ok(())
+    }
+
+    /// A fault to inject into this business call, if the dice say so.
+    fn fault(&self) -> Option<Fault> {
+        let b = &self.inner.behaviour;
+        if b.fail_rate <= 0.0 {
+            return None;
+        }
+        let mut rng = lock(&self.inner.rng);
+        if rng.random::<f64>() >= b.fail_rate {
+            return None;
+        }
+        Some(match rng.random_range(0..3) {
+            0 => Fault::BadGateway,
+            1 => Fault::Truncated,
+            _ => Fault::TooFast,
+        })
+    }
+
+    fn token_valid(&self, token: &str) -> bool {
+        let t = lock(&self.inner.tokens);
+        t.access == token
+            && self
+                .inner
+                .behaviour
+                .token_ttl
+                .is_none_or(|ttl| t.issued.elapsed() < ttl)
+    }
+
+    fn issue_tokens(&self) -> Value {
+        let mut t = lock(&self.inner.tokens);
+        t.generation += 1;
+        let n: u64 = lock(&self.inner.rng).random();
+        t.access = format!("at-{}-{n:016x}", t.generation);
+        t.refresh = format!("rt-{}-{n:016x}", t.generation);
+        t.issued = Instant::now();
+        let expires_in = self
+            .inner
+            .behaviour
+            .token_ttl
+            .map_or(LONG_TOKEN_SECS, |d| d.as_secs().max(1));
+        json!({"access_token": t.access, "refresh_token": t.refresh, "expires_in": expires_in, "scope": "all"})
+    }
+}
+
+/// An injected failure.
+enum Fault {
+    BadGateway,
+    Truncated,
+    TooFast,
 }
 
 fn fail(code: i64, msg: &str) -> Json<Value> {
     Json(json!({"code": code, "msg": msg, "data": null}))
 }
 
-/// Checks the common parameters of a business call; `Err` is the answer to send.
-fn authenticate(sim: &JstSim, params: &HashMap<String, String>) -> Result<(), Json<Value>> {
-    for required in ["app_key", "timestamp", "sign", "biz", "charset", "version"] {
-        if params.get(required).is_none_or(String::is_empty) {
-            return Err(fail(130, &format!("缺少参数 {required}")));
+/// Checks app key, signature and timestamp of any call; `Err` is the answer to send.
+fn check_signature(
+    sim: &JstSim,
+    params: &HashMap<String, String>,
+    required: &[&str],
+) -> Result<(), Json<Value>> {
+    for name in required
+        .iter()
+        .chain(&["app_key", "timestamp", "sign", "charset"])
+    {
+        if params.get(*name).is_none_or(String::is_empty) {
+            return Err(fail(130, &format!("缺少参数 {name}")));
         }
     }
     let creds = &sim.inner.creds;
@@ -151,10 +315,58 @@ fn authenticate(sim: &JstSim, params: &HashMap<String, String>) -> Result<(), Js
     if (now_beijing().timestamp() - timestamp).abs() > MAX_SKEW_SECS {
         return Err(fail(180, "时间戳超出允许范围"));
     }
-    if params.get("access_token") != Some(&creds.access_token) {
-        return Err(fail(100, "无效的access_token"));
+    Ok(())
+}
+
+/// Checks a business call's common parameters and token; `Err` is the answer to send.
+fn authenticate(sim: &JstSim, params: &HashMap<String, String>) -> Result<(), Json<Value>> {
+    check_signature(sim, params, &["biz", "version", "access_token"])?;
+    if !sim.token_valid(params.get("access_token").map_or("", String::as_str)) {
+        return Err(fail(100, "access_token已过期或无效"));
     }
     Ok(())
+}
+
+async fn init_token(
+    State(sim): State<JstSim>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Json<Value> {
+    if let Err(answer) = check_signature(&sim, &params, &["grant_type", "code"]) {
+        sim.count("token_refused");
+        return answer;
+    }
+    if params.get("grant_type").map(String::as_str) != Some("authorization_code")
+        || params.get("code").is_none_or(|c| c.chars().count() != 6)
+    {
+        sim.count("token_refused");
+        return fail(140, "grant_type 或 code 不合法");
+    }
+    sim.count("token_issued");
+    Json(json!({"code": 0, "msg": "执行成功", "data": sim.issue_tokens()}))
+}
+
+async fn refresh_token(
+    State(sim): State<JstSim>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Json<Value> {
+    if let Err(answer) = check_signature(&sim, &params, &["grant_type", "refresh_token", "scope"]) {
+        sim.count("token_refused");
+        return answer;
+    }
+    let current = lock(&sim.inner.tokens).refresh.clone();
+    if params.get("grant_type").map(String::as_str) != Some("refresh_token")
+        || params.get("refresh_token") != Some(&current)
+    {
+        sim.count("token_refused");
+        return fail(100, "refresh_token无效");
+    }
+    sim.count("token_refreshed");
+    Json(json!({"code": 0, "msg": "执行成功", "data": sim.issue_tokens()}))
+}
+
+async fn expire_tokens(State(sim): State<JstSim>) -> Json<Value> {
+    sim.expire_tokens();
+    Json(json!({"expired": true}))
 }
 
 /// The validated `biz` of a count query.
@@ -225,16 +437,44 @@ fn parse_query(biz: &str) -> Result<Query, String> {
 async fn count_query(
     State(sim): State<JstSim>,
     Form(params): Form<HashMap<String, String>>,
-) -> Json<Value> {
+) -> Response {
+    if let Err((code, msg)) = sim.admit() {
+        sim.count("rate_limited");
+        return fail(code, msg).into_response();
+    }
     if let Err(answer) = authenticate(&sim, &params) {
-        sim.count("refused");
-        return answer;
+        let code = answer.0["code"].as_i64().unwrap_or(0);
+        sim.count(if code == 100 {
+            "token_expired"
+        } else {
+            "refused"
+        });
+        return answer.into_response();
+    }
+    match sim.fault() {
+        Some(Fault::BadGateway) => {
+            sim.count("fault_502");
+            return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
+        }
+        Some(Fault::Truncated) => {
+            sim.count("fault_truncated");
+            return (
+                StatusCode::OK,
+                r#"{"code":0,"msg":"执行成功","data":{"page_index":1,"datas":[{"io_id":"#,
+            )
+                .into_response();
+        }
+        Some(Fault::TooFast) => {
+            sim.count("fault_199");
+            return fail(199, "调用太频繁，请稍后再试").into_response();
+        }
+        None => {}
     }
     let query = match parse_query(params.get("biz").map_or("", String::as_str)) {
         Ok(q) => q,
         Err(msg) => {
             sim.count("invalid");
-            return fail(140, &msg);
+            return fail(140, &msg).into_response();
         }
     };
     let mut matching: Vec<(DateTime<FixedOffset>, i64, Value)> = sim
@@ -258,7 +498,10 @@ async fn count_query(
         .collect();
     matching.sort_by_key(|m| (m.0, m.1));
     let total = matching.len();
-    let start = (query.page_index - 1) * query.page_size;
+    let Some(start) = (query.page_index - 1).checked_mul(query.page_size) else {
+        sim.count("invalid");
+        return fail(140, "page_index 超出范围").into_response();
+    };
     let datas: Vec<Value> = matching
         .into_iter()
         .skip(start)
@@ -272,10 +515,11 @@ async fn count_query(
         "data": {
             "page_index": query.page_index, "page_size": query.page_size,
             "data_count": total, "page_count": page_count,
-            "has_next": start + query.page_size < total,
+            "has_next": start.saturating_add(query.page_size) < total,
             "datas": datas,
         }
     }))
+    .into_response()
 }
 
 async fn put_counts(State(sim): State<JstSim>, Json(docs): Json<Vec<Value>>) -> Json<Value> {

@@ -209,7 +209,7 @@ pub fn delete_queues(prefix: &str) {
         if name.starts_with(&format!("{prefix}.")) {
             let _ = Command::new("rabbitmqctl")
                 .args(["-q", "delete_queue", name])
-                .status();
+                .output();
         }
     }
 }

@@ -134,7 +134,10 @@ async fn publish_bills(
             Err(e) => {
                 // Serialising our own struct cannot fail; if it ever does, try again later.
                 warn!(io_id, error = %e, "Cannot encode a bill; requeueing the document.");
-                delivery.requeue().await.ok();
+                delivery
+                    .requeue_after(common::settle::REQUEUE_PAUSE)
+                    .await
+                    .ok();
                 return;
             }
         };
@@ -160,7 +163,10 @@ async fn publish_bills(
         }
         Err(e) => {
             warn!(io_id, error = %e, "Cannot publish the bills; requeueing the document.");
-            delivery.requeue().await.ok();
+            delivery
+                .requeue_after(common::settle::REQUEUE_PAUSE)
+                .await
+                .ok();
         }
     }
 }

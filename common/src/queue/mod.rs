@@ -88,6 +88,11 @@ impl Topology {
         ))
     }
 
+    /// The exclusive queue the running producer holds (declared by the producer only).
+    pub fn lock_queue(&self) -> String {
+        format!("{}.producer.lock", self.prefix)
+    }
+
     /// Every queue name this topology declares (not the producer's lock).
     pub fn all_queues(&self) -> Vec<String> {
         let mut names = vec![self.dead()];
@@ -162,6 +167,9 @@ pub(crate) enum Acker {
 }
 
 /// A message received from a work queue.
+///
+/// Settle it with [`Delivery::ack`] or [`Delivery::requeue`]; one dropped unsettled (a bug, a
+/// panic in its task) is requeued, so its prefetch slot is never lost.
 pub struct Delivery {
     /// `message_id` property, when set.
     pub message_id: Option<String>,
@@ -171,7 +179,7 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// The broker delivered it before.
     pub redelivered: bool,
-    acker: Acker,
+    acker: Option<Acker>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -181,6 +189,18 @@ impl std::fmt::Debug for Delivery {
             .field("redelivered", &self.redelivered)
             .field("bytes", &self.body.len())
             .finish()
+    }
+}
+
+/// lapin answers `Ok(false)` when it did not send the ack (the channel was recovered or closed
+/// meanwhile): the broker will redeliver, so for us it is a failure.
+fn sent(result: Result<bool, lapin::Error>) -> Result<(), QueueError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(QueueError::Unavailable(
+            "the channel of this delivery is gone; the broker will redeliver it".into(),
+        )),
+        Err(e) => Err(QueueError::Unavailable(e.to_string())),
     }
 }
 
@@ -197,40 +217,66 @@ impl Delivery {
             headers,
             body,
             redelivered,
-            acker,
+            acker: Some(acker),
         }
     }
 
     /// Done with it: the broker forgets it.
-    pub async fn ack(self) -> Result<(), QueueError> {
-        match self.acker {
-            Acker::Memory(a) => {
+    pub async fn ack(mut self) -> Result<(), QueueError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
                 a.ack();
                 Ok(())
             }
-            Acker::Rabbit(a) => a
-                .ack(lapin::options::BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| QueueError::Unavailable(e.to_string())),
+            Some(Acker::Rabbit(a)) => sent(a.ack(lapin::options::BasicAckOptions::default()).await),
+            None => Ok(()),
         }
     }
 
     /// Give it back to the queue for another try (counts toward the delivery limit).
-    pub async fn requeue(self) -> Result<(), QueueError> {
-        match self.acker {
-            Acker::Memory(a) => {
+    pub async fn requeue(mut self) -> Result<(), QueueError> {
+        match self.acker.take() {
+            Some(Acker::Memory(a)) => {
                 a.requeue();
                 Ok(())
             }
-            Acker::Rabbit(a) => a
-                .nack(lapin::options::BasicNackOptions {
+            Some(Acker::Rabbit(a)) => sent(
+                a.nack(lapin::options::BasicNackOptions {
                     multiple: false,
                     requeue: true,
                 })
-                .await
-                .map(|_| ())
-                .map_err(|e| QueueError::Unavailable(e.to_string())),
+                .await,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Requeues after a pause: a publish that just failed (broker briefly refusing) would fail
+    /// again at once, and immediate redeliveries would use up the delivery limit in
+    /// milliseconds. Holding the delivery meanwhile also slows the consumer down.
+    pub async fn requeue_after(self, pause: std::time::Duration) -> Result<(), QueueError> {
+        tokio::time::sleep(pause).await;
+        self.requeue().await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        match self.acker.take() {
+            None => {}
+            // The in-process acker requeues itself on drop.
+            Some(Acker::Memory(a)) => drop(a),
+            Some(Acker::Rabbit(a)) => {
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let options = lapin::options::BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        };
+                        a.nack(options).await.ok();
+                    });
+                }
+            }
         }
     }
 }
@@ -345,5 +391,6 @@ mod tests {
         );
         assert_eq!(t.retry_queue(Work::Bills, 4), None);
         assert_eq!(t.all_queues().len(), 11);
+        assert_eq!(t.lock_queue(), "jst2kd.producer.lock");
     }
 }

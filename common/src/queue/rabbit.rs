@@ -35,6 +35,9 @@ use super::{Acker, Delivery, Destination, Outgoing, QueueError, Topology, Work};
 use crate::config::Secret;
 use crate::messages::Headers;
 
+/// How many times a publish whose channel could not be recovered is tried on a new connection.
+const PUBLISH_ROUNDS: usize = 6;
+
 /// A supervised connection with a publishing channel in confirm mode.
 #[derive(Clone)]
 pub struct RabbitBroker {
@@ -46,6 +49,8 @@ struct Inner {
     name: String,
     topology: Topology,
     live: Mutex<Option<Live>>,
+    /// The current connection, for readiness checks that must not wait for `live`.
+    current: std::sync::Mutex<Option<Arc<Connection>>>,
     generation: AtomicU64,
     cancel: CancellationToken,
 }
@@ -73,6 +78,7 @@ impl RabbitBroker {
                 name: connection_name.into(),
                 topology,
                 live: Mutex::new(None),
+                current: std::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
                 cancel,
             }),
@@ -88,12 +94,24 @@ impl RabbitBroker {
 
     /// True while the current connection is up (not recovering, not broken).
     pub fn is_ready(&self) -> bool {
+        self.current()
+            .is_some_and(|connection| connection.status().connected())
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
         self.inner
-            .live
-            .try_lock()
-            .ok()
-            .and_then(|live| live.as_ref().map(|l| l.connection.status().connected()))
-            .unwrap_or(false)
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_current(&self, connection: Option<Arc<Connection>>) {
+        *self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
     }
 
     /// The current connection, or a new one when lapin's recovery gave up.
@@ -117,6 +135,7 @@ impl RabbitBroker {
             match self.open().await {
                 Ok(live) => {
                     info!(connection = %self.inner.name, "Connected to RabbitMQ, topology declared.");
+                    self.set_current(Some(live.connection.clone()));
                     *guard = Some(live.clone());
                     return Ok(live);
                 }
@@ -162,6 +181,7 @@ impl RabbitBroker {
         let mut guard = self.inner.live.lock().await;
         if guard.as_ref().is_some_and(|l| l.generation == generation) {
             *guard = None;
+            self.set_current(None);
         }
     }
 
@@ -169,6 +189,12 @@ impl RabbitBroker {
     /// lost with the connection are sent again; a nack or a return is an error.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
         let mut pending = messages;
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .with_max_times(PUBLISH_ROUNDS)
+            .build();
         while !pending.is_empty() {
             let live = self.live().await?;
             let mut confirms = Vec::with_capacity(pending.len());
@@ -231,8 +257,17 @@ impl RabbitBroker {
                 };
                 match recovered {
                     Err(QueueError::Cancelled) => return Err(QueueError::Cancelled),
-                    Err(_) => {
+                    Err(e) => {
                         self.discard(live.generation).await;
+                        // Not recoverable by lapin (e.g. a channel closed for a permission):
+                        // try a new connection a few times, then let the caller decide.
+                        let Some(pause) = pauses.next() else {
+                            return Err(e);
+                        };
+                        tokio::select! {
+                            () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
+                            () = tokio::time::sleep(pause) => {}
+                        }
                     }
                     Ok(()) => {}
                 }
@@ -311,6 +346,7 @@ impl RabbitBroker {
     /// Waits for outstanding confirms, then closes the connection.
     pub async fn close(&self) {
         let live = self.inner.live.lock().await.take();
+        self.set_current(None);
         if let Some(live) = live {
             live.publisher.wait_for_confirms().await.ok();
             live.publisher.close(200, "shutdown".into()).await.ok();
@@ -652,4 +688,90 @@ fn convert(delivery: lapin::message::Delivery) -> Delivery {
         delivery.redelivered,
         Acker::Rabbit(delivery.acker),
     )
+}
+
+/// Why the producer lock was not taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    /// Another producer holds it (`RESOURCE_LOCKED`).
+    #[error("another producer holds the lock")]
+    Held,
+    /// The broker could not be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The producer's lock: an exclusive queue declared on a connection of its own, **without**
+/// automatic recovery. lapin's recovery would re-declare the queue on a new connection — and
+/// either fail the other channels' recovery or silently re-take a lock another producer took
+/// meanwhile. When this connection drops, the lock is gone: the holder must stop polling
+/// before it tries again.
+pub struct ProducerLock {
+    connection: Connection,
+    _channel: Channel,
+}
+
+impl ProducerLock {
+    /// Tries once to take the lock queue `queue`.
+    pub async fn acquire(
+        url: &Secret,
+        connection_name: &str,
+        queue: &str,
+    ) -> Result<Self, LockError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(connection_name.to_string().into());
+        let connection = Connection::connect(url.expose(), properties)
+            .await
+            .map_err(|e| LockError::Unavailable(e.to_string()))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| LockError::Unavailable(e.to_string()))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(Self {
+                connection,
+                _channel: channel,
+            }),
+            Err(err) => {
+                connection.close(200, "lock not taken".into()).await.ok();
+                match err.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 405 => {
+                        Err(LockError::Held)
+                    }
+                    _ => Err(LockError::Unavailable(err.to_string())),
+                }
+            }
+        }
+    }
+
+    /// True while the lock's connection is up.
+    pub fn is_held(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Resolves once the lock is lost (its connection closed or failed).
+    pub async fn lost(&self) {
+        while self.is_held() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Gives the lock up.
+    pub async fn release(self) {
+        self.connection
+            .close(200, "producer stopping".into())
+            .await
+            .ok();
+    }
 }

@@ -1,0 +1,99 @@
+//! `jst2kd backfill --from T --to T`: publishes the documents of a past period, in windows of
+//! at most 7 days, without touching the producer's checkpoint.
+//!
+//! It uses the producer's token file (a refreshed token is kept there for both) and publishes
+//! with confirms like the producer; documents already loaded come through as duplicates.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use common::config::{ConfigError, Role};
+use common::time::{format_beijing, parse_beijing};
+use common::worker::{self, Context, WorkerArgs};
+use jst::JstClient;
+use producer::{MAX_WINDOW, Producer, windows};
+
+#[derive(Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Start of the period (Beijing `yyyy-MM-dd HH:mm:ss`, or RFC 3339).
+    #[arg(long)]
+    from: String,
+    /// End of the period.
+    #[arg(long)]
+    to: String,
+}
+
+pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
+    let config = worker::load_config(&args.worker, Some(Role::Producer))?;
+    common::telemetry::init_logging(config.runtime.log_format);
+    let time = |key: &str, text: &str| {
+        parse_beijing(text).ok_or_else(|| {
+            ConfigError(format!(
+                "--{key} must be a time such as \"2026-03-01 00:00:00\" (Beijing)"
+            ))
+        })
+    };
+    let (from, to) = (time("from", &args.from)?, time("to", &args.to)?);
+    if to <= from {
+        return Err(ConfigError("--to must be after --from".into()).into());
+    }
+    let ctx = Context::new(&[common::telemetry::Stage::Producer]);
+    worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
+    let client = JstClient::new(&config.jst, Some(ctx.metrics.clone()))
+        .and_then(|c| c.with_token_file(jst::token_file_for(&config.producer.checkpoint)))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let broker = worker::connect_rabbit(&config, "jst2kd-backfill", None, &ctx).await?;
+    let producer = Producer::new(
+        client,
+        broker.clone(),
+        config.producer.clone(),
+        ctx.metrics.clone(),
+    );
+    let all = windows(from, to, MAX_WINDOW);
+    let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let (mut fetched, mut published) = (0, 0);
+    for (i, (begin, end)) in all.iter().enumerate() {
+        if ctx.cancel.is_cancelled() {
+            broker.close().await;
+            anyhow::bail!(
+                "interrupted after {i} of {} windows ({published} documents published)",
+                all.len()
+            );
+        }
+        let (f, p) = producer
+            .publish_window(*begin, *end, false)
+            .await
+            .with_context(|| {
+                format!("window {} – {}", format_beijing(begin), format_beijing(end))
+            })?;
+        fetched += f;
+        published += p;
+        if progress {
+            eprintln!(
+                "  window {}/{}: {} – {}: {p} documents",
+                i + 1,
+                all.len(),
+                format_beijing(begin),
+                format_beijing(end)
+            );
+        }
+    }
+    ctx.cancel.cancel();
+    broker.close().await;
+    println!(
+        "backfill {} – {} (statuses {})",
+        format_beijing(&from),
+        format_beijing(&to),
+        config.producer.statuses.join(", ")
+    );
+    println!("windows: {}", all.len());
+    println!("documents fetched: {fetched}");
+    println!("documents published: {published}");
+    println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

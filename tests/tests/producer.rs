@@ -1,0 +1,246 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! The producer binary on the real RabbitMQ: one poller at a time (the broker-side lock), and a
+//! SIGKILL in the middle of a poll that re-sends instead of skipping.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::config::{AmqpConfig, Secret};
+use common::queue::rabbit::RabbitBroker;
+use common::queue::{Broker, Topology, Work};
+use e2e::{
+    Proc, Scratch, delete_queues, free_port, get_json, http, queue_messages, status, wait_ok,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+struct Setup {
+    dir: Scratch,
+    prefix: String,
+    jst: String,
+    config: String,
+    _sim: Proc,
+}
+
+impl Setup {
+    async fn new(test: &str, documents: usize) -> Self {
+        let dir = Scratch::new(test);
+        let prefix = format!("jst2kdtest-e2e-{test}-{}", std::process::id());
+        let port = free_port();
+        let sim = Proc::start(
+            "sim-jst",
+            "jst2kd",
+            &[
+                "sim",
+                "jst",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--generate",
+                &documents.to_string(),
+                "--seed",
+                "21",
+            ],
+            &[],
+            &dir.0,
+        );
+        let jst = format!("http://127.0.0.1:{port}");
+        assert!(
+            wait_ok(
+                &http(),
+                &format!("{jst}/_sim/stats"),
+                Duration::from_secs(20)
+            )
+            .await
+        );
+        let config = format!(
+            "[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5\"\nprefix = \"{prefix}\"\n\
+             [jst]\nbase_url = \"{jst}\"\napp_key = \"local-app-key\"\napp_secret = \"local-app-secret\"\n\
+             access_token = \"local-access-token\"\nrefresh_token = \"local-refresh-token\"\n\
+             [producer]\npoll_interval = \"1s\"\nstart_at = \"31d\"\nlag = \"0s\"\ncheckpoint = \"{}\"\n",
+            dir.path("producer.checkpoint.json").display()
+        );
+        let path = dir.path("config.toml");
+        std::fs::write(&path, config).unwrap();
+        Self {
+            prefix,
+            jst,
+            config: path.display().to_string(),
+            _sim: sim,
+            dir,
+        }
+    }
+
+    fn producer(&self, name: &str, env: &[(&str, String)]) -> (Proc, String) {
+        let port = free_port();
+        let mut all = vec![("JST2KD_METRICS__LISTEN", format!("127.0.0.1:{port}"))];
+        all.extend(env.iter().cloned());
+        (
+            Proc::start(
+                name,
+                "producer",
+                &["--config", &self.config],
+                &all,
+                &self.dir.0,
+            ),
+            format!("http://127.0.0.1:{port}"),
+        )
+    }
+
+    async fn wanted(&self) -> BTreeSet<String> {
+        let docs = get_json(&http(), &format!("{}/_sim/counts", self.jst))
+            .await
+            .unwrap();
+        docs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["status"] == "Confirmed" || d["status"] == "Archive")
+            .map(|d| format!("{}@{}", d["io_id"], d["modified"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// Every message id in the counts queue (consumed and acked).
+    async fn published(&self) -> Vec<String> {
+        let amqp = AmqpConfig {
+            prefix: self.prefix.clone(),
+            ..AmqpConfig::default()
+        };
+        let rabbit = RabbitBroker::connect(
+            Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "e2e-reader",
+            Topology::from_config(&amqp),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = Broker::Rabbit(rabbit.clone())
+            .consume(Work::Counts, 500)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+        {
+            ids.push(d.message_id.clone().unwrap_or_default());
+            d.ack().await.unwrap();
+        }
+        consumer.cancel().await;
+        rabbit.close().await;
+        ids
+    }
+
+    fn checkpoint(&self) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+        let bytes = std::fs::read(self.dir.path("producer.checkpoint.json")).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        chrono::DateTime::parse_from_rfc3339(v["until"].as_str()?).ok()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        delete_queues(&self.prefix);
+    }
+}
+
+#[tokio::test]
+async fn only_one_producer_polls_and_the_second_takes_over() {
+    let s = Setup::new("lock", 30).await;
+    let client = http();
+    let (mut first, first_url) = s.producer("producer-1", &[]);
+    assert!(
+        wait_ok(
+            &client,
+            &format!("{first_url}/readyz"),
+            Duration::from_secs(30)
+        )
+        .await,
+        "first ready:\n{}",
+        first.log_text()
+    );
+    let (mut second, second_url) = s.producer("producer-2", &[]);
+    assert!(
+        wait_ok(
+            &client,
+            &format!("{second_url}/healthz"),
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        status(&client, &format!("{second_url}/readyz")).await,
+        503,
+        "the second waits, not ready"
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("Another producer holds the lock"),
+        "{}",
+        second.log_text()
+    );
+
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    assert!(
+        wait_ok(
+            &client,
+            &format!("{second_url}/readyz"),
+            Duration::from_secs(30)
+        )
+        .await,
+        "the second takes over:\n{}",
+        second.log_text()
+    );
+    assert!(second.log_text().contains("Holding the producer lock"));
+    second.signal("TERM");
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        second.log_text()
+    );
+}
+
+#[tokio::test]
+async fn a_sigkill_mid_poll_resends_and_never_skips_a_window() {
+    let s = Setup::new("sigkill", 600).await;
+    let wanted = s.wanted().await;
+    // One call a second, so the first poll (several windows) takes a while.
+    let (mut slow, _) = s.producer(
+        "producer-slow",
+        &[("JST2KD_JST__RATE_PER_SECOND", "1".into())],
+    );
+    let counts = format!("{}.counts", s.prefix);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue_messages(&counts).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the producer published: {}",
+            slow.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slow.signal("KILL");
+    slow.wait_exit(Duration::from_secs(10));
+    let at_kill = s.checkpoint();
+    let end = common::time::now_beijing() - chrono::Duration::minutes(1);
+    assert!(
+        at_kill.is_none_or(|c| c < end),
+        "killed before the poll finished"
+    );
+
+    let (mut again, _) = s.producer("producer-again", &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s.checkpoint().is_none_or(|c| c < end) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted producer caught up: {}",
+            again.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    again.signal("TERM");
+    assert_eq!(again.wait_exit(Duration::from_secs(30)), Some(0));
+    let published: BTreeSet<String> = s.published().await.into_iter().collect();
+    let missing: Vec<_> = wanted.difference(&published).collect();
+    assert!(missing.is_empty(), "skipped: {missing:?}");
+}
