@@ -449,19 +449,28 @@ impl JstClient {
         biz
     }
 
+    /// One page, retried on transient failures.
+    pub async fn count_page_retrying(
+        &self,
+        query: &CountQuery,
+        page_index: u32,
+    ) -> Result<Page, JstError> {
+        let data = self
+            .call_retrying(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
+            .await?;
+        read_page(&data)
+    }
+
     /// Every document of a window (all pages, `has_next` followed), each call retried on
     /// transient failures.
     pub async fn count_window(&self, query: &CountQuery) -> Result<Vec<Value>, JstError> {
         let mut docs = Vec::new();
         let mut page_index = 1;
         loop {
-            let data = self
-                .call_retrying(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
-                .await?;
-            let page = read_page(&data)?;
-            let empty = page.datas.is_empty();
+            let page = self.count_page_retrying(query, page_index).await?;
+            let last = !page.has_next || page.datas.is_empty();
             docs.extend(page.datas);
-            if !page.has_next || empty {
+            if last {
                 return Ok(docs);
             }
             page_index += 1;

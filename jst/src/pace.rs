@@ -14,8 +14,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-const SECOND: Duration = Duration::from_secs(1);
-const MINUTE: Duration = Duration::from_secs(60);
+/// The windows the pacer keeps are a little longer than the platform's: requests reach it with
+/// varying delay, and two calls sent exactly 1 s apart can arrive 0.99 s apart.
+const SECOND_PACED: Duration = Duration::from_millis(1_100);
+const MINUTE_PACED: Duration = Duration::from_secs(61);
 
 /// Paces calls under a per-second and a per-minute limit (0 turns a limit off).
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl Pacer {
             let now = Instant::now();
             while sent
                 .front()
-                .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+                .is_some_and(|t| now.duration_since(*t) >= MINUTE_PACED)
             {
                 sent.pop_front();
             }
@@ -72,17 +74,17 @@ impl Pacer {
         if self.per_minute > 0 && sent.len() >= self.per_minute {
             // The call `per_minute` back must leave the 60 s window.
             let oldest = sent[sent.len() - self.per_minute];
-            wait = wait.max(MINUTE.saturating_sub(now.duration_since(oldest)));
+            wait = wait.max(MINUTE_PACED.saturating_sub(now.duration_since(oldest)));
         }
         if self.per_second > 0 {
             let in_last_second = sent
                 .iter()
                 .rev()
-                .take_while(|t| now.duration_since(**t) < SECOND)
+                .take_while(|t| now.duration_since(**t) < SECOND_PACED)
                 .count();
             if in_last_second >= self.per_second {
                 let oldest = sent[sent.len() - self.per_second];
-                wait = wait.max(SECOND.saturating_sub(now.duration_since(oldest)));
+                wait = wait.max(SECOND_PACED.saturating_sub(now.duration_since(oldest)));
             }
         }
         (!wait.is_zero()).then_some(wait)
@@ -92,6 +94,10 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The platform's windows, which the pacer's must cover.
+    const SECOND: Duration = Duration::from_secs(1);
+    const MINUTE: Duration = Duration::from_secs(60);
 
     /// The largest number of calls in any window of `len` ending at a call.
     fn max_in_window(times: &[Instant], len: Duration) -> usize {
@@ -118,10 +124,10 @@ mod tests {
         }
         assert!(max_in_window(&times, SECOND) <= 5);
         assert!(max_in_window(&times, MINUTE) <= 100);
-        // Five calls a second: 1–100 in seconds 0–19, 101–200 in 60–79, 201–250 in 120–129.
-        // No slower than the limits require.
+        // Five calls every 1.1 s: 1–100 by 20.9 s, 101–200 from 61 s, 201–250 from 122 s,
+        // the last at 131.9 s: the limits with their margins, and no slower.
         let took = Instant::now().duration_since(start);
-        assert_eq!(took, Duration::from_secs(129), "{took:?}");
+        assert_eq!(took, Duration::from_millis(131_900), "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -131,7 +137,10 @@ mod tests {
         for _ in 0..11 {
             pacer.acquire().await;
         }
-        assert_eq!(Instant::now().duration_since(start), Duration::from_secs(2));
+        assert_eq!(
+            Instant::now().duration_since(start),
+            Duration::from_millis(2_200)
+        );
     }
 
     #[tokio::test(start_paused = true)]

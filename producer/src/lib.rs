@@ -201,25 +201,35 @@ impl Producer {
                 modified_end: format_beijing(&end),
                 status: Some(status.clone()),
             };
-            let docs = self.client.count_window(&query).await?;
-            fetched += docs.len();
-            let docs: Vec<(String, Value)> = {
-                let recent = self
-                    .recent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                docs.into_iter()
-                    .map(|d| (message_id(&d), d))
-                    .filter(|(id, _)| !(skip_recent && recent.contains(id)))
-                    .collect()
-            };
-            let skipped = fetched - published - docs.len();
-            self.metrics
-                .skipped
-                .with_label_values(&[Stage::Producer.as_str(), "already_published"])
-                .inc_by(skipped as u64);
-            published += docs.len();
-            self.publish(docs).await?;
+            // Page by page: memory stays bounded by one page, whatever the window holds.
+            let mut page_index = 1;
+            loop {
+                let page = self.client.count_page_retrying(&query, page_index).await?;
+                let last = !page.has_next || page.datas.is_empty();
+                let total = page.datas.len();
+                fetched += total;
+                let docs: Vec<(String, Value)> = {
+                    let recent = self
+                        .recent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    page.datas
+                        .into_iter()
+                        .map(|d| (message_id(&d), d))
+                        .filter(|(id, _)| !(skip_recent && recent.contains(id)))
+                        .collect()
+                };
+                self.metrics
+                    .skipped
+                    .with_label_values(&[Stage::Producer.as_str(), "already_published"])
+                    .inc_by((total - docs.len()) as u64);
+                published += docs.len();
+                self.publish(docs).await?;
+                if last {
+                    break;
+                }
+                page_index += 1;
+            }
         }
         Ok((fetched, published))
     }

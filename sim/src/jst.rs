@@ -89,10 +89,17 @@ struct Tokens {
     generation: u64,
 }
 
+/// Documents in the order the platform pages them: `modified`, then `io_id`.
+#[derive(Default)]
+struct Docs {
+    sorted: BTreeMap<(Option<DateTime<FixedOffset>>, i64), Value>,
+    key_of: HashMap<i64, Option<DateTime<FixedOffset>>>,
+}
+
 struct Inner {
     creds: JstCredentials,
     behaviour: JstBehaviour,
-    docs: Mutex<BTreeMap<i64, Value>>,
+    docs: Mutex<Docs>,
     stats: Mutex<BTreeMap<String, u64>>,
     tokens: Mutex<Tokens>,
     calls: Mutex<VecDeque<Instant>>,
@@ -132,7 +139,7 @@ impl JstSim {
                 rng: Mutex::new(StdRng::seed_from_u64(behaviour.seed)),
                 creds,
                 behaviour,
-                docs: Mutex::new(BTreeMap::new()),
+                docs: Mutex::new(Docs::default()),
                 stats: Mutex::new(BTreeMap::new()),
                 tokens: Mutex::new(tokens),
                 calls: Mutex::new(VecDeque::new()),
@@ -142,7 +149,7 @@ impl JstSim {
         sim
     }
 
-    fn docs(&self) -> MutexGuard<'_, BTreeMap<i64, Value>> {
+    fn docs(&self) -> MutexGuard<'_, Docs> {
         lock(&self.inner.docs)
     }
 
@@ -152,16 +159,20 @@ impl JstSim {
         let mut n = 0;
         for doc in docs {
             if let Some(id) = int_field(doc.get("io_id")) {
-                held.insert(id, doc);
+                let modified = text_field(doc.get("modified")).and_then(|m| parse_beijing(&m));
+                if let Some(old) = held.key_of.insert(id, modified) {
+                    held.sorted.remove(&(old, id));
+                }
+                held.sorted.insert((modified, id), doc);
                 n += 1;
             }
         }
         n
     }
 
-    /// Every document held.
+    /// Every document held, in paging order.
     pub fn all(&self) -> Vec<Value> {
-        self.docs().values().cloned().collect()
+        self.docs().sorted.values().cloned().collect()
     }
 
     fn count(&self, outcome: &str) {
@@ -477,37 +488,37 @@ async fn count_query(
             return fail(140, &msg).into_response();
         }
     };
-    let mut matching: Vec<(DateTime<FixedOffset>, i64, Value)> = sim
-        .docs()
-        .iter()
-        .filter_map(|(id, doc)| {
-            let modified = text_field(doc.get("modified")).and_then(|m| parse_beijing(&m))?;
-            Some((modified, *id, doc))
-        })
-        .filter(|(modified, id, doc)| {
-            query
-                .window
-                .is_none_or(|(b, e)| *modified >= b && *modified <= e)
-                && query.io_ids.as_ref().is_none_or(|ids| ids.contains(id))
-                && query
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| text_field(doc.get("status")).as_ref() == Some(s))
-        })
-        .map(|(m, id, doc)| (m, id, doc.clone()))
-        .collect();
-    matching.sort_by_key(|m| (m.0, m.1));
-    let total = matching.len();
     let Some(start) = (query.page_index - 1).checked_mul(query.page_size) else {
         sim.count("invalid");
         return fail(140, "page_index 超出范围").into_response();
     };
-    let datas: Vec<Value> = matching
-        .into_iter()
-        .skip(start)
-        .take(query.page_size)
-        .map(|(_, _, d)| d)
-        .collect();
+    // Count every match, clone only the page: the store is already in paging order.
+    let (total, datas) = {
+        let docs = sim.docs();
+        let mut total = 0usize;
+        let mut datas = Vec::with_capacity(query.page_size);
+        // A window reads only its range of the (modified, io_id) order.
+        use std::ops::Bound::{Included, Unbounded};
+        let bounds = match query.window {
+            Some((b, e)) => (Included((Some(b), i64::MIN)), Included((Some(e), i64::MAX))),
+            None => (Unbounded, Unbounded),
+        };
+        let range = docs.sorted.range(bounds);
+        let matches = range.filter(|((_, id), doc)| {
+            query.io_ids.as_ref().is_none_or(|ids| ids.contains(id))
+                && query
+                    .status
+                    .as_deref()
+                    .is_none_or(|s| doc.get("status").and_then(Value::as_str) == Some(s))
+        });
+        for (_, doc) in matches {
+            if total >= start && datas.len() < query.page_size {
+                datas.push(doc.clone());
+            }
+            total += 1;
+        }
+        (total, datas)
+    };
     let page_count = total.div_ceil(query.page_size);
     sim.count("ok");
     Json(json!({

@@ -244,3 +244,104 @@ async fn a_sigkill_mid_poll_resends_and_never_skips_a_window() {
     let missing: Vec<_> = wanted.difference(&published).collect();
     assert!(missing.is_empty(), "skipped: {missing:?}");
 }
+
+#[tokio::test]
+async fn a_refused_app_is_reported_not_ready_and_the_producer_keeps_running() {
+    let s = Setup::new("refused", 20).await;
+    let client = http();
+    let (mut producer, url) = s.producer(
+        "producer-refused",
+        &[("JST2KD_JST__APP_SECRET", "not-the-secret".into())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !producer.log_text().contains("Jushuitan refused the app") {
+        assert!(
+            Instant::now() < deadline,
+            "the refusal is logged:\n{}",
+            producer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status(&client, &format!("{url}/readyz")).await,
+        503,
+        "not ready"
+    );
+    assert_eq!(
+        status(&client, &format!("{url}/healthz")).await,
+        200,
+        "alive"
+    );
+    assert!(
+        !producer.log_text().contains("not-the-secret"),
+        "the secret is not logged"
+    );
+    assert!(
+        producer.wait_exit(Duration::from_secs(2)).is_none(),
+        "still running, no crash loop"
+    );
+    producer.signal("TERM");
+    assert_eq!(producer.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[tokio::test]
+async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
+    let s = Setup::new("backfill", 200).await;
+    let docs = get_json(&http(), &format!("{}/_sim/counts", s.jst))
+        .await
+        .unwrap();
+    let now = common::time::now_beijing();
+    let (from, to) = (
+        now - chrono::Duration::days(20),
+        now - chrono::Duration::days(2),
+    );
+    let expected = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "Confirmed" || d["status"] == "Archive")
+        .filter(|d| {
+            let m = common::time::parse_beijing(d["modified"].as_str().unwrap()).unwrap();
+            m >= from && m <= to
+        })
+        .count();
+    let out = std::process::Command::new(e2e::binary("jst2kd"))
+        .args([
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            &common::time::format_beijing(&from),
+            "--to",
+            &common::time::format_beijing(&to),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("windows: 3"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("documents published: {expected}")),
+        "expected {expected}:\n{stdout}"
+    );
+    assert!(s.checkpoint().is_none(), "the checkpoint is not touched");
+    assert_eq!(s.published().await.len(), expected);
+
+    let bad = std::process::Command::new(e2e::binary("jst2kd"))
+        .args([
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            "yesterday",
+            "--to",
+            "today",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a bad time is a usage error");
+}
