@@ -30,6 +30,9 @@ pub mod header {
     pub const ERROR: &str = "jst2kd-error";
     /// Kingdee `Errors` of the bill, JSON, at most 16 KiB.
     pub const KINGDEE_ERRORS: &str = "jst2kd-kingdee-errors";
+    /// For a `conflict`: the entries of the bill Kingdee already holds, as JSON, at most
+    /// 16 KiB (the message body is the new version).
+    pub const KINGDEE_EXISTING: &str = "jst2kd-kingdee-existing";
     /// Queue a replay sends the message back to.
     pub const ORIGIN_QUEUE: &str = "jst2kd-origin-queue";
     /// Routing key a replay uses.

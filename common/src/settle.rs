@@ -69,6 +69,20 @@ pub struct DeadReason {
     pub error: String,
     /// `jst2kd-kingdee-errors` (JSON), for bills Kingdee answered.
     pub kingdee_errors: Option<Value>,
+    /// `jst2kd-kingdee-existing`: what Kingdee holds under the same bill number (conflicts).
+    pub existing: Option<Value>,
+}
+
+impl DeadReason {
+    /// A reason with a kind and a message only.
+    pub fn new(kind: DeadKind, error: impl Into<String>) -> Self {
+        Self {
+            kind,
+            error: error.into(),
+            kingdee_errors: None,
+            existing: None,
+        }
+    }
 }
 
 /// Sends failed messages of one stage to retry tiers or the dead letters.
@@ -106,11 +120,16 @@ impl Settler {
             header::ERROR.into(),
             truncate(&reason.error, MAX_ERROR_BYTES).into(),
         );
-        if let Some(errors) = &reason.kingdee_errors {
-            headers.insert(
-                header::KINGDEE_ERRORS.into(),
-                truncate(&errors.to_string(), MAX_KINGDEE_ERRORS_BYTES).into(),
-            );
+        for (name, value) in [
+            (header::KINGDEE_ERRORS, &reason.kingdee_errors),
+            (header::KINGDEE_EXISTING, &reason.existing),
+        ] {
+            if let Some(v) = value {
+                headers.insert(
+                    name.into(),
+                    truncate(&v.to_string(), MAX_KINGDEE_ERRORS_BYTES).into(),
+                );
+            }
         }
         headers.insert(
             header::ORIGIN_QUEUE.into(),
@@ -161,11 +180,10 @@ impl Settler {
         let next = next_try(header_int(&delivery.headers, header::ATTEMPT), tiers);
         match next {
             NextTry::Exhausted => {
-                let reason = DeadReason {
-                    kind: DeadKind::Exhausted,
-                    error: format!("gave up after {tiers} retries: {error}"),
-                    kingdee_errors: None,
-                };
+                let reason = DeadReason::new(
+                    DeadKind::Exhausted,
+                    format!("gave up after {tiers} retries: {error}"),
+                );
                 self.dead_letter(delivery, reason).await?;
             }
             NextTry::Retry { tier, attempt } => {

@@ -32,8 +32,94 @@ pub enum Settlement {
     Duplicate,
     /// Refused for a reason retrying cannot fix: dead-letter `rejected` with these errors.
     Rejected(Vec<BillError>),
+    /// Its number is used by a bill with other content (the JST document changed after it was
+    /// booked): dead-letter `conflict` with the existing entries.
+    Conflict(Vec<Entry>),
     /// Worth another try later.
     Retry(String),
+}
+
+/// What the conflict check compares of an entry: material, stock, quantity, lot.
+pub type Entry = (String, String, String, String);
+
+/// The fields ExecuteBillQuery returns for the check, in this order.
+pub const CHECK_FIELDS: &str = "FBillNo,FMaterialId.FNumber,FStockId.FNumber,FQty,FLot.FNumber";
+
+fn quantity(v: Option<&serde_json::Value>) -> String {
+    common::messages::num_field(v).map_or_else(String::new, |q| format!("{:.6}", q.abs()))
+}
+
+fn text(v: Option<&serde_json::Value>) -> String {
+    common::messages::text_field(v).unwrap_or_default()
+}
+
+fn reference(v: Option<&serde_json::Value>) -> String {
+    let obj = v.and_then(serde_json::Value::as_object);
+    text(obj.and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("FNumber"))
+            .map(|(_, n)| n)
+    }))
+}
+
+/// The sorted entries of a bill model we sent.
+pub fn entries_of_model(model: &serde_json::Value) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = model
+        .get("FEntity")
+        .and_then(serde_json::Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .map(|e| {
+                    (
+                        reference(e.get("FMaterialId")),
+                        reference(e.get("FStockId")),
+                        quantity(e.get("FQty")),
+                        reference(e.get("FLot")),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    entries
+}
+
+/// The sorted entries per bill number of ExecuteBillQuery rows in [`CHECK_FIELDS`] order.
+pub fn entries_of_rows(rows: &[Vec<serde_json::Value>]) -> BTreeMap<String, Vec<Entry>> {
+    let mut bills: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    for row in rows {
+        let bill_no = text(row.first());
+        bills.entry(bill_no).or_default().push((
+            text(row.get(1)),
+            text(row.get(2)),
+            quantity(row.get(3)),
+            text(row.get(4)),
+        ));
+    }
+    for entries in bills.values_mut() {
+        entries.sort();
+    }
+    bills
+}
+
+/// Decides a duplicate after looking the existing bill up: the same entries → duplicate.
+pub fn check_duplicate(existing: Option<&Vec<Entry>>, model: &serde_json::Value) -> Settlement {
+    match existing {
+        None => Settlement::Retry(
+            "kingdee says the bill number is used but the query finds no such bill".into(),
+        ),
+        Some(entries) if *entries == entries_of_model(model) => Settlement::Duplicate,
+        Some(entries) => Settlement::Conflict(entries.clone()),
+    }
+}
+
+/// `FBillNo in ('A','B')`, quotes doubled.
+fn bill_no_filter(numbers: &[&str]) -> String {
+    let list: Vec<String> = numbers
+        .iter()
+        .map(|n| format!("'{}'", n.replace('\'', "''")))
+        .collect();
+    format!("FBillNo in ({})", list.join(","))
 }
 
 /// MsgCodes that describe a passing condition rather than the bill (exception, database,
@@ -117,7 +203,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %e, "Not a valid bill; dead-lettering it.");
-                        let reason = DeadReason { kind: DeadKind::Malformed, error: e.to_string(), kingdee_errors: None };
+                        let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
                         settler.dead_letter(delivery, reason).await.ok();
                         drop(in_flight);
                     }
@@ -171,9 +257,14 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
         let models: Vec<serde_json::Value> = group.iter().map(|p| p.bill.model.clone()).collect();
         match client.batch_save(&form, &models).await {
             Ok(results) => {
+                let mut duplicates = Vec::new();
                 for (pending, result) in group.into_iter().zip(results) {
-                    apply(pending, settle(&result), settler, ctx).await;
+                    match settle(&result) {
+                        Settlement::Duplicate => duplicates.push(pending),
+                        other => apply(pending, other, settler, ctx).await,
+                    }
                 }
+                check_duplicates(&form, duplicates, client, settler, ctx).await;
             }
             Err(err) => {
                 if err.is_transient() {
@@ -184,6 +275,46 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 for pending in group {
                     apply(pending, Settlement::Retry(err.to_string()), settler, ctx).await;
                 }
+            }
+        }
+    }
+}
+
+/// Looks the bills whose number is already used up in Kingdee (one query for the batch) and
+/// settles each as a duplicate or a conflict; when the query fails they are retried.
+async fn check_duplicates(
+    form: &str,
+    duplicates: Vec<Pending>,
+    client: &KingdeeClient,
+    settler: &Settler,
+    ctx: &Context,
+) {
+    if duplicates.is_empty() {
+        return;
+    }
+    let numbers: Vec<&str> = duplicates.iter().map(|p| p.bill.bill_no.as_str()).collect();
+    match client
+        .execute_bill_query(form, CHECK_FIELDS, &bill_no_filter(&numbers))
+        .await
+    {
+        Ok(rows) => {
+            let existing = entries_of_rows(&rows);
+            for pending in duplicates {
+                let settlement =
+                    check_duplicate(existing.get(&pending.bill.bill_no), &pending.bill.model);
+                apply(pending, settlement, settler, ctx).await;
+            }
+        }
+        Err(err) => {
+            warn!(form, bills = duplicates.len(), error = %err, "Cannot look up bills whose number is used; they go to a retry tier.");
+            for pending in duplicates {
+                apply(
+                    pending,
+                    Settlement::Retry(format!("duplicate check failed: {err}")),
+                    settler,
+                    ctx,
+                )
+                .await;
             }
         }
     }
@@ -214,12 +345,36 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
                 .join("; ");
             warn!(io_id, bill_no, error = %text, "Kingdee rejected the bill; dead-lettering it.");
             let reason = DeadReason {
-                kind: DeadKind::Rejected,
-                error: format!("kingdee rejected bill {bill_no}: {text}"),
                 kingdee_errors: Some(json!(errors)),
+                ..DeadReason::new(
+                    DeadKind::Rejected,
+                    format!("kingdee rejected bill {bill_no}: {text}"),
+                )
             };
             if settler.dead_letter(delivery, reason).await.is_ok() {
                 count("rejected");
+            }
+        }
+        Settlement::Conflict(existing) => {
+            let new = entries_of_model(&bill.model);
+            warn!(
+                io_id,
+                bill_no,
+                "The bill number exists in Kingdee with other content; dead-lettering it as a conflict for a person to decide."
+            );
+            let reason = DeadReason {
+                existing: Some(json!(existing)),
+                ..DeadReason::new(
+                    DeadKind::Conflict,
+                    format!(
+                        "bill {bill_no} exists in Kingdee with other entries (material, stock, quantity, lot): existing {} / new {}",
+                        json!(existing),
+                        json!(new)
+                    ),
+                )
+            };
+            if settler.dead_letter(delivery, reason).await.is_ok() {
+                count("conflict");
             }
         }
         Settlement::Retry(why) => match settler.retry(delivery, why).await {
@@ -247,6 +402,52 @@ async fn delivery_ack(delivery: Delivery, ctx: &Context, created: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_with_the_same_entries_is_acked_and_one_with_others_is_a_conflict() {
+        let model = json!({"FEntity": [
+            {"FMaterialId": {"FNumber": "A"}, "FStockId": {"FNumber": "CK1"}, "FQty": 2.0},
+            {"FMaterialId": {"FNumber": "B"}, "FStockId": {"FNumber": "CK1"}, "FQty": 1, "FLot": {"FNumber": "L1"}},
+        ]});
+        let same = vec![
+            vec![
+                json!("X"),
+                json!("B"),
+                json!("CK1"),
+                json!("1"),
+                json!("L1"),
+            ],
+            vec![
+                json!("X"),
+                json!("A"),
+                json!("CK1"),
+                json!("2"),
+                json!(null),
+            ],
+        ];
+        let existing = entries_of_rows(&same);
+        assert_eq!(
+            check_duplicate(existing.get("X"), &model),
+            Settlement::Duplicate
+        );
+        let changed = vec![vec![
+            json!("X"),
+            json!("A"),
+            json!("CK1"),
+            json!(5),
+            json!(null),
+        ]];
+        let existing = entries_of_rows(&changed);
+        assert!(matches!(
+            check_duplicate(existing.get("X"), &model),
+            Settlement::Conflict(_)
+        ));
+        assert!(matches!(
+            check_duplicate(None, &model),
+            Settlement::Retry(_)
+        ));
+        assert_eq!(bill_no_filter(&["A", "O'B"]), "FBillNo in ('A','O''B')");
+    }
 
     fn failed(msg_code: i64, field: Option<&str>, message: &str) -> BillResult {
         BillResult::Failed {
@@ -283,6 +484,7 @@ mod tests {
             let got = match settle(&result) {
                 Settlement::Created => "created",
                 Settlement::Duplicate => "duplicate",
+                Settlement::Conflict(_) => "conflict",
                 Settlement::Rejected(_) => "rejected",
                 Settlement::Retry(_) => "retry",
             };

@@ -16,10 +16,14 @@ use sim::kingdee::{KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;
 
 fn bill(no: &str, stock: Value) -> Outgoing {
+    bill_of(no, stock, 1.0)
+}
+
+fn bill_of(no: &str, stock: Value, qty: f64) -> Outgoing {
     let model = json!({"FBillNo": no, "FBillTypeID": {"FNUMBER": "QTCKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
         "FPickOrgId": {"FNumber": "100"}, "FOwnerIdHead": {"FNumber": "100"}, "FOwnerTypeIdHead": "BD_OwnerOrg",
         "FStockDirect": "GENERAL", "FDate": "2026-03-01",
-        "FEntity": [{"FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"}, "FQty": 1.0, "FStockId": stock}]});
+        "FEntity": [{"FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"}, "FQty": qty, "FStockId": stock}]});
     let body = json!({"form_id": "STK_MisDelivery", "bill_no": no, "source": {"io_id": 1, "modified": "m"}, "model": model});
     Outgoing {
         destination: Destination::Work(Work::Bills),
@@ -56,6 +60,8 @@ async fn each_bill_is_settled_by_its_own_result() {
         bill("B1", json!({"FNumber": "CK001"})),
         bill("B1", json!({"FNumber": "CK001"})),
         bill("B2", json!("CK001")),
+        bill_of("B3", json!({"FNumber": "CK001"}), 1.0),
+        bill_of("B3", json!({"FNumber": "CK001"}), 4.0),
     ] {
         broker.publish(m).await.expect("stored");
     }
@@ -91,15 +97,28 @@ async fn each_bill_is_settled_by_its_own_result() {
     stage.await.expect("task").expect("clean stop");
 
     let m = &ctx.metrics;
-    assert_eq!(Metrics::count(&m.loader_bills, &["created"]), 1);
+    assert_eq!(Metrics::count(&m.loader_bills, &["created"]), 2);
+    assert_eq!(Metrics::count(&m.loader_bills, &["conflict"]), 1);
     assert_eq!(Metrics::count(&m.loader_bills, &["duplicate"]), 1);
     assert_eq!(Metrics::count(&m.loader_bills, &["rejected"]), 1);
     assert_eq!(
         Metrics::count(&m.dead_lettered, &["loader", "malformed"]),
         1
     );
-    assert_eq!(sim.bills().len(), 1, "booked once");
     let dead = memory.dead_letters();
+    assert_eq!(sim.bills().len(), 2, "each booked once");
+    let conflict = dead
+        .iter()
+        .find(|d| header_text(&d.headers, header::ERROR_KIND) == Some("conflict"))
+        .expect("conflict letter");
+    assert_eq!(conflict.message_id, "B3");
+    let existing =
+        header_text(&conflict.headers, header::KINGDEE_EXISTING).expect("existing version");
+    assert!(existing.contains("1.000000"), "{existing}");
+    assert!(
+        String::from_utf8_lossy(&conflict.body).contains("4.0"),
+        "the body is the new version"
+    );
     let rejected = dead
         .iter()
         .find(|d| header_text(&d.headers, header::ERROR_KIND) == Some("rejected"))

@@ -93,6 +93,8 @@ pub struct SavedBill {
     pub id: i64,
     /// The model exactly as the client sent it.
     pub model: Value,
+    /// `FDocumentStatus`: A created, B submitted, C audited.
+    pub status: String,
 }
 
 #[derive(Default)]
@@ -295,6 +297,7 @@ impl KingdeeSim {
                     bill_no: no.clone(),
                     id,
                     model: model.clone(),
+                    status: "A".into(),
                 });
                 saved.push(json!({"Id": id, "Number": no, "DIndex": index}));
             } else {
@@ -336,10 +339,18 @@ impl KingdeeSim {
         };
         let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
         for key in &keys {
-            if !["FID", "FBillNo", "FDocumentStatus", "FDate"].contains(key) {
+            if !HEADER_KEYS
+                .iter()
+                .chain(ENTRY_KEYS)
+                .any(|k| k.eq_ignore_ascii_case(key))
+            {
                 return json!([[status_error(9, &format!("元数据中标识为{key}的字段不存在"))]]);
             }
         }
+        // Asking for an entry field gives one row per entry, as Kingdee does.
+        let per_entry = keys
+            .iter()
+            .any(|k| ENTRY_KEYS.iter().any(|e| e.eq_ignore_ascii_case(k)));
         let filter = data
             .get("FilterString")
             .and_then(Value::as_str)
@@ -347,25 +358,65 @@ impl KingdeeSim {
         let Some(predicate) = Filter::parse(filter) else {
             return json!([[status_error(8, &format!("过滤条件不合法：{filter}"))]]);
         };
-        let rows: Vec<Value> = self
-            .store()
+        let store = self.store();
+        let mut rows = Vec::new();
+        for b in store
             .bills
             .iter()
             .filter(|b| b.form_id == form_id && predicate.matches(b))
-            .map(|b| {
-                Value::Array(
-                    keys.iter()
-                        .map(|k| match *k {
-                            "FID" => json!(b.id),
-                            "FBillNo" => json!(b.bill_no),
-                            "FDocumentStatus" => json!("A"),
-                            _ => b.model.get("FDate").cloned().unwrap_or(Value::Null),
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
+        {
+            let entries: Vec<Option<&Value>> = if per_entry {
+                b.model
+                    .get("FEntity")
+                    .and_then(Value::as_array)
+                    .map(|e| e.iter().map(Some).collect())
+                    .unwrap_or_default()
+            } else {
+                vec![None]
+            };
+            for entry in entries {
+                rows.push(Value::Array(
+                    keys.iter().map(|k| field(b, entry, k)).collect(),
+                ));
+            }
+        }
         Value::Array(rows)
+    }
+}
+
+/// Header fields ExecuteBillQuery answers.
+const HEADER_KEYS: &[&str] = &["FID", "FBillNo", "FDocumentStatus", "FDate"];
+/// Entry fields ExecuteBillQuery answers (one row per entry).
+const ENTRY_KEYS: &[&str] = &[
+    "FMaterialId.FNumber",
+    "FStockId.FNumber",
+    "FLot.FNumber",
+    "FQty",
+    "FEntryNote",
+];
+
+/// One column of a query row.
+fn field(bill: &SavedBill, entry: Option<&Value>, key: &str) -> Value {
+    let number = |v: Option<&Value>| {
+        v.and_then(|r| r.as_object())
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("FNumber")))
+            .map_or(Value::Null, |(_, n)| n.clone())
+    };
+    let of_entry = |name: &str| {
+        entry
+            .and_then(|e| e.as_object())
+            .and_then(|e| find(e, name))
+    };
+    match key.to_ascii_lowercase().as_str() {
+        "fid" => json!(bill.id),
+        "fbillno" => json!(bill.bill_no),
+        "fdocumentstatus" => json!(bill.status),
+        "fdate" => bill.model.get("FDate").cloned().unwrap_or(Value::Null),
+        "fmaterialid.fnumber" => number(of_entry("FMaterialId")),
+        "fstockid.fnumber" => number(of_entry("FStockId")),
+        "flot.fnumber" => number(of_entry("FLot")),
+        "fqty" => of_entry("FQty").cloned().unwrap_or(Value::Null),
+        _ => of_entry("FEntryNote").cloned().unwrap_or(Value::Null),
     }
 }
 

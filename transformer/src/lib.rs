@@ -76,11 +76,7 @@ async fn handle(
         Ok(v) => v,
         Err(e) => {
             warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %e, "Unreadable count document; dead-lettering it.");
-            let reason = DeadReason {
-                kind: DeadKind::Malformed,
-                error: format!("body is not JSON: {e}"),
-                kingdee_errors: None,
-            };
+            let reason = DeadReason::new(DeadKind::Malformed, format!("body is not JSON: {e}"));
             settler.dead_letter(delivery, reason).await.ok();
             return;
         }
@@ -103,11 +99,7 @@ async fn handle(
                 MapError::Mapping(_) => DeadKind::Mapping,
             };
             warn!(io_id, kind = kind.as_str(), error = %err, "Document cannot be mapped; dead-lettering it.");
-            let reason = DeadReason {
-                kind,
-                error: err.to_string(),
-                kingdee_errors: None,
-            };
+            let reason = DeadReason::new(kind, err.to_string());
             settler.dead_letter(delivery, reason).await.ok();
         }
     }
