@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use common::config::LogFormat;
 use sim::jst::{JstBehaviour, JstCredentials, JstSim};
-use sim::kingdee::{KingdeeCredentials, KingdeeSim, MasterData};
+use sim::kingdee::{KingdeeBehaviour, KingdeeCredentials, KingdeeSim, MasterData};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -70,6 +70,18 @@ pub enum SimCommand {
         /// Accepted app_secret.
         #[arg(long, default_value_t = KingdeeCredentials::default().app_secret)]
         app_secret: String,
+        /// Share of write calls answered HTTP 500, half of them after the bills were committed.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Share of write calls refused for every bill with MsgCode 13 or 14.
+        #[arg(long, default_value_t = 0.0)]
+        busy_rate: f64,
+        /// Milliseconds added to every call.
+        #[arg(long, default_value_t = 0)]
+        latency: u64,
+        /// Seed of the fault injection.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -135,7 +147,17 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
             user,
             app_id,
             app_secret,
+            fail_rate,
+            busy_rate,
+            latency,
+            seed,
         } => {
+            if !(0.0..=1.0).contains(&(fail_rate + busy_rate)) || fail_rate < 0.0 || busy_rate < 0.0
+            {
+                return Err(usage(anyhow::anyhow!(
+                    "--fail-rate and --busy-rate must be between 0 and 1, together at most 1"
+                )));
+            }
             let master = match master_data {
                 Some(path) => {
                     let text = std::fs::read(&path)
@@ -150,15 +172,19 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
             };
             kingdee::sign::client_sec(&app_id)
                 .map_err(|e| usage(anyhow::anyhow!("--app-id: {e}")))?;
-            let sim = KingdeeSim::new(
-                KingdeeCredentials {
-                    acct_id,
-                    user_name: user,
-                    app_id,
-                    app_secret,
-                },
-                master,
-            );
+            let behaviour = KingdeeBehaviour {
+                fail_rate,
+                busy_rate,
+                latency: Duration::from_millis(latency),
+                seed,
+            };
+            let creds = KingdeeCredentials {
+                acct_id,
+                user_name: user,
+                app_id,
+                app_secret,
+            };
+            let sim = KingdeeSim::with_behaviour(creds, master, behaviour);
             (listen, sim.router(), "Kingdee simulator".to_string())
         }
     };

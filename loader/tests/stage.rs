@@ -135,3 +135,88 @@ async fn each_bill_is_settled_by_its_own_result() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn under_faults_every_bill_is_booked_exactly_once() {
+    use sim::kingdee::KingdeeBehaviour;
+    // Half the write calls fail (half of those after committing), some are refused as busy:
+    // only retries and the duplicate check bring every bill in, once.
+    let behaviour = KingdeeBehaviour {
+        fail_rate: 0.4,
+        busy_rate: 0.1,
+        seed: 9,
+        ..KingdeeBehaviour::default()
+    };
+    let sim = KingdeeSim::with_behaviour(KingdeeCredentials::default(), None, behaviour);
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(sim.router(), stop.clone())
+        .await
+        .expect("sim");
+    let c = KingdeeCredentials::default();
+    let client = KingdeeClient::new(
+        &KingdeeConfig {
+            base_url: format!("{url}/k3cloud"),
+            acct_id: Secret::new(c.acct_id),
+            user_name: Secret::new(c.user_name),
+            app_id: Secret::new(c.app_id),
+            app_secret: Secret::new(c.app_secret),
+            ..KingdeeConfig::default()
+        },
+        None,
+    )
+    .expect("client");
+    let topology = Topology {
+        retry_delays: vec![Duration::from_millis(50); 12],
+        ..Topology::from_config(&AmqpConfig::default())
+    };
+    let memory = MemoryBroker::new(topology);
+    let broker = Broker::Memory(memory.clone());
+    for i in 0..60 {
+        broker
+            .publish(bill(&format!("F{i:03}"), json!({"FNumber": "CK001"})))
+            .await
+            .expect("stored");
+    }
+    let ctx = Context::new(&[Stage::Loader]);
+    let config = LoaderConfig {
+        batch_size: 7,
+        linger: Dur::millis(20),
+        concurrency: 2,
+    };
+    let stage = tokio::spawn({
+        let (broker, ctx) = (broker.clone(), ctx.clone());
+        async move { loader::run(&config, 20, broker, client, ctx).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while broker.depth(Work::Bills).await.expect("depth") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loader settles every bill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.cancel.cancel();
+    stage.await.expect("task").expect("clean stop");
+
+    let bills = sim.bills();
+    let numbers: std::collections::BTreeSet<&str> =
+        bills.iter().map(|b| b.bill_no.as_str()).collect();
+    assert_eq!(bills.len(), 60, "no bill booked twice");
+    assert_eq!(numbers.len(), 60, "every bill booked");
+    let m = &ctx.metrics;
+    assert_eq!(
+        Metrics::count(&m.loader_bills, &["created"])
+            + Metrics::count(&m.loader_bills, &["duplicate"]),
+        60
+    );
+    assert!(
+        Metrics::count(&m.retried, &["loader"]) > 0,
+        "faults were retried"
+    );
+    assert!(
+        Metrics::count(&m.loader_bills, &["duplicate"]) > 0,
+        "a 500 after commit came back as a duplicate"
+    );
+    assert!(memory.dead_letters().is_empty());
+    stop.cancel();
+}

@@ -103,9 +103,43 @@ struct Store {
     stats: BTreeMap<String, u64>,
 }
 
+/// Faults and delays the simulator injects.
+#[derive(Clone, Debug)]
+pub struct KingdeeBehaviour {
+    /// Share of write calls answered HTTP 500; half of them after the bills were committed.
+    pub fail_rate: f64,
+    /// Share of write calls refused for every bill with MsgCode 13 (bill locked) or 14 (limit).
+    pub busy_rate: f64,
+    /// Added to every call.
+    pub latency: std::time::Duration,
+    /// Seed of the fault injection.
+    pub seed: u64,
+}
+
+impl Default for KingdeeBehaviour {
+    fn default() -> Self {
+        Self {
+            fail_rate: 0.0,
+            busy_rate: 0.0,
+            latency: std::time::Duration::ZERO,
+            seed: 1,
+        }
+    }
+}
+
+/// What a write call suffers.
+enum WriteFault {
+    None,
+    FailBeforeCommit,
+    FailAfterCommit,
+    Busy(i64),
+}
+
 struct Inner {
     creds: KingdeeCredentials,
     master: Option<MasterData>,
+    behaviour: KingdeeBehaviour,
+    rng: Mutex<rand::rngs::StdRng>,
     store: Mutex<Store>,
 }
 
@@ -178,12 +212,46 @@ const BILL_TYPES: &[&str] = &["QTCKD01_SYS", "QTCKD02_SYS", "QTCKD03_SYS"];
 impl KingdeeSim {
     /// A simulator; without master data every material and stock number is accepted.
     pub fn new(creds: KingdeeCredentials, master: Option<MasterData>) -> Self {
+        Self::with_behaviour(creds, master, KingdeeBehaviour::default())
+    }
+
+    /// A simulator that injects faults and delays.
+    pub fn with_behaviour(
+        creds: KingdeeCredentials,
+        master: Option<MasterData>,
+        behaviour: KingdeeBehaviour,
+    ) -> Self {
+        use rand::SeedableRng;
         Self {
             inner: Arc::new(Inner {
                 creds,
                 master,
+                rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(behaviour.seed)),
+                behaviour,
                 store: Mutex::new(Store::default()),
             }),
+        }
+    }
+
+    fn write_fault(&self) -> WriteFault {
+        use rand::Rng;
+        let b = &self.inner.behaviour;
+        let mut rng = self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let roll: f64 = rng.random();
+        if roll < b.fail_rate {
+            if rng.random::<bool>() {
+                WriteFault::FailAfterCommit
+            } else {
+                WriteFault::FailBeforeCommit
+            }
+        } else if roll < b.fail_rate + b.busy_rate {
+            WriteFault::Busy(if rng.random::<bool>() { 13 } else { 14 })
+        } else {
+            WriteFault::None
         }
     }
 
@@ -702,6 +770,32 @@ fn status_error(msg_code: i64, message: &str) -> Value {
         "SuccessEntitys": [], "SuccessMessages": [], "MsgCode": msg_code}}})
 }
 
+fn server_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "<html><body>Server Error in '/k3cloud' Application.</body></html>",
+    )
+        .into_response()
+}
+
+/// Every bill of the call refused with a passing condition (13 bill locked, 14 call limit).
+fn busy(data: &Value, msg_code: i64) -> Value {
+    let count = match data.get("Model") {
+        Some(Value::Array(m)) => m.len(),
+        _ => 1,
+    };
+    let message = if msg_code == 13 {
+        "网控冲突：单据正在被其他用户操作，请稍后再试"
+    } else {
+        "调用次数超过限制，请稍后再试"
+    };
+    let errors: Vec<Value> = (0..count)
+        .map(|i| json!({"FieldName": null, "Message": message, "DIndex": i}))
+        .collect();
+    json!({"Result": {"ResponseStatus": {"ErrorCode": 500, "IsSuccess": false, "Errors": errors,
+        "SuccessEntitys": [], "SuccessMessages": [], "MsgCode": msg_code}}})
+}
+
 fn session_lost() -> Value {
     status_error(1, "会话信息已丢失，请重新登录")
 }
@@ -747,6 +841,10 @@ async fn service(
     else {
         return (StatusCode::NOT_FOUND, "unknown service").into_response();
     };
+    let latency = sim.inner.behaviour.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     if let Err(answer) = sim.verify(&headers, uri.path()) {
         sim.count("refused_auth");
         let answer = if name.ends_with("executebillquery") {
@@ -766,7 +864,22 @@ async fn service(
             let Some((form, data)) = arguments(&body, false) else {
                 return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
             };
-            Json(sim.batch_save(&form, &data)).into_response()
+            match sim.write_fault() {
+                WriteFault::None => Json(sim.batch_save(&form, &data)).into_response(),
+                WriteFault::FailBeforeCommit => {
+                    sim.count("fault_500_before_commit");
+                    server_error()
+                }
+                WriteFault::FailAfterCommit => {
+                    sim.count("fault_500_after_commit");
+                    sim.batch_save(&form, &data);
+                    server_error()
+                }
+                WriteFault::Busy(code) => {
+                    sim.count("fault_busy");
+                    Json(busy(&data, code)).into_response()
+                }
+            }
         }
         "dynamicformservice.executebillquery" => {
             sim.count("execute_bill_query");
