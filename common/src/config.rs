@@ -418,6 +418,10 @@ pub enum KingdeeAuth {
     /// Signed headers on every call, as the official SDKs do.
     #[default]
     Signature,
+    /// A session opened with `AuthService.LoginBySign` (app id and secret).
+    LoginBySign,
+    /// A session opened with `AuthService.ValidateUser` (user and password).
+    Password,
 }
 
 /// `[kingdee]`
@@ -444,6 +448,10 @@ pub struct KingdeeConfig {
     pub app_secret: Secret,
     /// File holding `app_secret`.
     pub app_secret_file: Option<PathBuf>,
+    /// The user's password (`auth = "password"`).
+    pub password: Secret,
+    /// File holding `password`.
+    pub password_file: Option<PathBuf>,
     /// Language id.
     #[serde(deserialize_with = "lenient::number")]
     pub lcid: u32,
@@ -466,6 +474,8 @@ impl Default for KingdeeConfig {
             app_id_file: None,
             app_secret: Secret::default(),
             app_secret_file: None,
+            password: Secret::default(),
+            password_file: None,
             lcid: 2052,
             org_num: "0".into(),
             timeout: Dur::secs(60),
@@ -732,17 +742,26 @@ impl Config {
     fn validate_kingdee(&self) -> Result<(), ConfigError> {
         let k = &self.kingdee;
         require_url(&k.base_url, "kingdee.base_url")?;
-        for (value, key) in [
+        let mut required = vec![
             (&k.acct_id, "kingdee.acct_id"),
             (&k.user_name, "kingdee.user_name"),
-            (&k.app_id, "kingdee.app_id"),
-            (&k.app_secret, "kingdee.app_secret"),
-        ] {
-            if value.is_empty() {
-                return Err(ConfigError::key(key, "is required by the loader"));
+        ];
+        match k.auth {
+            KingdeeAuth::Password => required.push((&k.password, "kingdee.password")),
+            KingdeeAuth::Signature | KingdeeAuth::LoginBySign => {
+                required.push((&k.app_id, "kingdee.app_id"));
+                required.push((&k.app_secret, "kingdee.app_secret"));
             }
         }
-        if !k.app_id.expose().contains('_') {
+        for (value, key) in required {
+            if value.is_empty() {
+                return Err(ConfigError::key(
+                    key,
+                    "is required by the loader with this kingdee.auth",
+                ));
+            }
+        }
+        if k.auth != KingdeeAuth::Password && !k.app_id.expose().contains('_') {
             return Err(ConfigError::key(
                 "kingdee.app_id",
                 "must look like 123456_xxxxxxxx (the id Kingdee issued)",

@@ -101,7 +101,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { transformer::run(&mapping, prefetch, broker, ctx).await })
     };
     let loader = {
-        let client = KingdeeClient::new(&config.kingdee, Some(ctx.metrics.clone()))?;
+        let client = KingdeeClient::new(
+            &config.kingdee,
+            config.loader.concurrency,
+            Some(ctx.metrics.clone()),
+        )?;
         let (loader_config, broker, ctx) = (config.loader.clone(), broker.clone(), ctx.clone());
         let prefetch = config.amqp.prefetch;
         tokio::spawn(

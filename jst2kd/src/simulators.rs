@@ -70,6 +70,12 @@ pub enum SimCommand {
         /// Accepted app_secret.
         #[arg(long, default_value_t = KingdeeCredentials::default().app_secret)]
         app_secret: String,
+        /// Accepted password (ValidateUser sessions).
+        #[arg(long, default_value_t = KingdeeCredentials::default().password)]
+        password: String,
+        /// Sessions expire after this long unused, e.g. "20m".
+        #[arg(long, value_parser = parse_duration, default_value = "20m")]
+        session_ttl: Duration,
         /// Share of write calls answered HTTP 500, half of them after the bills were committed.
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
@@ -147,6 +153,8 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
             user,
             app_id,
             app_secret,
+            password,
+            session_ttl,
             fail_rate,
             busy_rate,
             latency,
@@ -176,6 +184,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 fail_rate,
                 busy_rate,
                 latency: Duration::from_millis(latency),
+                session_ttl,
                 seed,
             };
             let creds = KingdeeCredentials {
@@ -183,6 +192,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 user_name: user,
                 app_id,
                 app_secret,
+                password,
             };
             let sim = KingdeeSim::with_behaviour(creds, master, behaviour);
             (listen, sim.router(), "Kingdee simulator".to_string())

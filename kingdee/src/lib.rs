@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::config::KingdeeConfig;
+use common::config::{KingdeeAuth, KingdeeConfig, Secret};
 use common::telemetry::Metrics;
 use serde_json::{Value, json};
+use tracing::debug;
 
 /// Service name prefix.
 pub const SERVICE_PREFIX: &str = "Kingdee.BOS.WebApi.ServicesStub.";
@@ -124,21 +125,66 @@ pub struct KingdeeClient {
     base_url: String,
     site_path: String,
     creds: sign::Credentials,
+    auth: KingdeeAuth,
+    password: Secret,
+    sessions: Arc<Sessions>,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// Login sessions, one per call in flight: Kingdee serves one call at a time per session, so
+/// parallel calls need sessions of their own.
+struct Sessions {
+    slots: tokio::sync::Semaphore,
+    idle: std::sync::Mutex<Vec<String>>,
+}
+
+impl Sessions {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(slots.max(1)),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+    fn take(&self) -> Option<String> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+    fn give_back(&self, sid: String) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sid);
+    }
 }
 
 impl std::fmt::Debug for KingdeeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KingdeeClient")
             .field("base_url", &self.base_url)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
 
+/// True when a body is Kingdee's "session lost" answer (MsgCode 1), bare or wrapped `[[…]]`.
+pub fn is_session_lost(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let status = v
+        .pointer("/Result/ResponseStatus")
+        .or_else(|| v.pointer("/0/0/Result/ResponseStatus"));
+    status.and_then(|s| as_i64(s.get("MsgCode"))) == Some(MSG_SESSION_LOST)
+}
+
 impl KingdeeClient {
-    /// A client from the `[kingdee]` section.
+    /// A client from the `[kingdee]` section; with a session authentication, up to
+    /// `concurrency` calls run at once, each on a session of its own.
     pub fn new(
         config: &KingdeeConfig,
+        concurrency: usize,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, KingdeeError> {
         // Err means a provider is installed already, which is all we need.
@@ -160,31 +206,83 @@ impl KingdeeClient {
             lcid: config.lcid,
             org_num: config.org_num.clone(),
         };
-        sign::client_sec(&creds.app_id)?;
+        if config.auth != KingdeeAuth::Password {
+            sign::client_sec(&creds.app_id)?;
+        }
         Ok(Self {
             http,
             base_url,
             site_path,
             creds,
+            auth: config.auth,
+            password: config.password.clone(),
+            sessions: Arc::new(Sessions::new(concurrency)),
             metrics,
         })
     }
 
-    /// Posts `{"parameters": [...]}` to a service with signed headers; returns the raw body.
+    /// Posts `{"parameters": [...]}` to a service, authenticated as configured; on a lost
+    /// session, logs in again and resends once. Returns the raw body.
     async fn post(&self, service: &str, parameters: Value) -> Result<Vec<u8>, KingdeeError> {
+        if self.auth == KingdeeAuth::Signature {
+            return self.send(service, &parameters, None).await;
+        }
+        // Permits are never closed; an error here cannot happen, but is not a reason to panic.
+        let _slot = self.sessions.slots.acquire().await.ok();
+        let sid = match self.sessions.take() {
+            Some(sid) => sid,
+            None => self.login().await?,
+        };
+        let body = self.send(service, &parameters, Some(&sid)).await;
+        let (sid, body) = match body {
+            Ok(b) if is_session_lost(&b) => {
+                debug!(
+                    service,
+                    "Kingdee session lost; logging in again and resending once."
+                );
+                let sid = self.login().await?;
+                let again = self.send(service, &parameters, Some(&sid)).await;
+                (sid, again)
+            }
+            other => (sid, other),
+        };
+        if matches!(&body, Ok(b) if !is_session_lost(b))
+            || matches!(&body, Err(e) if e.is_transient())
+        {
+            self.sessions.give_back(sid);
+        }
+        body
+    }
+
+    /// One HTTP call: signed headers, or the session as cookie and header.
+    async fn send(
+        &self,
+        service: &str,
+        parameters: &Value,
+        sid: Option<&str>,
+    ) -> Result<Vec<u8>, KingdeeError> {
         let name = format!("{SERVICE_PREFIX}{service}.common.kdsvc");
-        let path = format!("{}/{name}", self.site_path);
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_string();
         let mut request = self
             .http
             .post(format!("{}/{name}", self.base_url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .json(&json!({ "parameters": parameters }));
-        for (header, value) in sign::signed_headers(&self.creds, &path, &timestamp)? {
-            request = request.header(header, value);
+        match sid {
+            Some(sid) => {
+                request = request.header("kdservice-sessionid", sid).header(
+                    reqwest::header::COOKIE,
+                    format!("kdservice-sessionid={sid}"),
+                );
+            }
+            None if self.auth == KingdeeAuth::Signature => {
+                let path = format!("{}/{name}", self.site_path);
+                for (header, value) in
+                    sign::signed_headers(&self.creds, &path, &unix_now().to_string())?
+                {
+                    request = request.header(header, value);
+                }
+            }
+            None => {}
         }
         let response = request.send().await.map_err(|e| transport(&e))?;
         let status = response.status();
@@ -196,6 +294,38 @@ impl KingdeeClient {
             return Err(KingdeeError::Server(body_start(rest)));
         }
         Ok(body.to_vec())
+    }
+
+    /// Opens a session (`LoginBySign` or `ValidateUser`); returns its id.
+    pub async fn login(&self) -> Result<String, KingdeeError> {
+        let started = Instant::now();
+        let c = &self.creds;
+        let (service, parameters) = match self.auth {
+            KingdeeAuth::Password => (
+                "AuthService.ValidateUser",
+                json!([c.acct_id, c.user_name, self.password.expose(), c.lcid]),
+            ),
+            _ => {
+                let ts = unix_now().to_string();
+                let signature =
+                    sign::login_by_sign(&c.acct_id, &c.user_name, &c.app_id, &c.app_secret, &ts);
+                (
+                    "AuthService.LoginBySign",
+                    json!([c.acct_id, c.user_name, c.app_id, ts, signature, c.lcid]),
+                )
+            }
+        };
+        let result = match self.send(service, &parameters, None).await {
+            Ok(body) => read_login(&body),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_transient() => "transient",
+            Err(_) => "failed",
+        };
+        self.observe("login", started, outcome);
+        result
     }
 
     fn observe(&self, op: &str, started: Instant, outcome: &str) {
@@ -261,6 +391,37 @@ impl KingdeeClient {
         };
         self.observe("execute_bill_query", started, outcome);
         result
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads a login answer: `LoginResultType` 1 (or −5) and the session id.
+pub fn read_login(body: &[u8]) -> Result<String, KingdeeError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| unreadable("login answer is not JSON", body))?;
+    let result = as_i64(v.get("LoginResultType"));
+    match result {
+        Some(1 | -5) => v
+            .get("KDSVCSessionId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| unreadable("login answer without KDSVCSessionId", body)),
+        _ => Err(KingdeeError::Refused {
+            msg_code: MSG_NO_PERMISSION,
+            message: format!(
+                "login refused (LoginResultType {}): {}; check kingdee.acct_id, user_name and the password or app secret",
+                result.map_or_else(|| "missing".to_string(), |r| r.to_string()),
+                v.get("Message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+            ),
+        }),
     }
 }
 

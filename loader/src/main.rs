@@ -25,8 +25,12 @@ fn main() -> ExitCode {
         "0.0.0.0:9793",
         args.worker,
         |config, ctx| async move {
-            let client = KingdeeClient::new(&config.kingdee, Some(ctx.metrics.clone()))
-                .map_err(|e| WorkerError::Config(common::config::ConfigError(e.to_string())))?;
+            let client = KingdeeClient::new(
+                &config.kingdee,
+                config.loader.concurrency,
+                Some(ctx.metrics.clone()),
+            )
+            .map_err(|e| WorkerError::Config(common::config::ConfigError(e.to_string())))?;
             let broker =
                 worker::connect_rabbit(&config, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
             let result = loader::run(

@@ -50,6 +50,7 @@ async fn each_bill_is_settled_by_its_own_result() {
             app_secret: Secret::new(c.app_secret),
             ..KingdeeConfig::default()
         },
+        1,
         None,
     )
     .expect("client");
@@ -162,6 +163,7 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
             app_secret: Secret::new(c.app_secret),
             ..KingdeeConfig::default()
         },
+        1,
         None,
     )
     .expect("client");

@@ -30,6 +30,8 @@ pub struct KingdeeCredentials {
     pub app_id: String,
     /// 32 hex characters.
     pub app_secret: String,
+    /// The user's password (ValidateUser sessions).
+    pub password: String,
 }
 
 impl Default for KingdeeCredentials {
@@ -40,6 +42,7 @@ impl Default for KingdeeCredentials {
             user_name: "local-user".into(),
             app_id: "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY".into(),
             app_secret: "0123456789abcdef0123456789abcdef".into(),
+            password: "local-password".into(),
         }
     }
 }
@@ -110,8 +113,10 @@ pub struct KingdeeBehaviour {
     pub fail_rate: f64,
     /// Share of write calls refused for every bill with MsgCode 13 (bill locked) or 14 (limit).
     pub busy_rate: f64,
-    /// Added to every call.
+    /// Added to every call (inside the session's turn, so one session's calls queue up).
     pub latency: std::time::Duration,
+    /// Sessions expire after this long unused (sliding; Kingdee's is 20 minutes).
+    pub session_ttl: std::time::Duration,
     /// Seed of the fault injection.
     pub seed: u64,
 }
@@ -122,9 +127,16 @@ impl Default for KingdeeBehaviour {
             fail_rate: 0.0,
             busy_rate: 0.0,
             latency: std::time::Duration::ZERO,
+            session_ttl: std::time::Duration::from_secs(20 * 60),
             seed: 1,
         }
     }
+}
+
+/// A login session: when it was last used, and the turn its calls take one at a time.
+struct Session {
+    last_used: std::time::Instant,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a write call suffers.
@@ -141,6 +153,7 @@ struct Inner {
     behaviour: KingdeeBehaviour,
     rng: Mutex<rand::rngs::StdRng>,
     store: Mutex<Store>,
+    sessions: Mutex<std::collections::HashMap<String, Session>>,
 }
 
 /// A running simulator's state; clones share it.
@@ -229,6 +242,7 @@ impl KingdeeSim {
                 rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(behaviour.seed)),
                 behaviour,
                 store: Mutex::new(Store::default()),
+                sessions: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -273,11 +287,128 @@ impl KingdeeSim {
             .route("/{site}/{service}", post(service))
             .route("/_sim/bills", get(list_bills))
             .route("/_sim/stats", get(stats))
+            .route("/_sim/expire-sessions", post(expire_sessions))
             .with_state(self.clone())
     }
 
     fn count(&self, what: &str) {
         *self.store().stats.entry(what.to_string()).or_default() += 1;
+    }
+
+    /// Drops every session (as an IIS recycle would); clients must log in again.
+    pub fn expire_sessions(&self) {
+        self.sessions().clear();
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, std::collections::HashMap<String, Session>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Signed headers, or else a live session (cookie, `kdservice-sessionid` or `SID` header).
+    /// A session's turn is returned: its calls are served one at a time.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<()>>>, Value> {
+        if headers.contains_key("x-kd-appkey") || headers.contains_key("x-api-signature") {
+            return self.verify(headers, path).map(|()| None);
+        }
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let from_cookie = get("cookie").and_then(|c| {
+            c.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                k.eq_ignore_ascii_case("kdservice-sessionid")
+                    .then(|| v.to_string())
+            })
+        });
+        let sid = get("kdservice-sessionid")
+            .or_else(|| get("sid"))
+            .map(str::to_string)
+            .or(from_cookie)
+            .ok_or_else(session_lost)?;
+        let mut sessions = self.sessions();
+        let ttl = self.inner.behaviour.session_ttl;
+        match sessions.get_mut(&sid) {
+            Some(session) if session.last_used.elapsed() < ttl => {
+                session.last_used = std::time::Instant::now();
+                Ok(Some(session.turn.clone()))
+            }
+            _ => {
+                sessions.remove(&sid);
+                Err(session_lost())
+            }
+        }
+    }
+
+    /// `AuthService.ValidateUser` and `AuthService.LoginBySign`.
+    fn login(&self, service: &str, body: &Value) -> Response {
+        let args: Vec<String> = body
+            .get("parameters")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| common::messages::text_field(Some(v)).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+        let c = &self.inner.creds;
+        let ok = if service.ends_with("validateuser") {
+            arg(0) == c.acct_id && arg(1) == c.user_name && arg(2) == c.password
+        } else {
+            let fresh = arg(3)
+                .parse::<i64>()
+                .is_ok_and(|ts| (chrono::Utc::now().timestamp() - ts).abs() <= MAX_SKEW_SECS);
+            let expected =
+                kingdee::sign::login_by_sign(arg(0), arg(1), arg(2), &c.app_secret, arg(3));
+            arg(0) == c.acct_id
+                && arg(1) == c.user_name
+                && arg(2) == c.app_id
+                && fresh
+                && arg(4) == expected
+        };
+        if !ok {
+            self.count("login_refused");
+            return Json(json!({"Message": "用户名或密码错误！", "LoginResultType": 0, "KDSVCSessionId": null,
+                "IsSuccessByAPI": false}))
+            .into_response();
+        }
+        use rand::Rng;
+        let n: u128 = self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .random();
+        let sid = format!("{n:032x}");
+        self.sessions().insert(
+            sid.clone(),
+            Session {
+                last_used: std::time::Instant::now(),
+                turn: Arc::new(tokio::sync::Mutex::new(())),
+            },
+        );
+        self.count("login");
+        let mut response = Json(
+            json!({"Message": null, "LoginResultType": 1, "KDSVCSessionId": sid,
+            "Context": {"UserName": c.user_name, "DBid": c.acct_id}, "IsSuccessByAPI": true}),
+        )
+        .into_response();
+        for cookie in [
+            format!("kdservice-sessionid={sid}; path=/"),
+            format!("ASP.NET_SessionId={sid}; path=/; HttpOnly"),
+        ] {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+                response
+                    .headers_mut()
+                    .append(axum::http::header::SET_COOKIE, v);
+            }
+        }
+        response
     }
 
     /// Verifies the signed headers exactly as the SDKs compute them.
@@ -841,23 +972,34 @@ async fn service(
     else {
         return (StatusCode::NOT_FOUND, "unknown service").into_response();
     };
-    let latency = sim.inner.behaviour.latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if let Err(answer) = sim.verify(&headers, uri.path()) {
-        sim.count("refused_auth");
-        let answer = if name.ends_with("executebillquery") {
-            json!([[answer]])
-        } else {
-            answer
-        };
-        return Json(answer).into_response();
-    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         sim.count("bad_body");
         return Json(status_error(8, "请求的JSON格式不正确")).into_response();
     };
+    if name == "authservice.validateuser" || name == "authservice.loginbysign" {
+        return sim.login(&name, &body);
+    }
+    let turn = match sim.authenticate(&headers, uri.path()) {
+        Ok(turn) => turn,
+        Err(answer) => {
+            sim.count("refused_auth");
+            let answer = if name.ends_with("executebillquery") {
+                json!([[answer]])
+            } else {
+                answer
+            };
+            return Json(answer).into_response();
+        }
+    };
+    // One call at a time per session, as IIS serves them.
+    let _turn = match turn {
+        Some(t) => Some(t.lock_owned().await),
+        None => None,
+    };
+    let latency = sim.inner.behaviour.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match name.as_str() {
         "dynamicformservice.batchsave" | "dynamicformservice.save" => {
             sim.count("batch_save");
@@ -890,6 +1032,11 @@ async fn service(
         }
         _ => (StatusCode::NOT_FOUND, "service not simulated").into_response(),
     }
+}
+
+async fn expire_sessions(State(sim): State<KingdeeSim>) -> Json<Value> {
+    sim.expire_sessions();
+    Json(json!({"expired": true}))
 }
 
 async fn list_bills(State(sim): State<KingdeeSim>) -> Json<Value> {

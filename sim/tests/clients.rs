@@ -137,6 +137,7 @@ async fn the_kingdee_client_saves_bill_by_bill_and_queries() {
     let (url, _stop) = start(sim.router()).await;
     let client = KingdeeClient::new(
         &kingdee_config(&url, &KingdeeCredentials::default().app_secret),
+        1,
         None,
     )
     .expect("client");
@@ -185,6 +186,7 @@ async fn a_wrong_kingdee_secret_is_refused_and_5xx_and_timeouts_are_transient() 
     let (url, _stop) = start(sim.router()).await;
     let wrong = KingdeeClient::new(
         &kingdee_config(&url, "ffffffffffffffffffffffffffffffff"),
+        1,
         None,
     )
     .expect("client");
@@ -203,7 +205,7 @@ async fn a_wrong_kingdee_secret_is_refused_and_5xx_and_timeouts_are_transient() 
         post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
     );
     let (url, _stop) = start(router).await;
-    let client = KingdeeClient::new(&kingdee_config(&url, "s"), None).expect("client");
+    let client = KingdeeClient::new(&kingdee_config(&url, "s"), 1, None).expect("client");
     let err = client
         .batch_save("STK_MisDelivery", &[json!({})])
         .await
@@ -218,7 +220,7 @@ async fn a_wrong_kingdee_secret_is_refused_and_5xx_and_timeouts_are_transient() 
         }),
     );
     let (url, _stop) = start(router).await;
-    let client = KingdeeClient::new(&kingdee_config(&url, "s"), None).expect("client");
+    let client = KingdeeClient::new(&kingdee_config(&url, "s"), 1, None).expect("client");
     let err = client
         .batch_save("STK_MisDelivery", &[json!({})])
         .await
