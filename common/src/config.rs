@@ -459,6 +459,24 @@ pub struct KingdeeConfig {
     pub org_num: String,
     /// Timeout of one HTTP call.
     pub timeout: Dur,
+    /// Let stock go negative: BatchSave sends `STK_InvCheckResult`.
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub allow_negative_stock: bool,
+    /// What follows a save: `none`, `submit`, or `audit` (submit, then audit; stock moves).
+    pub after_save: AfterSave,
+}
+
+/// The operation after a bill is saved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterSave {
+    /// Leave the bill created (status A).
+    #[default]
+    None,
+    /// Submit it (status B).
+    Submit,
+    /// Submit and audit it (status C): the stock moves.
+    Audit,
 }
 
 impl Default for KingdeeConfig {
@@ -479,6 +497,8 @@ impl Default for KingdeeConfig {
             lcid: 2052,
             org_num: "0".into(),
             timeout: Dur::secs(60),
+            allow_negative_stock: false,
+            after_save: AfterSave::None,
         }
     }
 }

@@ -152,7 +152,13 @@ pub const JST_OUTCOMES: [&str; 4] = ["ok", "rate_limited", "token_expired", "err
 /// Label values of `jst2kd_kingdee_requests_total{outcome}`.
 pub const KINGDEE_OUTCOMES: [&str; 4] = ["ok", "partial", "failed", "transient"];
 /// Label values of `jst2kd_kingdee_requests_total{op}`.
-pub const KINGDEE_OPS: [&str; 3] = ["batch_save", "execute_bill_query", "login"];
+pub const KINGDEE_OPS: [&str; 5] = [
+    "batch_save",
+    "execute_bill_query",
+    "login",
+    "submit",
+    "audit",
+];
 /// Label values of `jst2kd_loader_bills_total{result}`.
 pub const LOADER_RESULTS: [&str; 5] = ["created", "duplicate", "conflict", "rejected", "exhausted"];
 

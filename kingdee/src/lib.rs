@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::config::{KingdeeAuth, KingdeeConfig, Secret};
+use common::config::{AfterSave, KingdeeAuth, KingdeeConfig, Secret};
 use common::telemetry::Metrics;
 use serde_json::{Value, json};
 use tracing::debug;
@@ -89,7 +89,39 @@ pub struct BillError {
     pub message: String,
 }
 
+/// Operations after a save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `DynamicFormService.Submit`.
+    Submit,
+    /// `DynamicFormService.Audit`.
+    Audit,
+}
+
+impl Operation {
+    fn service(self) -> &'static str {
+        match self {
+            Operation::Submit => "DynamicFormService.Submit",
+            Operation::Audit => "DynamicFormService.Audit",
+        }
+    }
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::Submit => "submit",
+            Operation::Audit => "audit",
+        }
+    }
+}
+
 impl BillError {
+    /// "Already audited / submitted": doing it again changes nothing.
+    pub fn is_already_done(&self) -> bool {
+        ["已经审核", "已审核", "已经提交", "已提交"]
+            .iter()
+            .any(|m| self.message.contains(m))
+    }
+
     /// "Bill number already used" (违反字段唯一性要求 … 已经被使用).
     pub fn is_duplicate_bill_no(&self) -> bool {
         self.field_name.as_deref() == Some("FBillNo")
@@ -127,6 +159,8 @@ pub struct KingdeeClient {
     creds: sign::Credentials,
     auth: KingdeeAuth,
     password: Secret,
+    allow_negative_stock: bool,
+    after_save: AfterSave,
     sessions: Arc<Sessions>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -216,6 +250,8 @@ impl KingdeeClient {
             creds,
             auth: config.auth,
             password: config.password.clone(),
+            allow_negative_stock: config.allow_negative_stock,
+            after_save: config.after_save,
             sessions: Arc::new(Sessions::new(concurrency)),
             metrics,
         })
@@ -348,7 +384,8 @@ impl KingdeeClient {
             "NeedUpDateFields": [], "NeedReturnFields": ["FBillNo", "FID"],
             "IsDeleteEntry": true, "SubSystemId": "", "IsVerifyBaseDataField": true,
             "IsEntryBatchFill": true, "ValidateFlag": true, "NumberSearch": true,
-            "InterationFlags": "", "Model": models,
+            "InterationFlags": if self.allow_negative_stock { "STK_InvCheckResult" } else { "" },
+            "Model": models,
         });
         let result = match self
             .post(BATCH_SAVE, json!([form_id, data.to_string()]))
@@ -364,6 +401,53 @@ impl KingdeeClient {
             Err(_) => "failed",
         };
         self.observe("batch_save", started, outcome);
+        result
+    }
+
+    /// What the configuration asks after a save.
+    pub fn after_save(&self) -> AfterSave {
+        self.after_save
+    }
+
+    /// Submits or audits bills by number; one result per number, in order. A bill already
+    /// submitted or audited counts as done.
+    pub async fn operate(
+        &self,
+        op: Operation,
+        form_id: &str,
+        numbers: &[&str],
+    ) -> Result<Vec<BillResult>, KingdeeError> {
+        let started = Instant::now();
+        let data = json!({"Numbers": numbers, "Ids": ""});
+        let result = match self
+            .post(op.service(), json!([form_id, data.to_string()]))
+            .await
+        {
+            Ok(body) => read_batch_save(&body, numbers.len()).map(|results| {
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        BillResult::Failed { errors, .. }
+                            if errors.iter().all(BillError::is_already_done) =>
+                        {
+                            BillResult::Saved {
+                                id: None,
+                                number: None,
+                            }
+                        }
+                        other => other,
+                    })
+                    .collect::<Vec<_>>()
+            }),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(r) if r.iter().all(|b| matches!(b, BillResult::Saved { .. })) => "ok",
+            Ok(_) => "partial",
+            Err(e) if e.is_transient() => "transient",
+            Err(_) => "failed",
+        };
+        self.observe(op.label(), started, outcome);
         result
     }
 

@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::config::AfterSave;
 use common::config::LoaderConfig;
 use common::messages::{BillMessage, header, header_text};
 use common::queue::{Broker, Delivery, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{Context, InFlight};
-use kingdee::{BillError, BillResult, KingdeeClient};
+use kingdee::{BillError, BillResult, KingdeeClient, Operation};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -257,14 +258,18 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
         let models: Vec<serde_json::Value> = group.iter().map(|p| p.bill.model.clone()).collect();
         match client.batch_save(&form, &models).await {
             Ok(results) => {
+                let mut settled = Vec::with_capacity(group.len());
                 let mut duplicates = Vec::new();
                 for (pending, result) in group.into_iter().zip(results) {
                     match settle(&result) {
                         Settlement::Duplicate => duplicates.push(pending),
-                        other => apply(pending, other, settler, ctx).await,
+                        other => settled.push((pending, other)),
                     }
                 }
-                check_duplicates(&form, duplicates, client, settler, ctx).await;
+                settled.extend(check_duplicates(&form, duplicates, client).await);
+                for (pending, settlement) in after_save(&form, settled, client).await {
+                    apply(pending, settlement, settler, ctx).await;
+                }
             }
             Err(err) => {
                 if err.is_transient() {
@@ -281,16 +286,14 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
 }
 
 /// Looks the bills whose number is already used up in Kingdee (one query for the batch) and
-/// settles each as a duplicate or a conflict; when the query fails they are retried.
+/// decides each as a duplicate or a conflict; when the query fails they are retried.
 async fn check_duplicates(
     form: &str,
     duplicates: Vec<Pending>,
     client: &KingdeeClient,
-    settler: &Settler,
-    ctx: &Context,
-) {
+) -> Vec<(Pending, Settlement)> {
     if duplicates.is_empty() {
-        return;
+        return Vec::new();
     }
     let numbers: Vec<&str> = duplicates.iter().map(|p| p.bill.bill_no.as_str()).collect();
     match client
@@ -299,25 +302,95 @@ async fn check_duplicates(
     {
         Ok(rows) => {
             let existing = entries_of_rows(&rows);
-            for pending in duplicates {
-                let settlement =
-                    check_duplicate(existing.get(&pending.bill.bill_no), &pending.bill.model);
-                apply(pending, settlement, settler, ctx).await;
-            }
+            duplicates
+                .into_iter()
+                .map(|p| {
+                    let settlement = check_duplicate(existing.get(&p.bill.bill_no), &p.bill.model);
+                    (p, settlement)
+                })
+                .collect()
         }
         Err(err) => {
             warn!(form, bills = duplicates.len(), error = %err, "Cannot look up bills whose number is used; they go to a retry tier.");
-            for pending in duplicates {
-                apply(
-                    pending,
-                    Settlement::Retry(format!("duplicate check failed: {err}")),
-                    settler,
-                    ctx,
-                )
-                .await;
+            duplicates
+                .into_iter()
+                .map(|p| {
+                    (
+                        p,
+                        Settlement::Retry(format!("duplicate check failed: {err}")),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+/// Submits (and audits) the bills now in Kingdee, as `kingdee.after_save` asks, before they
+/// are acked. A bill whose operation fails transiently is retried (the retry finds it saved
+/// and operates again); one Kingdee refuses is dead-lettered as rejected, saved but not
+/// submitted or audited.
+async fn after_save(
+    form: &str,
+    settled: Vec<(Pending, Settlement)>,
+    client: &KingdeeClient,
+) -> Vec<(Pending, Settlement)> {
+    let operations: &[Operation] = match client.after_save() {
+        AfterSave::None => &[],
+        AfterSave::Submit => &[Operation::Submit],
+        AfterSave::Audit => &[Operation::Submit, Operation::Audit],
+    };
+    let mut settled = settled;
+    for op in operations {
+        let numbers: Vec<&str> = settled
+            .iter()
+            .filter(|(_, s)| matches!(s, Settlement::Created | Settlement::Duplicate))
+            .map(|(p, _)| p.bill.bill_no.as_str())
+            .collect();
+        if numbers.is_empty() {
+            break;
+        }
+        let outcome = client.operate(*op, form, &numbers).await;
+        let mut results = match &outcome {
+            Ok(results) => results.clone().into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        for (_, settlement) in settled
+            .iter_mut()
+            .filter(|(_, s)| matches!(s, Settlement::Created | Settlement::Duplicate))
+        {
+            let next = match (&outcome, results.next()) {
+                (Err(e), _) => Some(Settlement::Retry(format!("{} failed: {e}", op.label()))),
+                (Ok(_), Some(BillResult::Saved { .. })) => None,
+                (Ok(_), Some(BillResult::Failed { msg_code, .. }))
+                    if TRANSIENT_MSG_CODES.contains(&msg_code) =>
+                {
+                    Some(Settlement::Retry(format!(
+                        "{} refused for now (MsgCode {msg_code})",
+                        op.label()
+                    )))
+                }
+                (Ok(_), Some(BillResult::Failed { errors, .. })) => {
+                    let mut all = vec![BillError {
+                        field_name: None,
+                        message: format!(
+                            "the bill is saved, but Kingdee refused to {} it",
+                            op.label()
+                        ),
+                    }];
+                    all.extend(errors);
+                    Some(Settlement::Rejected(all))
+                }
+                (Ok(_), Some(BillResult::Missing) | None) => Some(Settlement::Retry(format!(
+                    "kingdee gave no {} result for this bill",
+                    op.label()
+                ))),
+            };
+            if let Some(next) = next {
+                *settlement = next;
             }
         }
     }
+    settled
 }
 
 async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx: &Context) {

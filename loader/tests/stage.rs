@@ -222,3 +222,108 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
     assert!(memory.dead_letters().is_empty());
     stop.cancel();
 }
+
+#[tokio::test]
+async fn audit_after_save_and_negative_stock() {
+    use common::config::AfterSave;
+    use sim::kingdee::MasterData;
+    let master = MasterData {
+        on_hand: [("CK001:SKU-1".to_string(), 3.0)].into_iter().collect(),
+        ..MasterData::default()
+    };
+    let sim = KingdeeSim::new(
+        KingdeeCredentials::default(),
+        Some(MasterData {
+            orgs: vec!["100".into()],
+            stocks: vec!["CK001".into()],
+            materials: vec![sim::kingdee::Material {
+                number: "SKU-1".into(),
+                unit: "Pcs".into(),
+                lot: false,
+            }],
+            ..master
+        }),
+    );
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(sim.router(), stop.clone())
+        .await
+        .expect("sim");
+    let c = KingdeeCredentials::default();
+    let kingdee = |allow_negative_stock: bool| KingdeeConfig {
+        base_url: format!("{url}/k3cloud"),
+        acct_id: Secret::new(c.acct_id.clone()),
+        user_name: Secret::new(c.user_name.clone()),
+        app_id: Secret::new(c.app_id.clone()),
+        app_secret: Secret::new(c.app_secret.clone()),
+        after_save: AfterSave::Audit,
+        allow_negative_stock,
+        ..KingdeeConfig::default()
+    };
+    let run = |client: KingdeeClient, bills: Vec<Outgoing>| async move {
+        let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+        let broker = Broker::Memory(memory.clone());
+        for b in bills {
+            broker.publish(b).await.expect("stored");
+        }
+        let ctx = Context::new(&[Stage::Loader]);
+        let config = LoaderConfig {
+            batch_size: 10,
+            linger: Dur::millis(20),
+            concurrency: 1,
+        };
+        let stage = tokio::spawn({
+            let (broker, ctx) = (broker.clone(), ctx.clone());
+            async move { loader::run(&config, 10, broker, client, ctx).await }
+        });
+        while broker.depth(Work::Bills).await.expect("depth") > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ctx.cancel.cancel();
+        stage.await.expect("task").expect("clean stop");
+        memory.dead_letters()
+    };
+    let strict = KingdeeClient::new(&kingdee(false), 1, None).expect("client");
+    let dead = run(
+        strict,
+        vec![
+            bill_of("N1", json!({"FNumber": "CK001"}), 2.0),
+            bill_of("N2", json!({"FNumber": "CK001"}), 2.0),
+        ],
+    )
+    .await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "the second outbound would take stock below zero"
+    );
+    assert!(
+        header_text(&dead[0].headers, header::KINGDEE_ERRORS)
+            .unwrap()
+            .contains("AbstractInteractionResult")
+    );
+    let lenient = KingdeeClient::new(&kingdee(true), 1, None).expect("client");
+    // N1 comes again (a redelivery): already saved and audited, so a duplicate that re-audits fine.
+    let dead = run(
+        lenient,
+        vec![
+            bill_of("N2", json!({"FNumber": "CK001"}), 2.0),
+            bill_of("N1", json!({"FNumber": "CK001"}), 2.0),
+        ],
+    )
+    .await;
+    assert!(dead.is_empty(), "allowed with STK_InvCheckResult: {dead:?}");
+    let statuses: Vec<(String, String)> = sim
+        .bills()
+        .into_iter()
+        .map(|b| (b.bill_no, b.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("N1".to_string(), "C".to_string()),
+            ("N2".to_string(), "C".to_string())
+        ],
+        "both audited"
+    );
+    stop.cancel();
+}

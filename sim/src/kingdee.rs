@@ -83,6 +83,10 @@ pub struct MasterData {
     /// The account requires a department or a customer on every bill.
     #[serde(default)]
     pub require_dept_or_cust: bool,
+    /// Stock on hand by `"{stock}:{material}"`; an outbound beyond it (when listed) raises
+    /// Kingdee's negative-stock warning unless the call allows it (`STK_InvCheckResult`).
+    #[serde(default)]
+    pub on_hand: BTreeMap<String, f64>,
 }
 
 /// A saved bill.
@@ -104,6 +108,8 @@ pub struct SavedBill {
 struct Store {
     bills: Vec<SavedBill>,
     stats: BTreeMap<String, u64>,
+    /// Stock moved by saved bills, by `"{stock}:{material}"`.
+    moved: BTreeMap<String, f64>,
 }
 
 /// Faults and delays the simulator injects.
@@ -463,6 +469,10 @@ impl KingdeeSim {
         if form_id != MIS_DELIVERY {
             return status_error(9, &format!("业务对象“{form_id}”不存在"));
         }
+        let allow_negative = data
+            .get("InterationFlags")
+            .and_then(Value::as_str)
+            .is_some_and(|f| f.split(';').any(|x| x.trim() == "STK_InvCheckResult"));
         let mut store = self.store();
         let mut numbers_in_batch = BTreeSet::new();
         let mut errors = Vec::new();
@@ -474,6 +484,9 @@ impl KingdeeSim {
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let mut problems = validate(model, self.inner.master.as_ref());
+            if problems.is_empty() && !allow_negative {
+                problems.extend(self.negative_stock(&store, model));
+            }
             if problems.is_empty()
                 && let Some(no) = &bill_no
                 && (store
@@ -491,6 +504,9 @@ impl KingdeeSim {
             if problems.is_empty() {
                 let id = 100_001 + i64::try_from(store.bills.len()).unwrap_or(0);
                 let no = bill_no.unwrap_or_else(|| format!("QTCK{id:06}"));
+                for (key, qty) in outbound(model) {
+                    *store.moved.entry(key).or_default() += qty;
+                }
                 store.bills.push(SavedBill {
                     form_id: form_id.to_string(),
                     bill_no: no.clone(),
@@ -526,6 +542,95 @@ impl KingdeeSim {
             obj.insert("ErrorCode".into(), json!(500));
         }
         json!({"Result": {"ResponseStatus": status, "NeedReturnData": need_return}})
+    }
+
+    /// Kingdee's ignorable negative-stock warning, when the bill takes more than is on hand.
+    fn negative_stock(&self, store: &Store, model: &Value) -> Option<Problem> {
+        let master = self.inner.master.as_ref()?;
+        outbound(model).into_iter().find_map(|(key, qty)| {
+            let on_hand = master.on_hand.get(&key)?;
+            let left = on_hand - store.moved.get(&key).copied().unwrap_or(0.0);
+            (qty > left).then(|| {
+                Problem::new(
+                    11,
+                    Some("AbstractInteractionResult"),
+                    "更新库存时出现可以忽略的异常数据，是否继续？".into(),
+                )
+            })
+        })
+    }
+
+    /// Submit (A → B) or Audit (B → C) by number; one result per number.
+    fn operate(&self, audit: bool, form_id: &str, data: &Value) -> Value {
+        let numbers: Vec<String> = match data.get("Numbers") {
+            Some(Value::Array(n)) => n
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if numbers.is_empty() {
+            return status_error(8, "参数Numbers不能为空");
+        }
+        let mut store = self.store();
+        let mut saved = Vec::new();
+        let mut errors = Vec::new();
+        for (index, number) in numbers.iter().enumerate() {
+            let Some(bill) = store
+                .bills
+                .iter_mut()
+                .find(|b| b.form_id == form_id && &b.bill_no == number)
+            else {
+                errors.push(json!({"FieldName": null, "Message": format!("单据编号为“{number}”的单据不存在"), "DIndex": index}));
+                continue;
+            };
+            let outcome = match (audit, bill.status.as_str()) {
+                (false, "A") => Ok("B"),
+                (false, "B") => Err(format!("单据“{number}”已经提交，不能重复提交")),
+                (false, _) => Err(format!("单据“{number}”已经审核，不能提交")),
+                (true, "A") => Err(format!("单据“{number}”未提交，不能审核")),
+                (true, "B") => Ok("C"),
+                (true, _) => Err("单据已经审核！".to_string()),
+            };
+            match outcome {
+                Ok(status) => {
+                    bill.status = status.into();
+                    saved.push(json!({"Id": bill.id, "Number": number, "DIndex": index}));
+                }
+                Err(message) => {
+                    errors.push(json!({"FieldName": null, "Message": message, "DIndex": index}))
+                }
+            }
+        }
+        let msg_code = if errors.is_empty() { 0 } else { 11 };
+        json!({"Result": {"ResponseStatus": {"IsSuccess": errors.is_empty(), "Errors": errors,
+            "SuccessEntitys": saved, "SuccessMessages": [], "MsgCode": msg_code}}})
+    }
+
+    /// View: the bill by number.
+    fn view(&self, form_id: &str, data: &Value) -> Value {
+        let number = data
+            .get("Number")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match self
+            .store()
+            .bills
+            .iter()
+            .find(|b| b.form_id == form_id && b.bill_no == number)
+        {
+            Some(b) => {
+                json!({"Result": {"ResponseStatus": {"IsSuccess": true, "Errors": [], "SuccessEntitys": [],
+                "SuccessMessages": [], "MsgCode": 0}, "Result": {"Id": b.id, "Number": b.bill_no,
+                "DocumentStatus": b.status, "Model": b.model}}})
+            }
+            None => status_error(10, &format!("单据编号为“{number}”的单据不存在")),
+        }
     }
 
     fn query(&self, data: &Value) -> Value {
@@ -581,6 +686,32 @@ impl KingdeeSim {
         }
         Value::Array(rows)
     }
+}
+
+/// The quantities a bill takes out, by `"{stock}:{material}"`.
+fn outbound(model: &Value) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let number = |v: Option<&Value>| {
+        v.and_then(Value::as_object)
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("FNumber")))
+            .and_then(|(_, n)| n.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    for e in model
+        .get("FEntity")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = format!(
+            "{}:{}",
+            number(e.get("FStockId")),
+            number(e.get("FMaterialId"))
+        );
+        *out.entry(key).or_default() += common::messages::num_field(e.get("FQty")).unwrap_or(0.0);
+    }
+    out
 }
 
 /// Header fields ExecuteBillQuery answers.
@@ -1023,6 +1154,29 @@ async fn service(
                 }
             }
         }
+        "dynamicformservice.submit" | "dynamicformservice.audit" => {
+            let audit = name.ends_with("audit");
+            sim.count(if audit { "audit" } else { "submit" });
+            let Some((form, data)) = arguments(&body, false) else {
+                return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
+            };
+            match sim.write_fault() {
+                WriteFault::FailBeforeCommit => server_error(),
+                WriteFault::FailAfterCommit => {
+                    sim.operate(audit, &form, &data);
+                    server_error()
+                }
+                WriteFault::Busy(code) => Json(busy(&json!({}), code)).into_response(),
+                WriteFault::None => Json(sim.operate(audit, &form, &data)).into_response(),
+            }
+        }
+        "dynamicformservice.view" => {
+            sim.count("view");
+            let Some((form, data)) = arguments(&body, false) else {
+                return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
+            };
+            Json(sim.view(&form, &data)).into_response()
+        }
         "dynamicformservice.executebillquery" => {
             sim.count("execute_bill_query");
             let Some((_, data)) = arguments(&body, true) else {
@@ -1078,6 +1232,7 @@ mod tests {
             ],
             departments: vec![],
             require_dept_or_cust: false,
+            on_hand: BTreeMap::new(),
         }
     }
 
