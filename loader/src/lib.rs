@@ -165,7 +165,10 @@ pub async fn run(
     client: KingdeeClient,
     ctx: Context,
 ) -> Result<(), QueueError> {
-    let wanted = config.batch_size.saturating_mul(config.concurrency);
+    // One batch more than run at once: the next batch fills while the others are in Kingdee.
+    let wanted = config
+        .batch_size
+        .saturating_mul(config.concurrency.saturating_add(1));
     let prefetch = prefetch.max(u16::try_from(wanted).unwrap_or(u16::MAX));
     let mut consumer = broker.consume(Work::Bills, prefetch).await?;
     let settler = Settler::new(

@@ -110,6 +110,8 @@ struct Store {
     stats: BTreeMap<String, u64>,
     /// Stock moved by saved bills, by `"{stock}:{material}"`.
     moved: BTreeMap<String, f64>,
+    /// (form, bill number) of every saved bill: numbers are unique per form.
+    numbers: std::collections::HashSet<(String, String)>,
 }
 
 /// Faults and delays the simulator injects.
@@ -285,6 +287,11 @@ impl KingdeeSim {
     /// Every saved bill, in saving order.
     pub fn bills(&self) -> Vec<SavedBill> {
         self.store().bills.clone()
+    }
+
+    /// How many bills are saved.
+    pub fn bill_count(&self) -> usize {
+        self.store().bills.len()
     }
 
     /// The HTTP routes (site path `/k3cloud`, or any other single segment).
@@ -489,10 +496,7 @@ impl KingdeeSim {
             }
             if problems.is_empty()
                 && let Some(no) = &bill_no
-                && (store
-                    .bills
-                    .iter()
-                    .any(|b| b.form_id == form_id && &b.bill_no == no)
+                && (store.numbers.contains(&(form_id.to_string(), no.clone()))
                     || !numbers_in_batch.insert(no.clone()))
             {
                 problems.push(Problem::new(
@@ -507,6 +511,7 @@ impl KingdeeSim {
                 for (key, qty) in outbound(model) {
                     *store.moved.entry(key).or_default() += qty;
                 }
+                store.numbers.insert((form_id.to_string(), no.clone()));
                 store.bills.push(SavedBill {
                     form_id: form_id.to_string(),
                     bill_no: no.clone(),
