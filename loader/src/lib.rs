@@ -274,18 +274,41 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                     apply(pending, settlement, settler, ctx).await;
                 }
             }
-            Err(err) => {
-                if err.is_transient() {
-                    warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; the bills go to a retry tier.");
-                } else {
-                    error!(form = %form, bills = group.len(), error = %err, "Kingdee refused the call; check the kingdee section of the configuration. The bills go to a retry tier.");
+            Err(err) if err.is_transient() => {
+                // Kingdee may have committed before failing: the bills it holds now are settled
+                // here (as duplicates, after after-save), only the others are retried.
+                warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; checking which bills Kingdee committed before retrying the others.");
+                let checked = check_saved(&form, group, client, &err.to_string()).await;
+                for (pending, settlement) in after_save(&form, checked, client).await {
+                    apply(pending, settlement, settler, ctx).await;
                 }
+            }
+            Err(err) => {
+                error!(form = %form, bills = group.len(), error = %err, "Kingdee refused the call; check the kingdee section of the configuration. The bills go to a retry tier.");
                 for pending in group {
                     apply(pending, Settlement::Retry(err.to_string()), settler, ctx).await;
                 }
             }
         }
     }
+}
+
+/// After a failed BatchSave: bills Kingdee holds with the same entries are duplicates, with
+/// other entries conflicts; the ones it does not hold are retried with `error`.
+async fn check_saved(
+    form: &str,
+    group: Vec<Pending>,
+    client: &KingdeeClient,
+    error: &str,
+) -> Vec<(Pending, Settlement)> {
+    check_duplicates(form, group, client)
+        .await
+        .into_iter()
+        .map(|(p, s)| match s {
+            Settlement::Retry(_) => (p, Settlement::Retry(error.to_string())),
+            other => (p, other),
+        })
+        .collect()
 }
 
 /// Looks the bills whose number is already used up in Kingdee (one query for the batch) and

@@ -327,3 +327,86 @@ async fn audit_after_save_and_negative_stock() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhausted() {
+    use sim::kingdee::KingdeeBehaviour;
+    let behaviour = KingdeeBehaviour {
+        fail_rate: 1.0,
+        ..KingdeeBehaviour::default()
+    };
+    let sim = KingdeeSim::with_behaviour(KingdeeCredentials::default(), None, behaviour);
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(sim.router(), stop.clone())
+        .await
+        .expect("sim");
+    let c = KingdeeCredentials::default();
+    let config = KingdeeConfig {
+        base_url: format!("{url}/k3cloud"),
+        acct_id: Secret::new(c.acct_id),
+        user_name: Secret::new(c.user_name),
+        app_id: Secret::new(c.app_id),
+        app_secret: Secret::new(c.app_secret),
+        ..KingdeeConfig::default()
+    };
+    let client = KingdeeClient::new(&config, 1, None).expect("client");
+    let topology = Topology {
+        retry_delays: vec![Duration::from_millis(20); 3],
+        ..Topology::from_config(&AmqpConfig::default())
+    };
+    let memory = MemoryBroker::new(topology);
+    let broker = Broker::Memory(memory.clone());
+    // Each call fails with HTTP 500, half of them after committing: a bill saved that way is
+    // found as a duplicate on its retry, so only the bills never committed run out of tiers.
+    for i in 0..6 {
+        broker
+            .publish(bill(&format!("E{i}"), json!({"FNumber": "CK001"})))
+            .await
+            .expect("stored");
+    }
+    let ctx = Context::new(&[Stage::Loader]);
+    let loader_config = LoaderConfig {
+        batch_size: 1,
+        linger: Dur::millis(5),
+        concurrency: 1,
+    };
+    let stage = tokio::spawn({
+        let (broker, ctx) = (broker.clone(), ctx.clone());
+        async move { loader::run(&loader_config, 10, broker, client, ctx).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while broker.depth(Work::Bills).await.expect("depth") > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "every bill settles");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.cancel.cancel();
+    stage.await.expect("task").expect("clean stop");
+    let dead = memory.dead_letters();
+    let saved = sim.bills().len();
+    assert_eq!(
+        dead.len() + saved,
+        6,
+        "every bill is either booked or dead-lettered"
+    );
+    for d in &dead {
+        assert_eq!(
+            header_text(&d.headers, header::ERROR_KIND),
+            Some("exhausted")
+        );
+        assert_eq!(
+            d.headers
+                .get("jst2kd-attempt")
+                .and_then(serde_json::Value::as_i64),
+            Some(3)
+        );
+        assert!(
+            header_text(&d.headers, header::ERROR)
+                .is_some_and(|e| e.contains("gave up after 3 retries"))
+        );
+    }
+    assert_eq!(
+        Metrics::count(&ctx.metrics.loader_bills, &["exhausted"]),
+        dead.len() as u64
+    );
+    stop.cancel();
+}
