@@ -514,6 +514,17 @@ pub enum LossSign {
     Positive,
 }
 
+/// What count gains (positive differences) become.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gains {
+    /// Nothing: only losses leave the books.
+    #[default]
+    Ignore,
+    /// One other-inbound bill (`STK_MISCELLANEOUS`) per document.
+    MiscIn,
+}
+
 /// `[mapping]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -527,6 +538,12 @@ pub struct MappingConfig {
     pub bill_no_template: String,
     /// `FBillTypeID` of the loss bill.
     pub bill_type: String,
+    /// What gains become: `ignore` or `misc_in`.
+    pub gains: Gains,
+    /// `FBillNo` of the gain bill; `{io_id}` is replaced.
+    pub gain_bill_no_template: String,
+    /// `FBillTypeID` of the gain bill.
+    pub gain_bill_type: String,
     /// Stock, pick and owner organisation number (required).
     pub org: String,
     /// Department number, when the account wants one.
@@ -549,6 +566,9 @@ impl Default for MappingConfig {
             loss_sign: LossSign::Negative,
             bill_no_template: "JSTPD{io_id}".into(),
             bill_type: "QTCKD01_SYS".into(),
+            gains: Gains::Ignore,
+            gain_bill_no_template: "JSTPY{io_id}".into(),
+            gain_bill_type: "QTRKD01_SYS".into(),
             org: String::new(),
             dept: None,
             unit: "Pcs".into(),
@@ -744,10 +764,21 @@ impl Config {
                 "is required: map each JST warehouse to a Kingdee stock number",
             ));
         }
-        if !m.bill_no_template.contains("{io_id}") {
+        for (template, key) in [
+            (&m.bill_no_template, "mapping.bill_no_template"),
+            (&m.gain_bill_no_template, "mapping.gain_bill_no_template"),
+        ] {
+            if !template.contains("{io_id}") {
+                return Err(ConfigError::key(key, "must contain {io_id}"));
+            }
+        }
+        if m.gains == Gains::MiscIn
+            && m.bill_no_template.replace("{io_id}", "")
+                == m.gain_bill_no_template.replace("{io_id}", "")
+        {
             return Err(ConfigError::key(
-                "mapping.bill_no_template",
-                "must contain {io_id}",
+                "mapping.gain_bill_no_template",
+                "must differ from mapping.bill_no_template (two bills of one document need two numbers)",
             ));
         }
         if m.statuses.is_empty() {

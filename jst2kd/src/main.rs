@@ -5,6 +5,7 @@
 
 mod backfill;
 mod demo;
+mod preview;
 mod simulators;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Publish the documents of a past period without touching the producer's checkpoint.
     Backfill(backfill::BackfillArgs),
+    /// Print the Kingdee bills a JST count document becomes (JSON on stdout).
+    Preview(preview::PreviewArgs),
     /// Run a simulator as an HTTP server.
     #[command(subcommand)]
     Sim(simulators::SimCommand),
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Backfill(args) => backfill::run(args).await,
+            Command::Preview(args) => preview::run(args),
             Command::Sim(cmd) => simulators::run(cmd).await,
         }
     });

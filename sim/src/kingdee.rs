@@ -174,61 +174,153 @@ pub struct KingdeeSim {
 const MAX_SKEW_SECS: i64 = 900;
 
 const MIS_DELIVERY: &str = "STK_MisDelivery";
-const HEADER_FIELDS: &[&str] = &[
-    "FID",
-    "FBillNo",
-    "FBillTypeID",
-    "FStockOrgId",
-    "FPickOrgId",
-    "FStockDirect",
-    "FDate",
-    "FDeptId",
-    "FCustId",
-    "FBizType",
-    "FOwnerTypeIdHead",
-    "FOwnerIdHead",
-    "FNote",
-    "FBaseCurrId",
-    "FEntity",
-];
-const HEADER_REFERENCES: &[&str] = &[
-    "FBillTypeID",
-    "FStockOrgId",
-    "FPickOrgId",
-    "FDeptId",
-    "FCustId",
-    "FOwnerIdHead",
-    "FBaseCurrId",
-];
-const ENTRY_FIELDS: &[&str] = &[
-    "FEntryID",
-    "FMaterialId",
-    "FUnitID",
-    "FBaseUnitId",
-    "FQty",
-    "FStockId",
-    "FStockLocId",
-    "FStockStatusId",
-    "FLot",
-    "FProduceDate",
-    "FExpiryDate",
-    "FOwnerTypeId",
-    "FOwnerId",
-    "FKeeperTypeId",
-    "FKeeperId",
-    "FEntryNote",
-];
-const ENTRY_REFERENCES: &[&str] = &[
-    "FMaterialId",
-    "FUnitID",
-    "FBaseUnitId",
-    "FStockId",
-    "FStockStatusId",
-    "FLot",
-    "FOwnerId",
-    "FKeeperId",
-];
-const BILL_TYPES: &[&str] = &["QTCKD01_SYS", "QTCKD02_SYS", "QTCKD03_SYS"];
+const MISCELLANEOUS: &str = "STK_MISCELLANEOUS";
+
+/// What the simulator knows of a form: its fields, which are references, what is required.
+struct FormSpec {
+    header_fields: &'static [&'static str],
+    header_references: &'static [&'static str],
+    header_required: &'static [&'static str],
+    entry_fields: &'static [&'static str],
+    entry_references: &'static [&'static str],
+    bill_types: &'static [&'static str],
+    /// Outbound (takes stock) or inbound.
+    outbound: bool,
+}
+
+/// 其他出库单.
+const MIS_DELIVERY_SPEC: FormSpec = FormSpec {
+    header_fields: &[
+        "FID",
+        "FBillNo",
+        "FBillTypeID",
+        "FStockOrgId",
+        "FPickOrgId",
+        "FStockDirect",
+        "FDate",
+        "FDeptId",
+        "FCustId",
+        "FBizType",
+        "FOwnerTypeIdHead",
+        "FOwnerIdHead",
+        "FNote",
+        "FBaseCurrId",
+        "FEntity",
+    ],
+    header_references: &[
+        "FBillTypeID",
+        "FStockOrgId",
+        "FPickOrgId",
+        "FDeptId",
+        "FCustId",
+        "FOwnerIdHead",
+        "FBaseCurrId",
+    ],
+    header_required: &[
+        "FBillTypeID",
+        "FStockOrgId",
+        "FPickOrgId",
+        "FDate",
+        "FOwnerIdHead",
+    ],
+    entry_fields: &[
+        "FEntryID",
+        "FMaterialId",
+        "FUnitID",
+        "FBaseUnitId",
+        "FQty",
+        "FStockId",
+        "FStockLocId",
+        "FStockStatusId",
+        "FLot",
+        "FProduceDate",
+        "FExpiryDate",
+        "FOwnerTypeId",
+        "FOwnerId",
+        "FKeeperTypeId",
+        "FKeeperId",
+        "FEntryNote",
+    ],
+    entry_references: &[
+        "FMaterialId",
+        "FUnitID",
+        "FBaseUnitId",
+        "FStockId",
+        "FStockStatusId",
+        "FLot",
+        "FOwnerId",
+        "FKeeperId",
+    ],
+    bill_types: &["QTCKD01_SYS", "QTCKD02_SYS", "QTCKD03_SYS"],
+    outbound: true,
+};
+
+/// 其他入库单: no pick organisation, no base unit (it follows from the material).
+const MISCELLANEOUS_SPEC: FormSpec = FormSpec {
+    header_fields: &[
+        "FID",
+        "FBillNo",
+        "FBillTypeID",
+        "FStockOrgId",
+        "FStockDirect",
+        "FDate",
+        "FDeptId",
+        "FSupplierId",
+        "FOwnerTypeIdHead",
+        "FOwnerIdHead",
+        "FNote",
+        "FBaseCurrId",
+        "FEntity",
+    ],
+    header_references: &[
+        "FBillTypeID",
+        "FStockOrgId",
+        "FDeptId",
+        "FSupplierId",
+        "FOwnerIdHead",
+        "FBaseCurrId",
+    ],
+    header_required: &["FBillTypeID", "FStockOrgId", "FDate", "FOwnerIdHead"],
+    entry_fields: &[
+        "FEntryID",
+        "FInStockType",
+        "FMaterialId",
+        "FUnitID",
+        "FQty",
+        "FStockId",
+        "FStockLocId",
+        "FStockStatusId",
+        "FLot",
+        "FProduceDate",
+        "FExpiryDate",
+        "FOwnerTypeId",
+        "FOwnerId",
+        "FKeeperTypeId",
+        "FKeeperId",
+        "FEntryNote",
+    ],
+    entry_references: &[
+        "FMaterialId",
+        "FUnitID",
+        "FStockId",
+        "FStockStatusId",
+        "FLot",
+        "FOwnerId",
+        "FKeeperId",
+    ],
+    bill_types: &["QTRKD01_SYS", "QTRKD02_SYS"],
+    outbound: false,
+};
+
+fn form_spec(form_id: &str) -> Option<&'static FormSpec> {
+    if form_id.eq_ignore_ascii_case(MIS_DELIVERY) {
+        Some(&MIS_DELIVERY_SPEC)
+    } else if form_id.eq_ignore_ascii_case(MISCELLANEOUS) {
+        Some(&MISCELLANEOUS_SPEC)
+    } else {
+        None
+    }
+}
 
 impl KingdeeSim {
     /// A simulator; without master data every material and stock number is accepted.
@@ -473,9 +565,9 @@ impl KingdeeSim {
             Some(m @ Value::Object(_)) => vec![m.clone()],
             _ => return status_error(8, "参数Model不能为空"),
         };
-        if form_id != MIS_DELIVERY {
+        let Some(spec) = form_spec(form_id) else {
             return status_error(9, &format!("业务对象“{form_id}”不存在"));
-        }
+        };
         let allow_negative = data
             .get("InterationFlags")
             .and_then(Value::as_str)
@@ -490,8 +582,8 @@ impl KingdeeSim {
                 .get("FBillNo")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let mut problems = validate(model, self.inner.master.as_ref());
-            if problems.is_empty() && !allow_negative {
+            let mut problems = validate(spec, model, self.inner.master.as_ref());
+            if problems.is_empty() && !allow_negative && spec.outbound {
                 problems.extend(self.negative_stock(&store, model));
             }
             if problems.is_empty()
@@ -508,8 +600,9 @@ impl KingdeeSim {
             if problems.is_empty() {
                 let id = 100_001 + i64::try_from(store.bills.len()).unwrap_or(0);
                 let no = bill_no.unwrap_or_else(|| format!("QTCK{id:06}"));
+                let sign = if spec.outbound { 1.0 } else { -1.0 };
                 for (key, qty) in outbound(model) {
-                    *store.moved.entry(key).or_default() += qty;
+                    *store.moved.entry(key).or_default() += sign * qty;
                 }
                 store.numbers.insert((form_id.to_string(), no.clone()));
                 store.bills.push(SavedBill {
@@ -859,13 +952,17 @@ fn find<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Va
 }
 
 /// Every problem of one bill (empty when it can be saved).
-fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
+fn validate(spec: &FormSpec, model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
     let mut problems = Vec::new();
     let Some(obj) = model.as_object() else {
         return vec![Problem::new(8, None, "Model 必须是对象".into())];
     };
     for key in obj.keys() {
-        if !HEADER_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)) {
+        if !spec
+            .header_fields
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(key))
+        {
             problems.push(Problem::new(
                 9,
                 Some(key),
@@ -873,26 +970,20 @@ fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
             ));
         }
     }
-    for key in HEADER_REFERENCES {
+    for key in spec.header_references {
         if let Some(v) = find(obj, key)
             && let Err(p) = reference(v, key, None)
         {
             problems.push(p);
         }
     }
-    for key in [
-        "FBillTypeID",
-        "FStockOrgId",
-        "FPickOrgId",
-        "FDate",
-        "FOwnerIdHead",
-    ] {
+    for key in spec.header_required {
         if find(obj, key).is_none() {
             problems.push(Problem::new(11, Some(key), format!("字段“{key}”是必填项")));
         }
     }
     if let Some(t) = find(obj, "FBillTypeID").and_then(|v| reference(v, "FBillTypeID", None).ok())
-        && !BILL_TYPES.contains(&t)
+        && !spec.bill_types.contains(&t)
     {
         problems.push(Problem::new(
             11,
@@ -910,7 +1001,11 @@ fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
         ));
     }
     if let Some(master) = master {
-        for key in ["FStockOrgId", "FPickOrgId", "FOwnerIdHead"] {
+        for key in spec
+            .header_references
+            .iter()
+            .filter(|k| ["FStockOrgId", "FPickOrgId", "FOwnerIdHead"].contains(k))
+        {
             if let Some(n) = find(obj, key).and_then(|v| reference(v, key, None).ok())
                 && !master.orgs.iter().any(|o| o == n)
             {
@@ -955,7 +1050,11 @@ fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
             continue;
         };
         for key in e.keys() {
-            if !ENTRY_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)) {
+            if !spec
+                .entry_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(key))
+            {
                 problems.push(Problem::new(
                     9,
                     Some(key),
@@ -963,7 +1062,7 @@ fn validate(model: &Value, master: Option<&MasterData>) -> Vec<Problem> {
                 ));
             }
         }
-        for key in ENTRY_REFERENCES {
+        for key in spec.entry_references {
             if let Some(v) = find(e, key)
                 && let Err(p) = reference(v, key, Some(row))
             {
@@ -1270,7 +1369,24 @@ mod tests {
         assert!(text.contains("批号"));
         let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("B1")]}));
         assert!(again.to_string().contains("[B1]在当前系统中已经被使用"));
-        assert_eq!(sim.bills().len(), 1);
+        let gain = json!({"FBillNo": "G1", "FBillTypeID": {"FNUMBER": "QTRKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
+            "FOwnerIdHead": {"FNumber": "100"}, "FDate": "2026-03-01",
+            "FEntity": [{"FInStockType": "1", "FMaterialId": {"FNumber": "SKU-1"}, "FUnitID": {"FNumber": "Pcs"},
+                "FQty": 1.0, "FStockId": {"FNumber": "CK001"}}]});
+        let mut gain_with_pick = gain.clone();
+        gain_with_pick["FPickOrgId"] = json!({"FNumber": "100"});
+        gain_with_pick["FBillNo"] = json!("G2");
+        let gains = sim.batch_save(MISCELLANEOUS, &json!({"Model": [gain, gain_with_pick]}));
+        let gain_status = &gains["Result"]["ResponseStatus"];
+        assert_eq!(
+            gain_status["SuccessEntitys"].as_array().map(Vec::len),
+            Some(1)
+        );
+        assert!(
+            gain_status["Errors"].to_string().contains("FPickOrgId"),
+            "the inbound form has no pick organisation"
+        );
+        assert_eq!(sim.bills().len(), 2);
     }
 
     #[test]

@@ -3,13 +3,22 @@
 //! Pure: no I/O, the same input always gives the same bills, and the bill number depends only
 //! on `io_id` — which is what makes a re-sent document a harmless duplicate in Kingdee.
 
-use common::config::{LossSign, MappingConfig};
+use common::config::{Gains, LossSign, MappingConfig};
 use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem, DocError};
 use common::time::date_part;
 use serde_json::{Map, Value, json};
 
 /// Form of the loss bill (其他出库单).
 pub const FORM_MIS_DELIVERY: &str = "STK_MisDelivery";
+/// Form of the gain bill (其他入库单).
+pub const FORM_MISCELLANEOUS: &str = "STK_MISCELLANEOUS";
+
+/// Which bill a line goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Loss,
+    Gain,
+}
 
 /// Why a document produced no bill on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,22 +75,31 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
         LossSign::Positive => qty > 0.0,
     };
     let losses: Vec<&CountItem> = doc.items.iter().filter(|i| is_loss(i.qty)).collect();
-    if losses.is_empty() {
+    let gains: Vec<&CountItem> = match config.gains {
+        Gains::Ignore => Vec::new(),
+        Gains::MiscIn => doc
+            .items
+            .iter()
+            .filter(|i| i.qty != 0.0 && !is_loss(i.qty))
+            .collect(),
+    };
+    if losses.is_empty() && gains.is_empty() {
         return Ok(Mapped::Skipped(SkipReason::NoLines));
     }
+    // Only lines that become entries need a mapping.
     let mut missing = Vec::new();
     let stock = match warehouse(doc, config) {
         Some(s) => s.to_string(),
         None => {
             missing.push(format!(
-                "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add mapping.warehouses.\"{}:{}\" (or \"{}\") = \"<stock number>\"",
+                "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add \"{}:{}\" or \"{}\" under [mapping.warehouses]",
                 doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
             ));
             String::new()
         }
     };
     let mut unmapped_skus: Vec<&str> = Vec::new();
-    for line in &losses {
+    for line in losses.iter().chain(&gains) {
         if config.require_sku_mapping
             && !config.skus.contains_key(&line.sku_id)
             && !unmapped_skus.contains(&line.sku_id.as_str())
@@ -92,10 +110,10 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
     if !unmapped_skus.is_empty() {
         let keys: Vec<String> = unmapped_skus
             .iter()
-            .map(|s| format!("mapping.skus.\"{s}\""))
+            .map(|s| format!("\"{s}\" = \"<material number>\""))
             .collect();
         missing.push(format!(
-            "no Kingdee material for SKU {} (mapping.require_sku_mapping is on): add {} = \"<material number>\"",
+            "no Kingdee material for SKU {} (mapping.require_sku_mapping is on): add {} under [mapping.skus]",
             unmapped_skus.join(", "),
             keys.join(", ")
         ));
@@ -115,20 +133,51 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
                 doc.io_id
             ))
         })?;
-    let entries: Vec<Value> = losses
+    let mut bills = Vec::new();
+    if !losses.is_empty() {
+        bills.push(bill(doc, config, Kind::Loss, &losses, &stock, &date));
+    }
+    if !gains.is_empty() {
+        bills.push(bill(doc, config, Kind::Gain, &gains, &stock, &date));
+    }
+    Ok(Mapped::Bills(bills))
+}
+
+/// One bill of a document: the loss bill or the gain bill.
+fn bill(
+    doc: &CountDoc,
+    config: &MappingConfig,
+    kind: Kind,
+    lines: &[&CountItem],
+    stock: &str,
+    date: &str,
+) -> BillMessage {
+    let (form, template, bill_type) = match kind {
+        Kind::Loss => (
+            FORM_MIS_DELIVERY,
+            &config.bill_no_template,
+            &config.bill_type,
+        ),
+        Kind::Gain => (
+            FORM_MISCELLANEOUS,
+            &config.gain_bill_no_template,
+            &config.gain_bill_type,
+        ),
+    };
+    let entries: Vec<Value> = lines
         .iter()
-        .flat_map(|line| entries_of(line, &stock, config))
+        .flat_map(|line| entries_of(line, stock, config, kind))
         .collect();
-    let bill_no = config
-        .bill_no_template
-        .replace("{io_id}", &doc.io_id.to_string());
+    let bill_no = template.replace("{io_id}", &doc.io_id.to_string());
     let org = reference(&config.org);
     let mut model = Map::new();
     model.insert("FID".into(), json!(0));
     model.insert("FBillNo".into(), json!(bill_no));
-    model.insert("FBillTypeID".into(), json!({"FNUMBER": config.bill_type}));
+    model.insert("FBillTypeID".into(), json!({"FNUMBER": bill_type}));
     model.insert("FStockOrgId".into(), org.clone());
-    model.insert("FPickOrgId".into(), org.clone());
+    if kind == Kind::Loss {
+        model.insert("FPickOrgId".into(), org.clone());
+    }
     model.insert("FStockDirect".into(), json!("GENERAL"));
     model.insert("FDate".into(), json!(date));
     if let Some(dept) = config.dept.as_deref().filter(|d| !d.is_empty()) {
@@ -138,15 +187,15 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
     model.insert("FOwnerIdHead".into(), org);
     model.insert("FNote".into(), json!(note(doc)));
     model.insert("FEntity".into(), Value::Array(entries));
-    Ok(Mapped::Bills(vec![BillMessage {
-        form_id: FORM_MIS_DELIVERY.into(),
+    BillMessage {
+        form_id: form.into(),
         bill_no,
         source: BillSource {
             io_id: doc.io_id,
             modified: doc.modified.clone(),
         },
         model: Value::Object(model),
-    }]))
+    }
 }
 
 /// `"{wms_co_id}:{wh_id}"` first, then `"{wh_id}"`.
@@ -172,7 +221,7 @@ fn note(doc: &CountDoc) -> String {
 }
 
 /// One entry per non-zero batch, or one for the line when it has none.
-fn entries_of(line: &CountItem, stock: &str, config: &MappingConfig) -> Vec<Value> {
+fn entries_of(line: &CountItem, stock: &str, config: &MappingConfig, kind: Kind) -> Vec<Value> {
     let material = config
         .skus
         .get(&line.sku_id)
@@ -180,11 +229,11 @@ fn entries_of(line: &CountItem, stock: &str, config: &MappingConfig) -> Vec<Valu
         .unwrap_or_else(|| line.sku_id.clone());
     let batches: Vec<&CountBatch> = line.batchs.iter().filter(|b| b.qty != 0.0).collect();
     if batches.is_empty() {
-        return vec![entry(line, &material, stock, config, line.qty, None)];
+        return vec![entry(line, &material, stock, config, kind, line.qty, None)];
     }
     batches
         .into_iter()
-        .map(|b| entry(line, &material, stock, config, b.qty, Some(b)))
+        .map(|b| entry(line, &material, stock, config, kind, b.qty, Some(b)))
         .collect()
 }
 
@@ -193,14 +242,22 @@ fn entry(
     material: &str,
     stock: &str,
     config: &MappingConfig,
+    kind: Kind,
     qty: f64,
     batch: Option<&CountBatch>,
 ) -> Value {
     let org = reference(&config.org);
     let mut e = Map::new();
+    if kind == Kind::Gain {
+        // 合格 (qualified) stock-in.
+        e.insert("FInStockType".into(), json!("1"));
+    }
     e.insert("FMaterialId".into(), reference(material));
     e.insert("FUnitID".into(), reference(&config.unit));
-    e.insert("FBaseUnitId".into(), reference(&config.unit));
+    if kind == Kind::Loss {
+        // The gain form has no base unit field: it follows from the material.
+        e.insert("FBaseUnitId".into(), reference(&config.unit));
+    }
     e.insert("FQty".into(), json!(qty.abs()));
     e.insert("FStockId".into(), reference(stock));
     e.insert("FStockStatusId".into(), reference("KCZT01_SYS"));
@@ -327,7 +384,7 @@ mod tests {
             ),
             (
                 doc("Confirmed", 9, json!([{"sku_id": "A", "qty": -4}])),
-                Err("mapping.warehouses.\"0:9\""),
+                Err("add \"0:9\" or \"9\" under [mapping.warehouses]"),
             ),
             (json!({"io_id": "x"}), Err("io_id")),
         ];
@@ -362,8 +419,137 @@ mod tests {
         let raw = doc("Confirmed", 1, json!([{"sku_id": "Z", "qty": 2}]));
         let err = map_document(&raw, &c).expect_err("unmapped sku");
         assert!(
-            matches!(&err, MapError::Mapping(m) if m.contains("mapping.skus.\"Z\"")),
+            matches!(&err, MapError::Mapping(m) if m.contains("\"Z\" = \"<material number>\" under [mapping.skus]")),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod gain_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(gains: Gains) -> MappingConfig {
+        let mut c = MappingConfig {
+            org: "100".into(),
+            gains,
+            ..MappingConfig::default()
+        };
+        c.warehouses.insert("1".into(), "CK001".into());
+        c
+    }
+
+    #[test]
+    fn gains_become_an_other_inbound_bill_when_asked() {
+        let raw = json!({"io_id": 7, "status": "Confirmed", "io_date": "2026-03-01 10:00:00", "modified": "m",
+            "wh_id": 1, "items": [{"ioi_id": 1, "sku_id": "A", "qty": -2}, {"ioi_id": 2, "sku_id": "B", "qty": 3,
+            "batchs": [{"batch_no": "L9", "qty": 3, "expiration_date": "2027-01-01"}]}]});
+        let Mapped::Bills(ignored) = map_document(&raw, &config(Gains::Ignore)).expect("maps")
+        else {
+            panic!("bills expected")
+        };
+        assert_eq!(ignored.len(), 1);
+        let Mapped::Bills(both) = map_document(&raw, &config(Gains::MiscIn)).expect("maps") else {
+            panic!("bills expected")
+        };
+        assert_eq!(both.len(), 2);
+        let gain = &both[1];
+        assert_eq!(gain.form_id, "STK_MISCELLANEOUS");
+        assert_eq!(gain.bill_no, "JSTPY7");
+        assert_eq!(gain.model["FBillTypeID"], json!({"FNUMBER": "QTRKD01_SYS"}));
+        assert!(gain.model.get("FPickOrgId").is_none());
+        let e = &gain.model["FEntity"][0];
+        assert_eq!(e["FInStockType"], "1");
+        assert_eq!(e["FQty"], 3.0);
+        assert_eq!(e["FLot"], json!({"FNumber": "L9"}));
+        assert_eq!(e["FExpiryDate"], "2027-01-01");
+        assert!(e.get("FBaseUnitId").is_none());
+        let gain_only = json!({"io_id": 8, "status": "Confirmed", "io_date": "2026-03-01", "wh_id": 1,
+            "items": [{"sku_id": "B", "qty": 1}]});
+        assert_eq!(
+            map_document(&gain_only, &config(Gains::Ignore)),
+            Ok(Mapped::Skipped(SkipReason::NoLines))
+        );
+        let Mapped::Bills(only) = map_document(&gain_only, &config(Gains::MiscIn)).expect("maps")
+        else {
+            panic!("bills expected")
+        };
+        assert_eq!(only[0].bill_no, "JSTPY8");
+    }
+
+    fn line() -> impl Strategy<Value = Value> {
+        (
+            0..4u8,
+            -20i64..20,
+            proptest::collection::vec(-10i64..10, 0..3),
+        )
+            .prop_map(|(sku, qty, batches)| {
+                let mut l = json!({"sku_id": format!("S{sku}"), "qty": qty});
+                if !batches.is_empty() {
+                    l["batchs"] = Value::Array(
+                        batches
+                            .iter()
+                            .enumerate()
+                            .map(|(i, q)| json!({"batch_no": format!("L{i}"), "qty": q}))
+                            .collect(),
+                    );
+                }
+                l
+            })
+    }
+
+    /// What a line contributes: the non-zero batches, or the line when there are none.
+    fn effective(l: &Value) -> f64 {
+        let batches: Vec<f64> = l["batchs"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|x| x["qty"].as_f64())
+                    .filter(|q| *q != 0.0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if batches.is_empty() {
+            l["qty"].as_f64().unwrap_or(0.0).abs()
+        } else {
+            batches.iter().map(|q| q.abs()).sum()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn entries_add_up_and_the_same_document_gives_the_same_bills(
+            io_id in 1i64..1_000_000_000_000,
+            lines in proptest::collection::vec(line(), 0..8),
+        ) {
+            let raw = json!({"io_id": io_id, "status": "Archive", "io_date": "2026-03-01 10:00:00",
+                "modified": "2026-03-01 10:00:00", "wh_id": 1, "items": lines});
+            let c = config(Gains::MiscIn);
+            let first = map_document(&raw, &c).expect("maps");
+            prop_assert_eq!(&first, &map_document(&raw, &c).expect("maps"));
+            let want = |loss: bool| -> f64 {
+                lines.iter().filter(|l| {
+                    let q = l["qty"].as_f64().unwrap_or(0.0);
+                    if loss { q < 0.0 } else { q > 0.0 }
+                }).map(effective).sum()
+            };
+            let got = |form: &str, bills: &[BillMessage]| -> f64 {
+                bills.iter().filter(|b| b.form_id == form)
+                    .flat_map(|b| b.model["FEntity"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|e| e["FQty"].as_f64()).sum()
+            };
+            match first {
+                Mapped::Skipped(_) => prop_assert!(lines.iter().all(|l| l["qty"] == 0), "skipped with eligible lines"),
+                Mapped::Bills(bills) => {
+                    prop_assert!((got(FORM_MIS_DELIVERY, &bills) - want(true)).abs() < 1e-9);
+                    prop_assert!((got(FORM_MISCELLANEOUS, &bills) - want(false)).abs() < 1e-9);
+                    for b in &bills {
+                        prop_assert!(b.bill_no.ends_with(&io_id.to_string()));
+                        prop_assert!(b.model["FEntity"].as_array().is_some_and(|e| !e.is_empty()));
+                    }
+                }
+            }
+        }
     }
 }
