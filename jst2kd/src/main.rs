@@ -5,6 +5,7 @@
 
 mod backfill;
 mod demo;
+mod dlq;
 mod preview;
 mod simulators;
 
@@ -26,6 +27,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Publish the documents of a past period without touching the producer's checkpoint.
     Backfill(backfill::BackfillArgs),
+    /// Inspect, replay, purge and export dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Print the Kingdee bills a JST count document becomes (JSON on stdout).
     Preview(preview::PreviewArgs),
     /// Run a simulator as an HTTP server.
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Backfill(args) => backfill::run(args).await,
             Command::Preview(args) => preview::run(args),
+            Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Sim(cmd) => simulators::run(cmd).await,
         }
     });

@@ -235,3 +235,17 @@ pub fn queue_messages(name: &str) -> Option<u64> {
             .flatten()
     })
 }
+
+/// Unacknowledged messages of a queue (`rabbitmqctl list_queues`).
+pub fn queue_unacked(name: &str) -> Option<u64> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some(name))
+            .then(|| parts.next().and_then(|n| n.parse().ok()))
+            .flatten()
+    })
+}

@@ -775,3 +775,126 @@ impl ProducerLock {
             .ok();
     }
 }
+
+/// A dead letter read from `{prefix}.dead`, still held (unacked) by its [`DeadLetterBatch`].
+#[derive(Debug)]
+pub struct HeldDeadLetter {
+    /// Position in the queue, from 1.
+    pub position: usize,
+    /// `message_id`.
+    pub message_id: String,
+    /// Headers, ours and the broker's.
+    pub headers: Headers,
+    /// Body.
+    pub body: Vec<u8>,
+    acker: lapin::Acker,
+}
+
+/// Every dead letter of the queue, held on a channel of its own. Dead letters that are not
+/// removed go back, in their order, when the batch is closed (or the process dies).
+pub struct DeadLetterBatch {
+    channel: Channel,
+    /// The dead letters, oldest first.
+    pub letters: Vec<HeldDeadLetter>,
+}
+
+impl DeadLetterBatch {
+    /// Removes one dead letter for good (after it was replayed, or when purging).
+    pub async fn remove(&self, letter: &HeldDeadLetter) -> Result<(), QueueError> {
+        match letter
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(QueueError::Unavailable(
+                "the dead letter's channel is gone".into(),
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Gives every dead letter not removed back to the queue, in order.
+    pub async fn close(self) {
+        self.channel
+            .close(200, "dead letters read".into())
+            .await
+            .ok();
+    }
+}
+
+impl RabbitBroker {
+    /// Reads every dead letter without removing any: each is held unacked until
+    /// [`DeadLetterBatch::close`], so the queue keeps its content and order. (A consumer, not
+    /// `basic.get`: on this broker's quorum queues, the last message taken with `basic.get`
+    /// came back second after a requeue.)
+    pub async fn read_dead_letters(&self) -> Result<DeadLetterBatch, QueueError> {
+        let live = self.live().await?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let queue = self.inner.topology.dead();
+        let count = channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?
+            .message_count() as usize;
+        let mut letters = Vec::with_capacity(count);
+        if count > 0 {
+            // A consumer with room for every dead letter: they arrive in queue order and stay
+            // unacked until the batch is closed.
+            channel
+                .basic_qos(
+                    u16::try_from(count).unwrap_or(u16::MAX),
+                    BasicQosOptions::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            let tag = format!("jst2kd-dlq-{}", rand::random::<u32>());
+            let mut consumer = channel
+                .basic_consume(
+                    queue.clone().into(),
+                    tag.clone().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            while letters.len() < count {
+                let next = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
+                let Ok(Some(Ok(delivery))) = next else { break };
+                letters.push(HeldDeadLetter {
+                    position: letters.len() + 1,
+                    message_id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                    headers: delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .map(from_table)
+                        .unwrap_or_default(),
+                    body: delivery.data,
+                    acker: delivery.acker,
+                });
+            }
+            channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(DeadLetterBatch { channel, letters })
+    }
+}
