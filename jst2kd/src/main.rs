@@ -4,6 +4,7 @@
 //! 2 usage or configuration error.
 
 mod backfill;
+mod check;
 mod demo;
 mod dlq;
 mod preview;
@@ -27,6 +28,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Publish the documents of a past period without touching the producer's checkpoint.
     Backfill(backfill::BackfillArgs),
+    /// Check the configuration and reach RabbitMQ, Jushuitan and Kingdee.
+    Check(check::CheckArgs),
     /// Inspect, replay, purge and export dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Backfill(args) => backfill::run(args).await,
             Command::Preview(args) => preview::run(args),
             Command::Dlq(cmd) => dlq::run(cmd).await,
+            Command::Check(args) => check::run(args).await,
             Command::Sim(cmd) => simulators::run(cmd).await,
         }
     });
