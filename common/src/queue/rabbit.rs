@@ -849,52 +849,55 @@ impl RabbitBroker {
             .map_err(unavailable)?
             .message_count() as usize;
         let mut letters = Vec::with_capacity(count);
-        if count > 0 {
-            // A consumer with room for every dead letter: they arrive in queue order and stay
-            // unacked until the batch is closed.
-            channel
-                .basic_qos(
-                    u16::try_from(count).unwrap_or(u16::MAX),
-                    BasicQosOptions::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-            let tag = format!("jst2kd-dlq-{}", rand::random::<u32>());
-            let mut consumer = channel
-                .basic_consume(
-                    queue.clone().into(),
-                    tag.clone().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-            while letters.len() < count {
-                let next = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
-                let Ok(Some(Ok(delivery))) = next else { break };
-                letters.push(HeldDeadLetter {
-                    position: letters.len() + 1,
-                    message_id: delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
-                    headers: delivery
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .map(from_table)
-                        .unwrap_or_default(),
-                    body: delivery.data,
-                    acker: delivery.acker,
-                });
-            }
-            channel
-                .basic_cancel(tag.into(), BasicCancelOptions::default())
-                .await
-                .map_err(unavailable)?;
+        // A consumer without a prefetch bound: the dead letters arrive in queue order and stay
+        // unacked until the batch is closed. The count is a hint only: messages another reader
+        // has just given back may not be counted yet, so reading goes on until the queue has
+        // been quiet for a moment.
+        channel
+            .basic_qos(0, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let tag = format!("jst2kd-dlq-{}", rand::random::<u32>());
+        let mut consumer = channel
+            .basic_consume(
+                queue.clone().into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        loop {
+            let quiet = if letters.len() < count {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(500)
+            };
+            let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, consumer.next()).await else {
+                break;
+            };
+            letters.push(HeldDeadLetter {
+                position: letters.len() + 1,
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+                headers: delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .map(from_table)
+                    .unwrap_or_default(),
+                body: delivery.data,
+                acker: delivery.acker,
+            });
         }
+        channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await
+            .map_err(unavailable)?;
         Ok(DeadLetterBatch { channel, letters })
     }
 }
