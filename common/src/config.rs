@@ -877,7 +877,19 @@ fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
         if !rest.contains("__") {
             continue;
         }
-        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        // Section and key are case-insensitive; deeper segments are map keys (an SKU, a
+        // warehouse) and keep their case.
+        let path: Vec<String> = rest
+            .split("__")
+            .enumerate()
+            .map(|(i, p)| {
+                if i < 2 {
+                    p.to_ascii_lowercase()
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect();
         if path.iter().any(String::is_empty) {
             continue;
         }
@@ -1012,6 +1024,7 @@ mod tests {
             env(&[
                 ("JST2KD_MAPPING__ORG", "0100"),
                 ("JST2KD_MAPPING__WAREHOUSES__1", "0020002"),
+                ("JST2KD_MAPPING__SKUS__Abc-RED", "MAT-1"),
                 ("JST2KD_AMQP__PREFETCH", "12"),
                 ("JST2KD_AMQP__RETRY_DELAYS", "1s, 2m"),
                 ("JST2KD_PRODUCER_SERVICE_HOST", "10.0.0.1"),
@@ -1025,6 +1038,10 @@ mod tests {
             Some("0020002")
         );
         assert_eq!(c.amqp.prefetch, 12);
+        assert_eq!(
+            c.mapping.skus.get("Abc-RED").map(String::as_str),
+            Some("MAT-1")
+        );
         assert_eq!(c.amqp.retry_delays, vec![Dur::secs(1), Dur::secs(120)]);
     }
 

@@ -315,6 +315,7 @@ impl Metrics {
                         self.published.with_label_values(&[s, q]);
                     }
                     self.queue_messages.with_label_values(&["counts"]);
+                    self.queue_messages.with_label_values(&["dead"]);
                 }
                 Stage::Loader => {
                     for q in ["retry", "dead"] {
@@ -330,6 +331,7 @@ impl Metrics {
                         self.loader_bills.with_label_values(&[r]);
                     }
                     self.queue_messages.with_label_values(&["bills"]);
+                    self.queue_messages.with_label_values(&["dead"]);
                     collectors.push(Box::new(self.kingdee_requests.clone()));
                     collectors.push(Box::new(self.kingdee_request_seconds.clone()));
                     collectors.push(Box::new(self.loader_bills.clone()));

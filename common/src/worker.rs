@@ -140,13 +140,23 @@ pub async fn connect_rabbit(
             let ready = watched.is_ready();
             ctx2.metrics.amqp_connected.set(i64::from(ready));
             ctx2.health.set_ready(ready);
-            if let (Some(work), true) = (consumes, ready)
-                && let Ok(depth) = watched.depth(work).await
-            {
-                ctx2.metrics
-                    .queue_messages
-                    .with_label_values(&[work.key()])
-                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            if let (Some(work), true) = (consumes, ready) {
+                let gauge = |queue: &str, depth: u64| {
+                    ctx2.metrics
+                        .queue_messages
+                        .with_label_values(&[queue])
+                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                };
+                if let Ok(depth) = watched.depth(work).await {
+                    gauge(work.key(), depth);
+                }
+                // Dead letters wait for a person: their count drives an alert that stays on
+                // until they are replayed or purged.
+                if let Broker::Rabbit(rabbit) = &watched
+                    && let Ok(depth) = rabbit.dead_depth().await
+                {
+                    gauge("dead", depth);
+                }
             }
             tokio::select! {
                 () = ctx2.cancel.cancelled() => break,

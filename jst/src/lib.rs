@@ -91,6 +91,8 @@ pub struct Page {
     pub datas: Vec<Value>,
     /// More pages follow.
     pub has_next: bool,
+    /// Documents matching the query, when JST says.
+    pub data_count: Option<i64>,
 }
 
 /// The count query's business parameters for one window.
@@ -116,6 +118,17 @@ pub struct TokenPair {
     /// Its lifetime in seconds as the platform gave it (`expires_in`), when known.
     #[serde(default)]
     pub lifetime_secs: Option<i64>,
+    /// Fingerprint of the configured pair this one descends from: when the configuration gets
+    /// a new pair (an operator re-authorised the app), the configuration wins over the file.
+    #[serde(default)]
+    pub configured: Option<String>,
+}
+
+/// A fingerprint of a configured token pair (not reversible, safe to store).
+fn fingerprint(access: &str, refresh: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(format!("jst2kd:{access}:{refresh}").as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for TokenPair {
@@ -143,6 +156,7 @@ pub struct JstClient {
     pacer: Arc<pace::Pacer>,
     tokens: Arc<tokio::sync::Mutex<TokenPair>>,
     token_file: Option<PathBuf>,
+    may_refresh: bool,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -183,6 +197,10 @@ impl JstClient {
             refresh_token: config.refresh_token.expose().to_string(),
             expires_at: None,
             lifetime_secs: None,
+            configured: Some(fingerprint(
+                config.access_token.expose(),
+                config.refresh_token.expose(),
+            )),
         };
         Ok(Self {
             http,
@@ -196,6 +214,7 @@ impl JstClient {
             )),
             tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
             token_file: None,
+            may_refresh: true,
             metrics,
         })
     }
@@ -203,26 +222,51 @@ impl JstClient {
     /// Keeps the token pair in `path`: a pair found there (refreshed by an earlier run) is
     /// newer than the configuration's and replaces it; every refresh is written back.
     pub fn with_token_file(mut self, path: PathBuf) -> Result<Self, JstError> {
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let pair: TokenPair = serde_json::from_slice(&bytes).map_err(|e| {
-                    JstError::Token(format!("token file {} cannot be read ({e}); remove it to start from the configured tokens", path.display()))
-                })?;
-                if let Ok(mut tokens) = self.tokens.try_lock() {
-                    *tokens = pair;
-                }
-                self.observe_expiry_now();
+        if let Some(pair) = self.saved_pair(&path)? {
+            if let Ok(mut tokens) = self.tokens.try_lock() {
+                *tokens = pair;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            self.observe_expiry_now();
+        }
+        self.token_file = Some(path);
+        Ok(self)
+    }
+
+    /// Never refreshes the token (for `jst2kd check`: a refresh rotates the refresh token, and
+    /// only the producer should do that).
+    pub fn without_refresh(mut self) -> Self {
+        self.may_refresh = false;
+        self
+    }
+
+    /// The pair in the token file, if it descends from the configured pair.
+    fn saved_pair(&self, path: &Path) -> Result<Option<TokenPair>, JstError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(JstError::Token(format!(
                     "token file {}: {e}",
                     path.display()
                 )));
             }
+        };
+        let pair: TokenPair = serde_json::from_slice(&bytes).map_err(|e| {
+            JstError::Token(format!(
+                "token file {} cannot be read ({e}); remove it to start from the configured tokens",
+                path.display()
+            ))
+        })?;
+        let configured = self
+            .tokens
+            .try_lock()
+            .ok()
+            .and_then(|t| t.configured.clone());
+        if pair.configured.is_some() && pair.configured != configured {
+            info!(file = %path.display(), "The configured Jushuitan tokens changed since the saved pair; using the configured ones.");
+            return Ok(None);
         }
-        self.token_file = Some(path);
-        Ok(self)
+        Ok(Some(pair))
     }
 
     fn observe_expiry_now(&self) {
@@ -268,7 +312,7 @@ impl JstClient {
     pub async fn call(&self, path: &str, biz: &Value) -> Result<Value, JstError> {
         let token = self.fresh_token().await?;
         match self.call_with(path, biz, &token).await {
-            Err(JstError::Api { code: 100, .. }) => {
+            Err(JstError::Api { code: 100, .. }) if self.may_refresh => {
                 warn!("Jushuitan says the access token is invalid or expired; refreshing it once.");
                 let token = self.refresh(Some(&token)).await?;
                 self.call_with(path, biz, &token).await
@@ -368,7 +412,7 @@ impl JstClient {
                 left < REFRESH_AHEAD.min(lifetime_tenth(&tokens))
             }
         };
-        if due {
+        if due && self.may_refresh {
             self.refresh(Some(&tokens.access_token)).await
         } else {
             Ok(tokens.access_token)
@@ -383,6 +427,16 @@ impl JstClient {
             && tokens.access_token != stale
             && !tokens.access_token.is_empty()
         {
+            return Ok(tokens.access_token.clone());
+        }
+        // Another process (backfill, a restarted producer) may have refreshed meanwhile: its
+        // pair in the file is newer than ours.
+        if let Some(file) = &self.token_file
+            && let Ok(Some(saved)) = self.saved_pair(file)
+            && saved.access_token != tokens.access_token
+            && stale.is_some_and(|s| s != saved.access_token)
+        {
+            *tokens = saved;
             return Ok(tokens.access_token.clone());
         }
         let app_key = self.app_key.expose().to_string();
@@ -407,25 +461,32 @@ impl JstClient {
                 }
                 self.signed(p)
             })
-            .await?;
-        let pair = read_token_pair(&data)?;
-        if let Some(file) = &self.token_file {
-            let bytes =
-                serde_json::to_vec_pretty(&pair).map_err(|e| JstError::Token(e.to_string()))?;
-            common::files::write_atomic(file, &bytes).map_err(|e| {
-                JstError::Token(format!(
-                    "cannot keep the new token in {}: {e}",
-                    file.display()
-                ))
+            .await
+            .map_err(|e| match e {
+                // A token answer holds secrets: never quote it.
+                JstError::Body { reason, .. } => JstError::Body {
+                    reason,
+                    start: "(token answer withheld)".into(),
+                },
+                other => other,
             })?;
+        let mut pair = read_token_pair(&data)?;
+        pair.configured = tokens.configured.clone();
+        // The old pair is dead now: keep the new one in memory first, then on disk.
+        *tokens = pair.clone();
+        if let Some(file) = &self.token_file {
+            let kept = serde_json::to_vec_pretty(&pair)
+                .map_err(|e| e.to_string())
+                .and_then(|b| common::files::write_atomic(file, &b).map_err(|e| e.to_string()));
+            if let Err(e) = kept {
+                tracing::error!(file = %file.display(), error = %e, "Cannot keep the renewed Jushuitan token on disk; a restart would fall back to the older pair.");
+            }
         }
         if let (Some(m), Some(at)) = (&self.metrics, pair.expires_at) {
             m.jst_token_expiry.set(at.timestamp() as f64);
         }
         info!(expires_at = ?pair.expires_at, "Jushuitan access token renewed.");
-        let access = pair.access_token.clone();
-        *tokens = pair;
-        Ok(access)
+        Ok(pair.access_token)
     }
 
     /// One page of count documents.
@@ -433,7 +494,7 @@ impl JstClient {
         let data = self
             .call(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
             .await?;
-        read_page(&data)
+        read_page(&data, self.page_size)
     }
 
     fn count_biz(&self, query: &CountQuery, page_index: u32) -> Value {
@@ -458,7 +519,7 @@ impl JstClient {
         let data = self
             .call_retrying(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
             .await?;
-        read_page(&data)
+        read_page(&data, self.page_size)
     }
 
     /// Every document of a window (all pages, `has_next` followed), each call retried on
@@ -515,6 +576,7 @@ pub fn read_token_pair(data: &Value) -> Result<TokenPair, JstError> {
         refresh_token,
         expires_at,
         lifetime_secs,
+        configured: None,
     })
 }
 
@@ -568,8 +630,9 @@ pub fn parse_envelope(body: &[u8]) -> Result<Value, JstError> {
     Ok(value.get("data").cloned().unwrap_or(Value::Null))
 }
 
-/// Reads `data` of the count query: `datas` and `has_next` (tolerating text and absence).
-pub fn read_page(data: &Value) -> Result<Page, JstError> {
+/// Reads `data` of the count query: `datas`, `has_next` (tolerating text and absence: without
+/// `has_next` and `page_count`, a full page of `page_size` means there may be more).
+pub fn read_page(data: &Value, page_size: u32) -> Result<Page, JstError> {
     let datas = match data.get("datas") {
         Some(Value::Array(items)) => items.clone(),
         None | Some(Value::Null) => Vec::new(),
@@ -592,11 +655,16 @@ pub fn read_page(data: &Value) -> Result<Page, JstError> {
                 int_field(data.get("page_count")),
             ) {
                 (Some(index), Some(count)) => index < count,
-                _ => false,
+                _ => datas.len() >= page_size as usize,
             }
         }
     };
-    Ok(Page { datas, has_next })
+    let data_count = int_field(data.get("data_count"));
+    Ok(Page {
+        datas,
+        has_next,
+        data_count,
+    })
 }
 
 #[cfg(test)]
@@ -609,11 +677,20 @@ mod tests {
             br#"{"code":"0","msg":"ok","data":{"has_next":"true","datas":[{"io_id":1}]}}"#,
         )
         .expect("ok");
-        let page = read_page(&data).expect("page");
+        let page = read_page(&data, 50).expect("page");
         assert!(page.has_next);
         assert_eq!(page.datas.len(), 1);
-        let page = read_page(&serde_json::json!({"page_index": 2, "page_count": 2, "datas": ""}))
-            .expect("page");
+        let full = read_page(
+            &serde_json::json!({"datas": [{"io_id": 1}, {"io_id": 2}]}),
+            2,
+        )
+        .expect("page");
+        assert!(full.has_next, "a full page without has_next may have more");
+        let page = read_page(
+            &serde_json::json!({"page_index": 2, "page_count": 2, "datas": ""}),
+            50,
+        )
+        .expect("page");
         assert!(!page.has_next);
         assert!(page.datas.is_empty());
     }

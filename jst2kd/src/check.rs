@@ -84,6 +84,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         let result = async {
             let client = JstClient::new(&config.jst, None)
                 .and_then(|c| c.with_token_file(jst::token_file_for(&config.producer.checkpoint)))
+                .map(JstClient::without_refresh)
                 .map_err(|e| e.to_string())?;
             let now = now_beijing();
             let query = CountQuery {

@@ -115,11 +115,16 @@ impl Operation {
 }
 
 impl BillError {
-    /// "Already audited / submitted": doing it again changes nothing.
-    pub fn is_already_done(&self) -> bool {
-        ["已经审核", "已审核", "已经提交", "已提交"]
-            .iter()
-            .any(|m| self.message.contains(m))
+    /// "Already audited" (for Submit also "already submitted"): doing `op` again changes
+    /// nothing. Matched per operation: an Audit refusal such as "状态不是已提交" is no success.
+    pub fn is_already_done(&self, op: Operation) -> bool {
+        let m = &self.message;
+        let audited = ["已经审核", "单据已审核"].iter().any(|x| m.contains(x));
+        let submitted = ["已经提交", "不能重复提交"].iter().any(|x| m.contains(x));
+        match op {
+            Operation::Audit => audited,
+            Operation::Submit => audited || submitted,
+        }
     }
 
     /// "Bill number already used" (违反字段唯一性要求 … 已经被使用).
@@ -282,9 +287,14 @@ impl KingdeeClient {
             }
             other => (sid, other),
         };
-        if matches!(&body, Ok(b) if !is_session_lost(b))
-            || matches!(&body, Err(e) if e.is_transient())
-        {
+        // A session whose call timed out or broke off may still be busy in Kingdee (which
+        // serves one call at a time per session): drop it rather than queue behind it.
+        let reusable = match &body {
+            Ok(b) => !is_session_lost(b),
+            Err(KingdeeError::Transport(_)) => false,
+            Err(e) => e.is_transient(),
+        };
+        if reusable {
             self.sessions.give_back(sid);
         }
         body
@@ -428,7 +438,7 @@ impl KingdeeClient {
                     .into_iter()
                     .map(|r| match r {
                         BillResult::Failed { errors, .. }
-                            if errors.iter().all(BillError::is_already_done) =>
+                            if errors.iter().all(|e| e.is_already_done(op)) =>
                         {
                             BillResult::Saved {
                                 id: None,
@@ -458,25 +468,45 @@ impl KingdeeClient {
         field_keys: &str,
         filter: &str,
     ) -> Result<Vec<Vec<Value>>, KingdeeError> {
-        let started = Instant::now();
-        let data = json!({"FormId": form_id, "FieldKeys": field_keys, "FilterString": filter,
-            "OrderString": "", "TopRowCount": 0, "StartRow": 0, "Limit": 2000, "SubSystemId": ""});
-        let result = match self
-            .post(EXECUTE_BILL_QUERY, json!([data.to_string()]))
-            .await
-        {
-            Ok(body) => read_query(&body),
-            Err(e) => Err(e),
-        };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) if e.is_transient() => "transient",
-            Err(_) => "failed",
-        };
-        self.observe("execute_bill_query", started, outcome);
-        result
+        // Paged (`StartRow`, ordered by the first field) so that a bill with many entries is
+        // never cut off at the row limit.
+        let order = field_keys
+            .split(',')
+            .next()
+            .unwrap_or("FID")
+            .trim()
+            .to_string();
+        let mut rows = Vec::new();
+        loop {
+            let started = Instant::now();
+            let data = json!({"FormId": form_id, "FieldKeys": field_keys, "FilterString": filter,
+                "OrderString": order, "TopRowCount": 0, "StartRow": rows.len(), "Limit": QUERY_PAGE,
+                "SubSystemId": ""});
+            let result = match self
+                .post(EXECUTE_BILL_QUERY, json!([data.to_string()]))
+                .await
+            {
+                Ok(body) => read_query(&body),
+                Err(e) => Err(e),
+            };
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) if e.is_transient() => "transient",
+                Err(_) => "failed",
+            };
+            self.observe("execute_bill_query", started, outcome);
+            let page = result?;
+            let full = page.len() >= QUERY_PAGE;
+            rows.extend(page);
+            if !full {
+                return Ok(rows);
+            }
+        }
     }
 }
+
+/// Rows per ExecuteBillQuery call.
+pub const QUERY_PAGE: usize = 2000;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -486,8 +516,13 @@ fn unix_now() -> u64 {
 
 /// Reads a login answer: `LoginResultType` 1 (or −5) and the session id.
 pub fn read_login(body: &[u8]) -> Result<String, KingdeeError> {
+    // A login answer carries a session: never quote it.
+    let withheld = |reason: &str| KingdeeError::Body {
+        reason: reason.to_string(),
+        start: "(login answer withheld)".into(),
+    };
     let v: Value =
-        serde_json::from_slice(body).map_err(|_| unreadable("login answer is not JSON", body))?;
+        serde_json::from_slice(body).map_err(|_| withheld("login answer is not JSON"))?;
     let result = as_i64(v.get("LoginResultType"));
     match result {
         Some(1 | -5) => v
@@ -495,7 +530,7 @@ pub fn read_login(body: &[u8]) -> Result<String, KingdeeError> {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| unreadable("login answer without KDSVCSessionId", body)),
+            .ok_or_else(|| withheld("login answer without KDSVCSessionId")),
         _ => Err(KingdeeError::Refused {
             msg_code: MSG_NO_PERMISSION,
             message: format!(

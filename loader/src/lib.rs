@@ -128,8 +128,18 @@ fn bill_no_filter(numbers: &[&str]) -> String {
 const TRANSIENT_MSG_CODES: [i64; 4] = [4, 6, 13, 14];
 
 /// Decides a bill's fate from its BatchSave result.
-pub fn settle(result: &BillResult) -> Settlement {
+pub fn settle(result: &BillResult, bill_no: &str) -> Settlement {
     match result {
+        // Kingdee numbered the bill itself: the bill type's numbering rule overrides ours, so
+        // the number can no longer tell a re-sent document from a new one. Stop it loudly.
+        BillResult::Saved {
+            number: Some(n), ..
+        } if n != bill_no => Settlement::Rejected(vec![BillError {
+            field_name: Some("FBillNo".into()),
+            message: format!(
+                "Kingdee saved this bill as {n}, not {bill_no}: the bill type's numbering rule replaces manual numbers, so re-sent documents would be booked again. Allow manual numbers for the bill type in Kingdee, delete bill {n} there, then replay."
+            ),
+        }]),
         BillResult::Saved { .. } => Settlement::Created,
         BillResult::Failed { errors, .. } if errors.iter().any(BillError::is_duplicate_bill_no) => {
             Settlement::Duplicate
@@ -264,7 +274,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 let mut settled = Vec::with_capacity(group.len());
                 let mut duplicates = Vec::new();
                 for (pending, result) in group.into_iter().zip(results) {
-                    match settle(&result) {
+                    match settle(&result, &pending.bill.bill_no) {
                         Settlement::Duplicate => duplicates.push(pending),
                         other => settled.push((pending, other)),
                     }
@@ -569,6 +579,20 @@ mod tests {
                 },
                 "created",
             ),
+            (
+                BillResult::Saved {
+                    id: Some(1),
+                    number: Some("B".into()),
+                },
+                "created",
+            ),
+            (
+                BillResult::Saved {
+                    id: Some(1),
+                    number: Some("QTCK0001".into()),
+                },
+                "rejected",
+            ),
             (failed(11, Some("FBillNo"), dup), "duplicate"),
             (failed(11, Some("FStockId"), "仓库字段必录"), "rejected"),
             (
@@ -580,7 +604,7 @@ mod tests {
             (BillResult::Missing, "retry"),
         ];
         for (result, expected) in table {
-            let got = match settle(&result) {
+            let got = match settle(&result, "B") {
                 Settlement::Created => "created",
                 Settlement::Duplicate => "duplicate",
                 Settlement::Conflict(_) => "conflict",

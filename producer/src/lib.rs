@@ -202,33 +202,60 @@ impl Producer {
                 status: Some(status.clone()),
             };
             // Page by page: memory stays bounded by one page, whatever the window holds.
-            let mut page_index = 1;
-            loop {
-                let page = self.client.count_page_retrying(&query, page_index).await?;
-                let last = !page.has_next || page.datas.is_empty();
-                let total = page.datas.len();
-                fetched += total;
-                let docs: Vec<(String, Value)> = {
-                    let recent = self
-                        .recent
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    page.datas
+            // Paging is by offset: a document that leaves the result set (or moves in it,
+            // being modified) while we page shifts the rest, and one can slip between two
+            // pages. So a window is scanned again, publishing only what the earlier passes did
+            // not see, until a pass finds the result set stable.
+            let mut seen: HashSet<String> = HashSet::new();
+            for pass in 1..=MAX_PASSES {
+                let (mut first_count, mut shifted) = (None, false);
+                let mut pass_ids: HashSet<String> = HashSet::new();
+                let mut page_index = 1;
+                loop {
+                    let page = self.client.count_page_retrying(&query, page_index).await?;
+                    let last = !page.has_next || page.datas.is_empty();
+                    match (first_count, page.data_count) {
+                        (None, count) => first_count = Some(count),
+                        (Some(first), count) => shifted |= first != count,
+                    }
+                    let new: Vec<(String, Value)> = page
+                        .datas
                         .into_iter()
                         .map(|d| (message_id(&d), d))
-                        .filter(|(id, _)| !(skip_recent && recent.contains(id)))
-                        .collect()
-                };
-                self.metrics
-                    .skipped
-                    .with_label_values(&[Stage::Producer.as_str(), "already_published"])
-                    .inc_by((total - docs.len()) as u64);
-                published += docs.len();
-                self.publish(docs).await?;
-                if last {
+                        .filter(|(id, _)| pass_ids.insert(id.clone()) && seen.insert(id.clone()))
+                        .collect();
+                    fetched += new.len();
+                    let new_count = new.len();
+                    let docs: Vec<(String, Value)> = {
+                        let recent = self
+                            .recent
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        new.into_iter()
+                            .filter(|(id, _)| !(skip_recent && recent.contains(id)))
+                            .collect()
+                    };
+                    self.metrics
+                        .skipped
+                        .with_label_values(&[Stage::Producer.as_str(), "already_published"])
+                        .inc_by((new_count - docs.len()) as u64);
+                    published += docs.len();
+                    self.publish(docs).await?;
+                    if last {
+                        break;
+                    }
+                    page_index += 1;
+                }
+                let expected = first_count.flatten().and_then(|c| usize::try_from(c).ok());
+                let stable = !shifted && expected.is_none_or(|c| pass_ids.len() >= c);
+                if stable {
                     break;
                 }
-                page_index += 1;
+                if pass == MAX_PASSES {
+                    warn!(status = %status, from = %query.modified_begin, to = %query.modified_end, "The window kept changing while it was paged; the next poll's overlap scans it again.");
+                } else {
+                    debug!(status = %status, pass, "The window changed while it was paged; scanning it again.");
+                }
             }
         }
         Ok((fetched, published))
@@ -326,6 +353,9 @@ impl Producer {
         Ok(())
     }
 }
+
+/// Scans of one window at most, when it changes while being paged.
+pub const MAX_PASSES: usize = 3;
 
 /// Least pause after a configuration failure, so a misconfigured producer does not hammer JST.
 pub const CONFIGURATION_RETRY: Duration = Duration::from_secs(60);

@@ -782,7 +782,12 @@ impl KingdeeSim {
                 ));
             }
         }
-        Value::Array(rows)
+        let start = data.get("StartRow").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let limit = match data.get("Limit").and_then(Value::as_u64).unwrap_or(0) as usize {
+            0 => usize::MAX,
+            n => n.min(10_000),
+        };
+        Value::Array(rows.into_iter().skip(start).take(limit).collect())
     }
 }
 

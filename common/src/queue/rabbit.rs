@@ -298,6 +298,15 @@ impl RabbitBroker {
 
     /// Ready messages in a work queue (a passive declaration, on a channel of its own).
     pub async fn depth(&self, work: Work) -> Result<u64, QueueError> {
+        self.depth_of(&self.inner.topology.work_queue(work)).await
+    }
+
+    /// Ready messages in the dead-letter queue.
+    pub async fn dead_depth(&self) -> Result<u64, QueueError> {
+        self.depth_of(&self.inner.topology.dead()).await
+    }
+
+    async fn depth_of(&self, name: &str) -> Result<u64, QueueError> {
         let live = self.live().await?;
         let channel = live
             .connection
@@ -306,7 +315,7 @@ impl RabbitBroker {
             .map_err(unavailable)?;
         let queue = channel
             .queue_declare(
-                self.inner.topology.work_queue(work).into(),
+                name.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
