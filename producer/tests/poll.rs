@@ -209,3 +209,58 @@ async fn a_refreshed_token_survives_a_restart() {
     assert_eq!(s.sim.access_token(), current);
     assert_eq!(s.sim.stats().get("token_refreshed"), Some(&1));
 }
+
+#[tokio::test]
+async fn a_document_leaving_the_result_set_while_paging_does_not_make_another_slip_through() {
+    // 120 Confirmed documents in one window: three pages of 50, one call a second.
+    let now = common::time::now_beijing();
+    let docs: Vec<Value> = (0..120)
+        .map(|i| {
+            let m = common::time::format_beijing(&(now - chrono::Duration::minutes(300 - i)));
+            json!({"io_id": 5000 + i, "status": "Confirmed", "modified": m, "io_date": m, "wh_id": 1,
+                "items": [{"sku_id": "A", "qty": -1}]})
+        })
+        .collect();
+    let s = Setup::new("shift", docs.clone(), JstBehaviour::default()).await;
+    let mut jst = s.jst_config();
+    jst.rate_per_second = 1;
+    let client = JstClient::new(&jst, None).expect("client");
+    let config = ProducerConfig {
+        start_at: StartAt::Ago(Duration::from_secs(86_400)),
+        lag: Dur::secs(0),
+        statuses: vec!["Confirmed".into()],
+        checkpoint: s.checkpoint(),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(
+        client,
+        Broker::Memory(s.broker.clone()),
+        config,
+        Metrics::new(&[Stage::Producer]),
+    );
+    let sim = s.sim.clone();
+    let poll = tokio::spawn(async move { producer.poll_once().await });
+    // As soon as the first page is served, the first document is cancelled: every later one
+    // moves up a place, and the 51st would fall between pages one and two.
+    while sim.stats().get("ok").copied().unwrap_or(0) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut cancelled = docs[0].clone();
+    cancelled["status"] = json!("Cancelled");
+    sim.put(vec![cancelled]);
+    poll.await.expect("task").expect("poll");
+    let published: BTreeSet<String> = s.drain().await.into_iter().collect();
+    let confirmed: BTreeSet<String> = docs[1..]
+        .iter()
+        .map(|d| format!("{}@{}", d["io_id"], d["modified"].as_str().unwrap()))
+        .collect();
+    assert!(
+        published.is_superset(&confirmed),
+        "slipped through: {:?}",
+        confirmed.difference(&published).collect::<Vec<_>>()
+    );
+    assert!(
+        s.sim.stats().get("ok").copied().unwrap_or(0) > 3,
+        "the window was scanned again"
+    );
+}
