@@ -688,6 +688,13 @@ impl Config {
                 "must start with amqp:// or amqps://",
             ));
         }
+        if url.parse::<lapin::uri::AMQPUri>().is_err() {
+            // Caught here, it is a configuration error (exit 2), not an endless "cannot reach".
+            return Err(ConfigError::key(
+                "amqp.url",
+                "is not a valid AMQP URL (amqp://user:password@host:port/vhost?heartbeat=10)",
+            ));
+        }
         let prefix = &self.amqp.prefix;
         if prefix.is_empty()
             || !prefix
@@ -1074,6 +1081,17 @@ mod tests {
         let line = e.to_string();
         assert!(!line.contains("hunter2"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn an_unparseable_amqp_url_is_refused_without_repeating_it() {
+        let e = Config::load_from(
+            None,
+            env(&[("JST2KD_AMQP__URL", "amqp://u:hunter2@host:notaport/%2f")]),
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("amqp.url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]
