@@ -33,6 +33,19 @@ fn bill_of(no: &str, stock: Value, qty: f64) -> Outgoing {
     }
 }
 
+/// The `[kingdee]` section for the simulator at `url`, with its default credentials.
+fn kingdee_config(url: &str) -> KingdeeConfig {
+    let c = KingdeeCredentials::default();
+    KingdeeConfig {
+        base_url: format!("{url}/k3cloud"),
+        acct_id: Secret::new(c.acct_id),
+        user_name: Secret::new(c.user_name),
+        app_id: Secret::new(c.app_id),
+        app_secret: Secret::new(c.app_secret),
+        ..KingdeeConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn each_bill_is_settled_by_its_own_result() {
     let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
@@ -40,20 +53,7 @@ async fn each_bill_is_settled_by_its_own_result() {
     let url = sim::spawn_local(sim.router(), stop.clone())
         .await
         .expect("sim");
-    let c = KingdeeCredentials::default();
-    let client = KingdeeClient::new(
-        &KingdeeConfig {
-            base_url: format!("{url}/k3cloud"),
-            acct_id: Secret::new(c.acct_id),
-            user_name: Secret::new(c.user_name),
-            app_id: Secret::new(c.app_id),
-            app_secret: Secret::new(c.app_secret),
-            ..KingdeeConfig::default()
-        },
-        1,
-        None,
-    )
-    .expect("client");
+    let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
 
     let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
     let broker = Broker::Memory(memory.clone());
@@ -153,20 +153,7 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
     let url = sim::spawn_local(sim.router(), stop.clone())
         .await
         .expect("sim");
-    let c = KingdeeCredentials::default();
-    let client = KingdeeClient::new(
-        &KingdeeConfig {
-            base_url: format!("{url}/k3cloud"),
-            acct_id: Secret::new(c.acct_id),
-            user_name: Secret::new(c.user_name),
-            app_id: Secret::new(c.app_id),
-            app_secret: Secret::new(c.app_secret),
-            ..KingdeeConfig::default()
-        },
-        1,
-        None,
-    )
-    .expect("client");
+    let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
     let topology = Topology {
         retry_delays: vec![Duration::from_millis(50); 12],
         ..Topology::from_config(&AmqpConfig::default())
@@ -340,15 +327,7 @@ async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhauste
     let url = sim::spawn_local(sim.router(), stop.clone())
         .await
         .expect("sim");
-    let c = KingdeeCredentials::default();
-    let config = KingdeeConfig {
-        base_url: format!("{url}/k3cloud"),
-        acct_id: Secret::new(c.acct_id),
-        user_name: Secret::new(c.user_name),
-        app_id: Secret::new(c.app_id),
-        app_secret: Secret::new(c.app_secret),
-        ..KingdeeConfig::default()
-    };
+    let config = kingdee_config(&url);
     let client = KingdeeClient::new(&config, 1, None).expect("client");
     let topology = Topology {
         retry_delays: vec![Duration::from_millis(20); 3],
