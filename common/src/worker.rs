@@ -90,6 +90,9 @@ pub enum WorkerError {
     /// Exit 1.
     #[error("{0}")]
     Runtime(String),
+    /// Exit 1: work was still running at `runtime.shutdown_timeout`; it will be redelivered.
+    #[error("shutdown timed out")]
+    ShutdownTimeout,
 }
 
 impl WorkerError {
@@ -230,11 +233,18 @@ where
             r = &mut work => r,
             () = async { cancel.cancelled().await; tokio::time::sleep(timeout).await } => {
                 error!(timeout_s = timeout.as_secs(), "Shutdown took longer than runtime.shutdown_timeout; exiting, unsettled messages will be redelivered.");
-                Err(WorkerError::Runtime("shutdown timed out".into()))
+                Err(WorkerError::ShutdownTimeout)
             }
         };
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        // Past the shutdown deadline nothing more is awaited: the orchestrator's own grace
+        // period (kept a little longer than shutdown_timeout) would kill us anyway.
+        let timed_out = matches!(result, Err(WorkerError::ShutdownTimeout));
+        if !timed_out
+            && tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+                .await
+                .is_err()
+        {
             warn!("Background tasks did not stop in time.");
         }
         http_cancel.cancel();
