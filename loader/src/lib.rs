@@ -234,7 +234,7 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     info!("Loader stopped consuming; every held bill was settled.");
-    Ok(())
+    broker.fatal().map_or(Ok(()), Err)
 }
 
 /// Hands the open batch to a BatchSave task once a concurrency slot is free.

@@ -89,6 +89,9 @@ fn main() -> ExitCode {
                     () = tokio::time::sleep(LOCK_RETRY) => {}
                 }
             };
+            if let Some(fatal) = broker.fatal() {
+                return Err(WorkerError::Queue(fatal));
+            }
             broker.close().await;
             result.map_err(|e| WorkerError::Runtime(e.to_string()))
         },

@@ -61,7 +61,7 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     info!("Transformer stopped consuming; every held document was settled.");
-    Ok(())
+    broker.fatal().map_or(Ok(()), Err)
 }
 
 /// Settles one document.

@@ -332,6 +332,15 @@ impl Broker {
         }
     }
 
+    /// The failure that stopped the broker for good (a topology changed under a running
+    /// worker): the stage returns it so that the process exits 2.
+    pub fn fatal(&self) -> Option<QueueError> {
+        match self {
+            Broker::Memory(_) => None,
+            Broker::Rabbit(b) => b.fatal(),
+        }
+    }
+
     /// True while connected with the topology declared.
     pub fn is_ready(&self) -> bool {
         match self {

@@ -53,6 +53,8 @@ struct Inner {
     current: std::sync::Mutex<Option<Arc<Connection>>>,
     generation: AtomicU64,
     cancel: CancellationToken,
+    /// A failure retrying cannot fix (the topology changed under us); the process stops.
+    fatal: std::sync::Mutex<Option<QueueError>>,
 }
 
 #[derive(Clone)]
@@ -81,6 +83,7 @@ impl RabbitBroker {
                 current: std::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
                 cancel,
+                fatal: std::sync::Mutex::new(None),
             }),
         };
         broker.live().await?;
@@ -90,6 +93,15 @@ impl RabbitBroker {
     /// The names it declares.
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    /// The failure that stopped this broker for good, if any.
+    pub fn fatal(&self) -> Option<QueueError> {
+        self.inner
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// True while the current connection is up (not recovering, not broken).
@@ -139,8 +151,17 @@ impl RabbitBroker {
                     *guard = Some(live.clone());
                     return Ok(live);
                 }
-                Err(QueueError::TopologyMismatch { queue, detail }) => {
-                    return Err(QueueError::TopologyMismatch { queue, detail });
+                Err(err @ QueueError::TopologyMismatch { .. }) => {
+                    // Re-declaring cannot succeed until someone migrates the queue: stop the
+                    // process (exit 2) instead of retrying forever.
+                    tracing::error!(connection = %self.inner.name, error = %err, "RabbitMQ refused the topology; stopping.");
+                    *self
+                        .inner
+                        .fatal
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.clone());
+                    self.inner.cancel.cancel();
+                    return Err(err);
                 }
                 Err(err) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
@@ -624,7 +645,9 @@ impl RabbitConsumer {
             let Some(state) = self.state.as_mut() else {
                 match self.start().await {
                     Ok(()) => continue,
-                    Err(QueueError::Cancelled) => return None,
+                    Err(QueueError::Cancelled | QueueError::TopologyMismatch { .. }) => {
+                        return None;
+                    }
                     Err(err) => {
                         warn!(queue = self.work.key(), error = %err, "Cannot start consuming; retrying.");
                         tokio::select! {
