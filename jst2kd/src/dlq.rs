@@ -72,7 +72,7 @@ pub struct Selection {
     #[arg(long)]
     message_id: Option<String>,
     /// Only those dead-lettered longer ago than this (e.g. "2h").
-    #[arg(long, value_parser = parse_age)]
+    #[arg(long, value_parser = parse_duration)]
     older_than: Option<Duration>,
     /// At most this many (oldest first).
     #[arg(long)]
@@ -83,10 +83,6 @@ pub struct Selection {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
-}
-
-fn parse_age(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 /// What `list` shows of a dead letter.

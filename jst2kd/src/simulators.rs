@@ -47,7 +47,7 @@ pub enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
         /// Access tokens expire after this long (code 100), e.g. "2m".
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = common::config::parse_duration)]
         token_ttl: Option<Duration>,
     },
     /// The Kingdee WebAPI (site path /k3cloud).
@@ -74,7 +74,7 @@ pub enum SimCommand {
         #[arg(long, default_value_t = KingdeeCredentials::default().password)]
         password: String,
         /// Sessions expire after this long unused, e.g. "20m".
-        #[arg(long, value_parser = parse_duration, default_value = "20m")]
+        #[arg(long, value_parser = common::config::parse_duration, default_value = "20m")]
         session_ttl: Duration,
         /// Share of write calls answered HTTP 500, half of them after the bills were committed.
         #[arg(long, default_value_t = 0.0)]
@@ -218,10 +218,6 @@ pub enum OnOff {
     On,
     /// Disabled.
     Off,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    common::config::parse_duration(text)
 }
 
 /// Marks an error as a usage error (exit 2).

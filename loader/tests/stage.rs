@@ -46,6 +46,32 @@ fn kingdee_config(url: &str) -> KingdeeConfig {
     }
 }
 
+/// Runs the loader until the bills queue is empty (within `within`), then stops it cleanly.
+async fn load_until_drained(
+    broker: &Broker,
+    client: KingdeeClient,
+    config: &LoaderConfig,
+    prefetch: u16,
+    within: Duration,
+) -> Context {
+    let ctx = Context::new(&[Stage::Loader]);
+    let stage = tokio::spawn({
+        let (broker, ctx, config) = (broker.clone(), ctx.clone(), config.clone());
+        async move { loader::run(&config, prefetch, broker, client, ctx).await }
+    });
+    let deadline = tokio::time::Instant::now() + within;
+    while broker.depth(Work::Bills).await.expect("depth") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loader settles every bill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.cancel.cancel();
+    stage.await.expect("task").expect("clean stop");
+    ctx
+}
+
 #[tokio::test]
 async fn each_bill_is_settled_by_its_own_result() {
     let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
@@ -75,27 +101,12 @@ async fn each_bill_is_settled_by_its_own_result() {
         })
         .await
         .expect("stored");
-
-    let ctx = Context::new(&[Stage::Loader]);
     let config = LoaderConfig {
         batch_size: 10,
         linger: Dur::millis(50),
         concurrency: 1,
     };
-    let stage = tokio::spawn({
-        let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { loader::run(&config, 10, broker, client, ctx).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while broker.depth(Work::Bills).await.expect("depth") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the loader settles every bill"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    ctx.cancel.cancel();
-    stage.await.expect("task").expect("clean stop");
+    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
 
     let m = &ctx.metrics;
     assert_eq!(Metrics::count(&m.loader_bills, &["created"]), 2);
@@ -166,26 +177,12 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
             .await
             .expect("stored");
     }
-    let ctx = Context::new(&[Stage::Loader]);
     let config = LoaderConfig {
         batch_size: 7,
         linger: Dur::millis(20),
         concurrency: 2,
     };
-    let stage = tokio::spawn({
-        let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { loader::run(&config, 20, broker, client, ctx).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while broker.depth(Work::Bills).await.expect("depth") > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the loader settles every bill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ctx.cancel.cancel();
-    stage.await.expect("task").expect("clean stop");
+    let ctx = load_until_drained(&broker, client, &config, 20, Duration::from_secs(60)).await;
 
     let bills = sim.bills();
     let numbers: std::collections::BTreeSet<&str> =
@@ -252,21 +249,12 @@ async fn audit_after_save_and_negative_stock() {
         for b in bills {
             broker.publish(b).await.expect("stored");
         }
-        let ctx = Context::new(&[Stage::Loader]);
         let config = LoaderConfig {
             batch_size: 10,
             linger: Dur::millis(20),
             concurrency: 1,
         };
-        let stage = tokio::spawn({
-            let (broker, ctx) = (broker.clone(), ctx.clone());
-            async move { loader::run(&config, 10, broker, client, ctx).await }
-        });
-        while broker.depth(Work::Bills).await.expect("depth") > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        ctx.cancel.cancel();
-        stage.await.expect("task").expect("clean stop");
+        load_until_drained(&broker, client, &config, 10, Duration::from_secs(60)).await;
         memory.dead_letters()
     };
     let strict = KingdeeClient::new(&kingdee(false), 1, None).expect("client");
@@ -343,23 +331,13 @@ async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhauste
             .await
             .expect("stored");
     }
-    let ctx = Context::new(&[Stage::Loader]);
     let loader_config = LoaderConfig {
         batch_size: 1,
         linger: Dur::millis(5),
         concurrency: 1,
     };
-    let stage = tokio::spawn({
-        let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { loader::run(&loader_config, 10, broker, client, ctx).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while broker.depth(Work::Bills).await.expect("depth") > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "every bill settles");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    ctx.cancel.cancel();
-    stage.await.expect("task").expect("clean stop");
+    let ctx =
+        load_until_drained(&broker, client, &loader_config, 10, Duration::from_secs(20)).await;
     let dead = memory.dead_letters();
     let saved = sim.bills().len();
     assert_eq!(

@@ -222,10 +222,10 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Messages in a queue (`rabbitmqctl list_queues`), ready and unacked.
-pub fn queue_messages(name: &str) -> Option<u64> {
+/// One column of `rabbitmqctl list_queues` for a queue.
+fn queue_stat(name: &str, column: &str) -> Option<u64> {
     let out = Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name", "messages"])
+        .args(["-q", "list_queues", "name", column])
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
@@ -236,16 +236,12 @@ pub fn queue_messages(name: &str) -> Option<u64> {
     })
 }
 
+/// Messages in a queue (`rabbitmqctl list_queues`), ready and unacked.
+pub fn queue_messages(name: &str) -> Option<u64> {
+    queue_stat(name, "messages")
+}
+
 /// Unacknowledged messages of a queue (`rabbitmqctl list_queues`).
 pub fn queue_unacked(name: &str) -> Option<u64> {
-    let out = Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let mut parts = l.split_whitespace();
-        (parts.next() == Some(name))
-            .then(|| parts.next().and_then(|n| n.parse().ok()))
-            .flatten()
-    })
+    queue_stat(name, "messages_unacknowledged")
 }

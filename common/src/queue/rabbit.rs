@@ -701,18 +701,19 @@ impl RabbitConsumer {
     }
 }
 
-fn convert(delivery: lapin::message::Delivery) -> Delivery {
-    let headers = delivery
-        .properties
+/// `message_id` and headers of a delivery's properties.
+fn id_and_headers(properties: &BasicProperties) -> (Option<String>, Headers) {
+    let message_id = properties.message_id().as_ref().map(|m| m.to_string());
+    let headers = properties
         .headers()
         .as_ref()
         .map(from_table)
         .unwrap_or_default();
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.to_string());
+    (message_id, headers)
+}
+
+fn convert(delivery: lapin::message::Delivery) -> Delivery {
+    let (message_id, headers) = id_and_headers(&delivery.properties);
     Delivery::new(
         message_id,
         headers,
@@ -908,20 +909,11 @@ impl RabbitBroker {
             let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, consumer.next()).await else {
                 break;
             };
+            let (message_id, headers) = id_and_headers(&delivery.properties);
             letters.push(HeldDeadLetter {
                 position: letters.len() + 1,
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.to_string())
-                    .unwrap_or_default(),
-                headers: delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .map(from_table)
-                    .unwrap_or_default(),
+                message_id: message_id.unwrap_or_default(),
+                headers,
                 body: delivery.data,
                 acker: delivery.acker,
             });
