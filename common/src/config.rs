@@ -103,8 +103,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err("must be a positive duration".to_string());
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err("is too long (at most 3650d)".to_string());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "must be a positive duration".to_string())
 }
+
+/// The longest duration any key or flag takes: ten years. Longer ones are refused, since
+/// adding them to a clock would overflow (a panic) and none means anything here.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -115,7 +122,8 @@ impl<'de> Deserialize<'de> for Dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Dur(Duration::from_secs(s))),
+            Raw::Secs(s) if s <= MAX_DURATION.as_secs() => Ok(Dur(Duration::from_secs(s))),
+            Raw::Secs(_) => Err(serde::de::Error::custom("is too long (at most 3650d)")),
             Raw::Text(t) => parse_duration(&t)
                 .map(Dur)
                 .map_err(serde::de::Error::custom),
@@ -667,6 +675,11 @@ impl Config {
             &mut j.access_token_file,
             "jst.access_token",
         )?;
+        resolve(
+            &mut j.refresh_token,
+            &mut j.refresh_token_file,
+            "jst.refresh_token",
+        )?;
         let k = &mut self.kingdee;
         resolve(&mut k.acct_id, &mut k.acct_id_file, "kingdee.acct_id")?;
         resolve(&mut k.user_name, &mut k.user_name_file, "kingdee.user_name")?;
@@ -676,6 +689,7 @@ impl Config {
             &mut k.app_secret_file,
             "kingdee.app_secret",
         )?;
+        resolve(&mut k.password, &mut k.password_file, "kingdee.password")?;
         Ok(())
     }
 
@@ -708,6 +722,25 @@ impl Config {
         }
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
+        }
+        if self.amqp.delivery_limit == 0 {
+            // 0 would dead-letter every message the first time it is requeued.
+            return Err(ConfigError::key(
+                "amqp.delivery_limit",
+                "must be at least 1",
+            ));
+        }
+        if self.amqp.retry_delays.is_empty() {
+            return Err(ConfigError::key(
+                "amqp.retry_delays",
+                "must hold at least one delay (a transient failure needs a tier to wait in)",
+            ));
+        }
+        if self.runtime.shutdown_timeout.0.is_zero() {
+            return Err(ConfigError::key(
+                "runtime.shutdown_timeout",
+                "must be more than 0 (in-flight work needs time to finish)",
+            ));
         }
         if self.amqp.retry_delays.iter().any(|d| d.0.as_secs() == 0) {
             return Err(ConfigError::key(
@@ -1128,6 +1161,106 @@ mod tests {
         let e = Config::load_from(None, env(&[("JST2KD_JST__APP_SECRET_FILE", "/no/such")]))
             .expect_err("missing file");
         assert!(e.to_string().contains("jst.app_secret_file"), "{e}");
+    }
+
+    /// Reads back the secret a `*_file` key fills.
+    type SecretOf = fn(&Config) -> &Secret;
+
+    /// Every `*_file` key, and how to read back the secret it fills.
+    fn secret_keys() -> Vec<(&'static str, SecretOf)> {
+        vec![
+            ("amqp.url", |c| &c.amqp.url),
+            ("jst.app_key", |c| &c.jst.app_key),
+            ("jst.app_secret", |c| &c.jst.app_secret),
+            ("jst.access_token", |c| &c.jst.access_token),
+            ("jst.refresh_token", |c| &c.jst.refresh_token),
+            ("kingdee.acct_id", |c| &c.kingdee.acct_id),
+            ("kingdee.user_name", |c| &c.kingdee.user_name),
+            ("kingdee.app_id", |c| &c.kingdee.app_id),
+            ("kingdee.app_secret", |c| &c.kingdee.app_secret),
+            ("kingdee.password", |c| &c.kingdee.password),
+        ]
+    }
+
+    #[test]
+    fn every_secret_file_key_is_read_and_a_missing_file_is_named() {
+        let keys = secret_keys();
+        // The list above covers every `*_file` field this module declares.
+        let declared = include_str!("config.rs")
+            .matches(concat!("_file: Option<", "PathBuf>"))
+            .count();
+        assert_eq!(
+            declared,
+            keys.len(),
+            "a *_file key is missing from the test"
+        );
+        let dir = std::env::temp_dir().join(format!("jst2kd-secret-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (key, read) in keys {
+            let (section, name) = key.split_once('.').expect("dotted");
+            let var = format!(
+                "JST2KD_{}__{}_FILE",
+                section.to_uppercase(),
+                name.to_uppercase()
+            );
+            let value = if key == "amqp.url" {
+                "amqp://u:from-file@127.0.0.1:5672/%2f".to_string()
+            } else {
+                format!("{key}-from-file")
+            };
+            let path = dir.join(key);
+            std::fs::write(&path, format!("{value}\n")).expect("write");
+            let config = Config::load_from(None, env(&[(&var, path.to_str().expect("utf-8"))]))
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(read(&config).expose(), value, "{key}_file is not read");
+            let missing = dir.join("nonexistent");
+            let e = Config::load_from(None, env(&[(&var, missing.to_str().expect("utf-8"))]))
+                .expect_err("a missing file is refused");
+            assert!(e.to_string().contains(&format!("{key}_file")), "{key}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn durations_that_would_overflow_and_values_that_break_a_worker_are_refused() {
+        for (var, value, key) in [
+            (
+                "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
+                "99999999999999999999d",
+                "runtime.shutdown_timeout",
+            ),
+            (
+                "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
+                "0s",
+                "runtime.shutdown_timeout",
+            ),
+            (
+                "JST2KD_LOADER__LINGER",
+                "99999999999999999999d",
+                "loader.linger",
+            ),
+            (
+                "JST2KD_LOADER__LINGER",
+                "18446744073709551615",
+                "loader.linger",
+            ),
+            (
+                "JST2KD_PRODUCER__POLL_INTERVAL",
+                "1e30s",
+                "producer.poll_interval",
+            ),
+            ("JST2KD_AMQP__DELIVERY_LIMIT", "0", "amqp.delivery_limit"),
+            ("JST2KD_AMQP__RETRY_DELAYS", "[]", "amqp.retry_delays"),
+        ] {
+            let e = Config::load_from(None, env(&[(var, value)]))
+                .expect_err(&format!("{var}={value} is refused"));
+            assert!(e.to_string().contains(key), "{var}={value}: {e}");
+        }
+        let e =
+            Config::load_from_str("[amqp]\nretry_delays = []\n", env(&[])).expect_err("no tier");
+        assert!(e.to_string().contains("amqp.retry_delays"), "{e}");
+        assert!(parse_duration("3650d").is_ok());
+        assert!(parse_duration("3651d").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod files;
+pub mod http;
 pub mod messages;
 pub mod queue;
 pub mod settle;

@@ -177,14 +177,9 @@ impl CountItem {
         let batchs = match obj.get("batchs") {
             Some(Value::Array(bs)) => bs
                 .iter()
-                .filter_map(Value::as_object)
-                .map(|b| CountBatch {
-                    batch_no: text_field(b.get("batch_no")).unwrap_or_default(),
-                    qty: num_field(b.get("qty")).unwrap_or(0.0),
-                    product_date: text_field(b.get("product_date")).filter(|s| !s.is_empty()),
-                    expiration_date: text_field(b.get("expiration_date")).filter(|s| !s.is_empty()),
-                })
-                .collect(),
+                .enumerate()
+                .map(|(b_index, b)| CountBatch::from_value(b, index, b_index, &sku_id))
+                .collect::<Result<Vec<_>, _>>()?,
             _ => Vec::new(),
         };
         Ok(Self {
@@ -192,6 +187,31 @@ impl CountItem {
             sku_id,
             qty,
             batchs,
+        })
+    }
+}
+
+impl CountBatch {
+    /// A batch of line `line`. Its quantity may be absent (JST writes absent values as `""`:
+    /// the batch then counts as 0); a quantity that is there but not a finite number makes the
+    /// document malformed, since reading it as 0 would book the line wrongly without a word.
+    fn from_value(v: &Value, line: usize, index: usize, sku_id: &str) -> Result<Self, DocError> {
+        let at = || format!("line {} ({sku_id}) batch {}", line + 1, index + 1);
+        let b = v
+            .as_object()
+            .ok_or_else(|| DocError(format!("{} is not an object", at())))?;
+        let qty = match b.get("qty") {
+            None | Some(Value::Null) => 0.0,
+            Some(Value::String(s)) if s.trim().is_empty() => 0.0,
+            present => num_field(present)
+                .filter(|q| q.is_finite())
+                .ok_or_else(|| DocError(format!("{} has an unreadable qty", at())))?,
+        };
+        Ok(Self {
+            batch_no: text_field(b.get("batch_no")).unwrap_or_default(),
+            qty,
+            product_date: text_field(b.get("product_date")).filter(|s| !s.is_empty()),
+            expiration_date: text_field(b.get("expiration_date")).filter(|s| !s.is_empty()),
         })
     }
 }
@@ -258,13 +278,31 @@ pub struct BillMessage {
     pub model: Value,
 }
 
+/// Form of the loss bill (其他出库单).
+pub const FORM_MIS_DELIVERY: &str = "STK_MisDelivery";
+/// Form of the gain bill (其他入库单).
+pub const FORM_MISCELLANEOUS: &str = "STK_MISCELLANEOUS";
+/// The only forms a `kd.bill.v1` message may name: the ones the mapping produces.
+pub const BILL_FORMS: [&str; 2] = [FORM_MIS_DELIVERY, FORM_MISCELLANEOUS];
+
 impl BillMessage {
-    /// Parses and checks a body: the bill number must be the model's `FBillNo`.
+    /// Parses and checks a body before anything of it is sent to Kingdee: the form is one the
+    /// mapping produces, the bill number is the model's `FBillNo`, and the model has entries
+    /// whose `FQty` is a finite number above 0. The loader trusts nothing else it reads from a
+    /// queue that other programs can publish to.
     pub fn from_slice(body: &[u8]) -> Result<Self, DocError> {
         let bill: BillMessage = serde_json::from_slice(body)
             .map_err(|e| DocError(format!("not a kd.bill.v1 body: {e}")))?;
         if bill.bill_no.is_empty() {
             return Err(DocError("bill_no is empty".into()));
+        }
+        if !BILL_FORMS.contains(&bill.form_id.as_str()) {
+            return Err(DocError(format!(
+                "bill {}: form_id {:?} is not one the mapping produces ({})",
+                bill.bill_no,
+                bill.form_id,
+                BILL_FORMS.join(", ")
+            )));
         }
         if bill.model.get("FBillNo").and_then(Value::as_str) != Some(bill.bill_no.as_str()) {
             return Err(DocError(format!(
@@ -272,13 +310,37 @@ impl BillMessage {
                 bill.bill_no
             )));
         }
-        if !bill.model.is_object() {
+        let Some(entries) = bill.model.get("FEntity").and_then(Value::as_array) else {
             return Err(DocError(format!(
-                "bill {}: model is not an object",
+                "bill {}: model.FEntity is not a list of entries",
+                bill.bill_no
+            )));
+        };
+        if entries.is_empty() {
+            return Err(DocError(format!(
+                "bill {}: model.FEntity is empty",
                 bill.bill_no
             )));
         }
+        for (i, entry) in entries.iter().enumerate() {
+            let qty = entry.get("FQty").and_then(Value::as_f64);
+            if !qty.is_some_and(|q| q.is_finite() && q > 0.0) {
+                return Err(DocError(format!(
+                    "bill {}: entry {} has no FQty above 0",
+                    bill.bill_no,
+                    i + 1
+                )));
+            }
+        }
         Ok(bill)
+    }
+
+    /// Entries of the model (0 when it has none).
+    pub fn entry_count(&self) -> usize {
+        self.model
+            .get("FEntity")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
     }
 }
 
@@ -327,13 +389,86 @@ mod tests {
 
     #[test]
     fn bill_bodies_are_checked() {
-        let good = json!({"form_id": "STK_MisDelivery", "bill_no": "B1",
-            "source": {"io_id": 1, "modified": "m"}, "model": {"FBillNo": "B1"}});
-        assert!(BillMessage::from_slice(good.to_string().as_bytes()).is_ok());
-        let mismatch = json!({"form_id": "STK_MisDelivery", "bill_no": "B1",
-            "source": {"io_id": 1, "modified": "m"}, "model": {"FBillNo": "B2"}});
-        assert!(BillMessage::from_slice(mismatch.to_string().as_bytes()).is_err());
+        let bill = |form: &str, model: Value| {
+            json!({"form_id": form, "bill_no": "B1", "source": {"io_id": 1, "modified": "m"},
+                "model": model})
+            .to_string()
+        };
+        let entry = |qty: Value| json!({"FMaterialId": {"FNumber": "M"}, "FQty": qty});
+        let good = bill(
+            "STK_MisDelivery",
+            json!({"FBillNo": "B1", "FEntity": [entry(json!(2.5))]}),
+        );
+        let parsed = BillMessage::from_slice(good.as_bytes()).expect("good bill");
+        assert_eq!(parsed.entry_count(), 1);
+        let gain = bill(
+            "STK_MISCELLANEOUS",
+            json!({"FBillNo": "B1", "FEntity": [entry(json!(1))]}),
+        );
+        assert!(BillMessage::from_slice(gain.as_bytes()).is_ok());
+        let bad = [
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B2", "FEntity": [entry(json!(1))]}),
+            ),
+            // Only the forms the mapping produces reach Kingdee.
+            bill(
+                "BD_MATERIAL",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!(1))]}),
+            ),
+            bill(
+                "SAL_OUTSTOCK",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!(1))]}),
+            ),
+            bill("STK_MisDelivery", json!({"FBillNo": "B1"})),
+            bill("STK_MisDelivery", json!({"FBillNo": "B1", "FEntity": []})),
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!(0))]}),
+            ),
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!(-3))]}),
+            ),
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!("NaN"))]}),
+            ),
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B1", "FEntity": [entry(json!(null))]}),
+            ),
+        ];
+        for body in bad {
+            assert!(BillMessage::from_slice(body.as_bytes()).is_err(), "{body}");
+        }
         assert!(BillMessage::from_slice(b"{not json").is_err());
+        // JSON has no NaN or infinity; a number too large for f64 is refused by the parser.
+        let huge = good.replace("2.5", "1e999");
+        assert!(BillMessage::from_slice(huge.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_batch_quantity_is_read_or_the_document_is_malformed() {
+        let doc = |batch: Value| json!({"io_id": 1, "items": [{"sku_id": "A", "qty": -2, "batchs": [batch]}]});
+        for empty in [
+            json!({"batch_no": "L"}),
+            json!({"qty": ""}),
+            json!({"qty": null}),
+        ] {
+            let d = CountDoc::from_value(&doc(empty.clone())).expect("absent qty reads as 0");
+            assert_eq!(d.items[0].batchs[0].qty, 0.0, "{empty}");
+        }
+        for bad in [
+            json!({"qty": "many"}),
+            json!({"qty": "NaN"}),
+            json!({"qty": "inf"}),
+            json!({"qty": {"v": 1}}),
+            json!("L1"),
+        ] {
+            let err = CountDoc::from_value(&doc(bad.clone())).expect_err("malformed");
+            assert!(err.0.contains("batch 1"), "{bad}: {err}");
+        }
     }
 
     #[test]

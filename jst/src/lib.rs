@@ -54,6 +54,11 @@ pub enum JstError {
         /// First bytes of the body.
         start: String,
     },
+    /// The answer breaks the documented contract in a way retrying will not mend: a success
+    /// without the fields a page must have, paging that does not end, a redirect, an answer
+    /// over the size cap. Trusting it could skip a window, so the poll stops and says why.
+    #[error("jushuitan {0}")]
+    Protocol(String),
 }
 
 impl JstError {
@@ -63,7 +68,7 @@ impl JstError {
             JstError::Api { code, .. } => matches!(code, 180 | 199 | 200),
             JstError::Http(status) => *status >= 500 || *status == 429,
             JstError::Transport(_) | JstError::Body { .. } => true,
-            JstError::Token(_) => false,
+            JstError::Token(_) | JstError::Protocol(_) => false,
         }
     }
 
@@ -71,6 +76,12 @@ impl JstError {
     pub fn is_configuration(&self) -> bool {
         matches!(self, JstError::Api { code, .. } if matches!(code, 10 | 100 | 110 | 190))
             || matches!(self, JstError::Token(_))
+    }
+
+    /// The answer cannot be trusted (see [`JstError::Protocol`]): like a configuration error,
+    /// it keeps the producer not ready until a poll succeeds.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, JstError::Protocol(_))
     }
 
     fn outcome(&self) -> &'static str {
@@ -93,6 +104,8 @@ pub struct Page {
     pub has_next: bool,
     /// Documents matching the query, when JST says.
     pub data_count: Option<i64>,
+    /// Pages of the query, when JST says.
+    pub page_count: Option<i64>,
 }
 
 /// The count query's business parameters for one window.
@@ -168,11 +181,7 @@ impl std::fmt::Debug for JstClient {
     }
 }
 
-/// Installs the TLS crypto provider once (reqwest is built without a default one).
-pub fn install_crypto_provider() {
-    // Err means a provider is installed already, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use common::http::install_crypto_provider;
 
 /// Where the token pair is kept beside a checkpoint: `x.checkpoint.json` → `x.checkpoint.token.json`.
 pub fn token_file_for(checkpoint: &Path) -> PathBuf {
@@ -186,12 +195,7 @@ pub fn token_file_for(checkpoint: &Path) -> PathBuf {
 impl JstClient {
     /// A client from the `[jst]` section, with the tokens of the configuration.
     pub fn new(config: &JstConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, JstError> {
-        install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout.0)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| JstError::Transport(e.to_string()))?;
+        let http = common::http::client(config.timeout.0).map_err(from_http)?;
         let tokens = TokenPair {
             access_token: config.access_token.expose().to_string(),
             refresh_token: config.refresh_token.expose().to_string(),
@@ -251,10 +255,14 @@ impl JstClient {
                 )));
             }
         };
+        // serde_json's message can quote the value it choked on (a token): say only where.
         let pair: TokenPair = serde_json::from_slice(&bytes).map_err(|e| {
             JstError::Token(format!(
-                "token file {} cannot be read ({e}); remove it to start from the configured tokens",
-                path.display()
+                "token file {} is not a token pair ({:?} error at line {} column {}); remove it to start from the configured tokens",
+                path.display(),
+                e.classify(),
+                e.line(),
+                e.column()
             ))
         })?;
         let configured = self
@@ -275,6 +283,11 @@ impl JstClient {
         {
             m.jst_token_expiry.set(at.timestamp() as f64);
         }
+    }
+
+    /// Documents per page asked for.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
     }
 
     /// The current token pair (for tests and `check`).
@@ -364,7 +377,8 @@ impl JstClient {
     ) -> Result<Value, JstError> {
         self.pacer.acquire().await;
         let started = Instant::now();
-        let result = self.post_once(path, &params(chrono_now())).await;
+        let timestamp = i64::try_from(common::http::unix_now()).unwrap_or(0);
+        let result = self.post_once(path, &params(timestamp)).await;
         if let Some(m) = &self.metrics {
             m.jst_request_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -389,14 +403,12 @@ impl JstClient {
             .form(params)
             .send()
             .await
-            .map_err(|e| JstError::Transport(without_url(&e)))?;
-        let status = response.status();
-        let body = response
-            .bytes()
+            .map_err(|e| JstError::Transport(common::http::transport_message(&e)))?;
+        let (status, body) = common::http::read_capped(response, common::http::MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| JstError::Transport(without_url(&e)))?;
-        if !status.is_success() {
-            return Err(JstError::Http(status.as_u16()));
+            .map_err(from_http)?;
+        if !(200..300).contains(&status) {
+            return Err(JstError::Http(status));
         }
         parse_envelope(&body)
     }
@@ -526,17 +538,26 @@ impl JstClient {
     /// transient failures.
     pub async fn count_window(&self, query: &CountQuery) -> Result<Vec<Value>, JstError> {
         let mut docs = Vec::new();
-        let mut page_index = 1;
+        let mut paging = Paging::new(self.page_size);
         loop {
-            let page = self.count_page_retrying(query, page_index).await?;
-            let last = !page.has_next || page.datas.is_empty();
+            let page = self.count_page_retrying(query, paging.page_index()).await?;
+            let ids: Vec<String> = page.datas.iter().map(document_version).collect();
+            let last = paging.judge(&page, &ids)?;
             docs.extend(page.datas);
             if last {
                 return Ok(docs);
             }
-            page_index += 1;
         }
     }
+}
+
+/// The version of a document, `{io_id}@{modified}`: its message id on the queue.
+pub fn document_version(doc: &Value) -> String {
+    format!(
+        "{}@{}",
+        int_field(doc.get("io_id")).map_or_else(|| "unknown".to_string(), |i| i.to_string()),
+        common::messages::text_field(doc.get("modified")).unwrap_or_default()
+    )
 }
 
 /// First-token path.
@@ -580,33 +601,16 @@ pub fn read_token_pair(data: &Value) -> Result<TokenPair, JstError> {
     })
 }
 
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-}
-
-/// reqwest errors name the URL; ours has no secret in it, but keep messages short anyway.
-fn without_url(err: &reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else if err.is_body() || err.is_decode() {
-        "body could not be read"
-    } else {
-        "request failed"
-    };
-    let source = std::error::Error::source(err).map(ToString::to_string);
-    match source {
-        Some(s) => format!("{kind}: {s}"),
-        None => kind.to_string(),
+/// A transport failure stays transient; a redirect or an oversized answer is a protocol error.
+fn from_http(err: common::http::HttpError) -> JstError {
+    match err {
+        common::http::HttpError::Transport(t) => JstError::Transport(t),
+        other => JstError::Protocol(other.to_string()),
     }
 }
 
 fn body_start(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.chars().filter(|c| !c.is_control()).collect()
+    common::http::body_preview(body, 200)
 }
 
 /// Reads `{"code":0,"msg":…,"data":…}`; a non-zero code is an [`JstError::Api`].
@@ -620,23 +624,37 @@ pub fn parse_envelope(body: &[u8]) -> Result<Value, JstError> {
         start: body_start(body),
     })?;
     if code != 0 {
-        let msg = value
-            .get("msg")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        // Outside text: escaped before it can reach a log or a terminal.
+        let msg =
+            common::http::escape(value.get("msg").and_then(Value::as_str).unwrap_or_default());
         return Err(JstError::Api { code, msg });
     }
     Ok(value.get("data").cloned().unwrap_or(Value::Null))
 }
 
-/// Reads `data` of the count query: `datas`, `has_next` (tolerating text and absence: without
-/// `has_next` and `page_count`, a full page of `page_size` means there may be more).
+/// Reads `data` of the count query.
+///
+/// A page must be an object with `datas` (a list; `null` or `""` for none, since JST writes
+/// absent values as `""`): a success without `data` or without `datas` is a
+/// [`JstError::Protocol`] error, never an empty page, because an empty page lets the
+/// checkpoint pass the window. `has_next` is read leniently (bool, text, number); without it,
+/// `page_index` < `page_count` decides, and without those a full page of `page_size` means
+/// there may be more (the [`Paging`] guard bounds where that leads).
 pub fn read_page(data: &Value, page_size: u32) -> Result<Page, JstError> {
+    if !data.is_object() {
+        return Err(JstError::Protocol(
+            "answered code 0 without a data object; the page cannot be read as empty".into(),
+        ));
+    }
     let datas = match data.get("datas") {
         Some(Value::Array(items)) => items.clone(),
-        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        None => {
+            return Err(JstError::Protocol(
+                "answered code 0 without data.datas; the page cannot be read as empty".into(),
+            ));
+        }
         Some(_) => {
             return Err(JstError::Body {
                 reason: "data.datas is not a list".into(),
@@ -644,27 +662,105 @@ pub fn read_page(data: &Value, page_size: u32) -> Result<Page, JstError> {
             });
         }
     };
+    let page_count = int_field(data.get("page_count"));
     let has_next = match data.get("has_next") {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0) != 0,
-        _ => {
-            // No has_next: fall back on page_count when JST sends it.
-            match (
-                int_field(data.get("page_index")),
-                int_field(data.get("page_count")),
-            ) {
-                (Some(index), Some(count)) => index < count,
-                _ => datas.len() >= page_size as usize,
-            }
-        }
+        _ => match (int_field(data.get("page_index")), page_count) {
+            (Some(index), Some(count)) => index < count,
+            _ => datas.len() >= page_size as usize,
+        },
     };
     let data_count = int_field(data.get("data_count"));
     Ok(Page {
         datas,
         has_next,
         data_count,
+        page_count,
     })
+}
+
+/// Pages one query may take at most, whatever the answers say: 10,000 pages of 50 is half a
+/// million documents in one window of one status, far beyond any real account.
+pub const MAX_PAGES: u32 = 10_000;
+
+/// Guards the paging of one pass over a query: paging ends when JST says so, and never runs on
+/// when the answers contradict themselves (`has_next` forever, the same page again, pages past
+/// `page_count` or `data_count`). Each such answer is a [`JstError::Protocol`] error, so the
+/// poll fails and the checkpoint stays where it was.
+#[derive(Debug)]
+pub struct Paging {
+    page_size: u32,
+    page_index: u32,
+    pages: std::collections::HashMap<Vec<String>, u32>,
+}
+
+impl Paging {
+    /// A pass starting at page 1.
+    pub fn new(page_size: u32) -> Self {
+        Self {
+            page_size: page_size.max(1),
+            page_index: 1,
+            pages: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The page to ask for now.
+    pub fn page_index(&self) -> u32 {
+        self.page_index
+    }
+
+    /// Judges the page just read: `Ok(true)` when it was the last, `Ok(false)` when the next
+    /// must be asked for (and [`Paging::page_index`] moved on), an error when the answers do not
+    /// add up. `ids` are the page's document versions (`io_id@modified`).
+    pub fn judge(&mut self, page: &Page, ids: &[String]) -> Result<bool, JstError> {
+        let index = self.page_index;
+        let pages_by_count = page
+            .data_count
+            .and_then(|c| u64::try_from(c).ok())
+            .map(|c| c.div_ceil(u64::from(self.page_size)));
+        let page_count = page.page_count.and_then(|c| u64::try_from(c).ok());
+        let known_last = match (page_count, pages_by_count) {
+            (Some(p), Some(d)) => Some(p.max(d)),
+            (p, d) => p.or(d),
+        };
+        if !page.datas.is_empty() {
+            if let Some(last) = known_last
+                && u64::from(index) > last
+            {
+                return Err(JstError::Protocol(format!(
+                    "sent page {index} with documents although it counts {last} page(s); paging stopped"
+                )));
+            }
+            let mut key = ids.to_vec();
+            key.sort_unstable();
+            if let Some(first) = self.pages.insert(key, index) {
+                return Err(JstError::Protocol(format!(
+                    "sent page {index} with the same documents as page {first}; paging stopped"
+                )));
+            }
+        }
+        if !page.has_next {
+            return Ok(true);
+        }
+        if page.datas.is_empty() {
+            // has_next with nothing on the page: the end when the counts agree, else a lie.
+            if known_last.is_some_and(|last| u64::from(index) > last) {
+                return Ok(true);
+            }
+            return Err(JstError::Protocol(format!(
+                "sent an empty page {index} that says more pages follow; paging stopped"
+            )));
+        }
+        if index >= MAX_PAGES {
+            return Err(JstError::Protocol(format!(
+                "still says more pages follow after {MAX_PAGES} pages; paging stopped"
+            )));
+        }
+        self.page_index += 1;
+        Ok(false)
+    }
 }
 
 #[cfg(test)]
@@ -693,6 +789,32 @@ mod tests {
         .expect("page");
         assert!(!page.has_next);
         assert!(page.datas.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_token_file_is_refused_without_quoting_it() {
+        let dir = std::env::temp_dir().join(format!("jst2kd-token-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("p.token.json");
+        let client = JstClient::new(&JstConfig::default(), None).expect("client");
+        for content in [
+            r#"{"access_token": 12345678, "refresh_token": "rt-SECRET-1"}"#,
+            r#"{"access_token": "at-SECRET-2", "refresh_token": ["rt-SECRET-3"]}"#,
+            "at-SECRET-4",
+        ] {
+            std::fs::write(&path, content).expect("write");
+            let e = client
+                .clone()
+                .with_token_file(path.clone())
+                .expect_err("malformed");
+            let text = e.to_string();
+            assert!(text.contains("p.token.json"), "{text}");
+            assert!(
+                !text.contains("SECRET") && !text.contains("12345678"),
+                "{text}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod sign;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use common::config::{AfterSave, KingdeeAuth, KingdeeConfig, Secret};
 use common::telemetry::Metrics;
@@ -29,15 +29,23 @@ pub const MSG_SESSION_LOST: i64 = 1;
 /// MsgCode of a call refused for permission or authentication: no bill was looked at.
 pub const MSG_NO_PERMISSION: i64 = 2;
 
+/// The status Kingdee's web server answers a request body too large for it with: the same
+/// request will never pass, so its bills are refused rather than retried.
+pub const HTTP_TOO_LARGE: u16 = 413;
+
 /// A failed Kingdee call (the call as a whole; bills have their own results).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KingdeeError {
     /// Connection failure or timeout: the call may or may not have been carried out.
     #[error("cannot reach kingdee: {0}")]
     Transport(String),
-    /// HTTP error status.
+    /// HTTP error status. 413 (the request is too large) is final; others are transient.
     #[error("kingdee answered HTTP {0}")]
     Http(u16),
+    /// Kingdee answered with a redirect, which is never followed (it would carry the
+    /// credentials to another host): a configuration error naming the target host.
+    #[error("kingdee {0}")]
+    Redirect(String),
     /// A server exception (`response_error:` body).
     #[error("kingdee server exception: {0}")]
     Server(String),
@@ -66,10 +74,11 @@ impl KingdeeError {
     /// Worth retrying later: the bills' fate is unknown or the failure passes.
     pub fn is_transient(&self) -> bool {
         match self {
-            KingdeeError::Transport(_)
-            | KingdeeError::Http(_)
-            | KingdeeError::Server(_)
-            | KingdeeError::Body { .. } => true,
+            KingdeeError::Http(status) => *status != HTTP_TOO_LARGE,
+            KingdeeError::Transport(_) | KingdeeError::Server(_) | KingdeeError::Body { .. } => {
+                true
+            }
+            KingdeeError::Redirect(_) => false,
             KingdeeError::Refused { msg_code, .. } => {
                 matches!(*msg_code, MSG_SESSION_LOST | 4 | 6 | 13 | 14)
             }
@@ -226,13 +235,7 @@ impl KingdeeClient {
         concurrency: usize,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, KingdeeError> {
-        // Err means a provider is installed already, which is all we need.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout.0)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| KingdeeError::Transport(e.to_string()))?;
+        let http = common::http::client(config.timeout.0).map_err(from_http)?;
         let base_url = config.base_url.trim_end_matches('/').to_string();
         let site_path = reqwest::Url::parse(&base_url)
             .map(|u| u.path().trim_end_matches('/').to_string())
@@ -331,10 +334,11 @@ impl KingdeeClient {
             None => {}
         }
         let response = request.send().await.map_err(|e| transport(&e))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| transport(&e))?;
-        if !status.is_success() {
-            return Err(KingdeeError::Http(status.as_u16()));
+        let (status, body) = common::http::read_capped(response, common::http::MAX_ANSWER_BYTES)
+            .await
+            .map_err(from_http)?;
+        if !(200..300).contains(&status) {
+            return Err(KingdeeError::Http(status));
         }
         if let Some(rest) = body.strip_prefix(b"response_error:") {
             return Err(KingdeeError::Server(body_start(rest)));
@@ -508,10 +512,15 @@ impl KingdeeClient {
 /// Rows per ExecuteBillQuery call.
 pub const QUERY_PAGE: usize = 2000;
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+use common::http::unix_now;
+
+/// A redirect is a configuration error; an answer over the cap or cut off leaves the bills'
+/// fate unknown, like a transport failure.
+fn from_http(err: common::http::HttpError) -> KingdeeError {
+    match err {
+        common::http::HttpError::Redirect { .. } => KingdeeError::Redirect(err.to_string()),
+        other => KingdeeError::Transport(other.to_string()),
+    }
 }
 
 /// Reads a login answer: `LoginResultType` 1 (or −5) and the session id.
@@ -545,24 +554,11 @@ pub fn read_login(body: &[u8]) -> Result<String, KingdeeError> {
 }
 
 fn transport(err: &reqwest::Error) -> KingdeeError {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(err) {
-        Some(s) => KingdeeError::Transport(format!("{kind}: {s}")),
-        None => KingdeeError::Transport(kind.to_string()),
-    }
+    KingdeeError::Transport(common::http::transport_message(err))
 }
 
 fn body_start(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)])
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect()
+    common::http::body_preview(body, 300)
 }
 
 fn unreadable(reason: &str, body: &[u8]) -> KingdeeError {

@@ -193,6 +193,7 @@ pub async fn run(
     info!(queue = %broker.topology().work_queue(Work::Bills), prefetch, batch_size = config.batch_size, concurrency = config.concurrency, "Loader consuming.");
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut batch_entries = 0;
     loop {
         let linger_over = async {
             match deadline {
@@ -205,6 +206,7 @@ pub async fn run(
             () = linger_over => {
                 flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
                 deadline = None;
+                batch_entries = 0;
             }
             next = consumer.next() => {
                 let Some(delivery) = next else { break };
@@ -212,6 +214,7 @@ pub async fn run(
                 ctx.metrics.consumed.with_label_values(&[Stage::Loader.as_str()]).inc();
                 match BillMessage::from_slice(&delivery.body) {
                     Ok(bill) => {
+                        batch_entries += bill.entry_count();
                         batch.push(Pending { delivery, bill, _in_flight: in_flight });
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
                     }
@@ -222,9 +225,10 @@ pub async fn run(
                         drop(in_flight);
                     }
                 }
-                if batch.len() >= config.batch_size {
+                if batch.len() >= config.batch_size || batch_entries >= MAX_CALL_ENTRIES {
                     flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
                     deadline = None;
+                    batch_entries = 0;
                 }
             }
         }
@@ -260,13 +264,49 @@ async fn flush(
     });
 }
 
-/// One BatchSave per form; every bill settled by its own result.
+/// Entries one BatchSave call carries at most (besides at most `loader.batch_size` bills): a
+/// batch is flushed when it reaches this many, and a group is split to stay under it, so the
+/// memory a call needs is bounded whatever the bills hold. A single bill with more entries
+/// goes in a call of its own.
+pub const MAX_CALL_ENTRIES: usize = 5_000;
+
+/// Splits bills into consecutive groups of at most [`MAX_CALL_ENTRIES`] entries (a larger
+/// bill alone).
+fn by_entries(bills: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    let mut entries = 0;
+    for p in bills {
+        let n = p.bill.entry_count();
+        match groups.last_mut() {
+            Some(group) if entries + n <= MAX_CALL_ENTRIES => {
+                group.push(p);
+                entries += n;
+            }
+            _ => {
+                groups.push(vec![p]);
+                entries = n;
+            }
+        }
+    }
+    groups
+}
+
+/// One BatchSave per form (and per [`MAX_CALL_ENTRIES`]); every bill settled by its own
+/// result.
 async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settler, ctx: &Context) {
     let mut by_form: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
     for p in bills {
         by_form.entry(p.bill.form_id.clone()).or_default().push(p);
     }
-    for (form, group) in by_form {
+    let mut calls: std::collections::VecDeque<(String, Vec<Pending>)> = by_form
+        .into_iter()
+        .flat_map(|(form, group)| {
+            by_entries(group)
+                .into_iter()
+                .map(move |g| (form.clone(), g))
+        })
+        .collect();
+    while let Some((form, group)) = calls.pop_front() {
         ctx.metrics.loader_batch_size.observe(group.len() as f64);
         let models: Vec<serde_json::Value> = group.iter().map(|p| p.bill.model.clone()).collect();
         match client.batch_save(&form, &models).await {
@@ -291,6 +331,32 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 let checked = check_saved(&form, group, client, &err.to_string()).await;
                 for (pending, settlement) in after_save(&form, checked, client).await {
                     apply(pending, settlement, settler, ctx).await;
+                }
+            }
+            Err(kingdee::KingdeeError::Http(kingdee::HTTP_TOO_LARGE)) if group.len() > 1 => {
+                // Too large together: each bill on its own, so only the one too large for
+                // Kingdee's web server is refused.
+                warn!(form = %form, bills = group.len(), "Kingdee refused the call as too large (HTTP 413); saving its bills one by one.");
+                for pending in group.into_iter().rev() {
+                    calls.push_front((form.clone(), vec![pending]));
+                }
+            }
+            Err(err @ kingdee::KingdeeError::Http(kingdee::HTTP_TOO_LARGE)) => {
+                // Sending it again cannot make it smaller.
+                let refused = BillError {
+                    field_name: None,
+                    message: format!(
+                        "{err}: the bill is too large for Kingdee's web server; lower mapping.max_entries so documents are split into smaller bills, then replay"
+                    ),
+                };
+                for pending in group {
+                    apply(
+                        pending,
+                        Settlement::Rejected(vec![refused.clone()]),
+                        settler,
+                        ctx,
+                    )
+                    .await;
                 }
             }
             Err(err) => {

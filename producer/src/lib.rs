@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use common::config::{ProducerConfig, StartAt};
-use common::messages::{self, Headers, header, int_field, text_field};
+use common::messages::{self, Headers, header};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Work};
 use common::telemetry::{Health, Metrics, Stage};
 use common::time::{format_beijing, now_beijing, rfc3339_now};
-use jst::{CountQuery, JstClient, JstError};
+use jst::{CountQuery, JstClient, JstError, Paging};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -121,11 +121,7 @@ pub struct Producer {
 
 /// The message id of a document version: `{io_id}@{modified}`.
 fn message_id(doc: &Value) -> String {
-    format!(
-        "{}@{}",
-        int_field(doc.get("io_id")).map_or_else(|| "unknown".to_string(), |i| i.to_string()),
-        text_field(doc.get("modified")).unwrap_or_default()
-    )
+    jst::document_version(doc)
 }
 
 impl Producer {
@@ -210,18 +206,23 @@ impl Producer {
             for pass in 1..=MAX_PASSES {
                 let (mut first_count, mut shifted) = (None, false);
                 let mut pass_ids: HashSet<String> = HashSet::new();
-                let mut page_index = 1;
+                let mut paging = Paging::new(self.client.page_size());
                 loop {
-                    let page = self.client.count_page_retrying(&query, page_index).await?;
-                    let last = !page.has_next || page.datas.is_empty();
+                    let page = self
+                        .client
+                        .count_page_retrying(&query, paging.page_index())
+                        .await?;
+                    let page_ids: Vec<String> = page.datas.iter().map(message_id).collect();
+                    // Judged before anything of the page is published: an answer that does
+                    // not add up fails the poll, and the checkpoint stays.
+                    let last = paging.judge(&page, &page_ids)?;
                     match (first_count, page.data_count) {
                         (None, count) => first_count = Some(count),
                         (Some(first), count) => shifted |= first != count,
                     }
-                    let new: Vec<(String, Value)> = page
-                        .datas
+                    let new: Vec<(String, Value)> = page_ids
                         .into_iter()
-                        .map(|d| (message_id(&d), d))
+                        .zip(page.datas)
                         .filter(|(id, _)| pass_ids.insert(id.clone()) && seen.insert(id.clone()))
                         .collect();
                     fetched += new.len();
@@ -244,7 +245,6 @@ impl Producer {
                     if last {
                         break;
                     }
-                    page_index += 1;
                 }
                 let expected = first_count.flatten().and_then(|c| usize::try_from(c).ok());
                 let stable = !shifted && expected.is_none_or(|c| pass_ids.len() >= c);
@@ -339,6 +339,11 @@ impl Producer {
                     health.set("jst", false);
                     pause = pause.max(CONFIGURATION_RETRY);
                     error!(error = %e, retry_in_s = pause.as_secs(), "Jushuitan refused the app: check jst.app_key / jst.app_secret (code 10), the app's IP whitelist (code 110), its API permissions (code 190) or the tokens (code 100). Not ready until a poll succeeds.");
+                }
+                Err(ProducerError::Jst(e)) if e.is_protocol() => {
+                    health.set("jst", false);
+                    pause = pause.max(CONFIGURATION_RETRY);
+                    error!(error = %e, retry_in_s = pause.as_secs(), "Jushuitan's answer cannot be trusted; the checkpoint stays where it was. Not ready until a poll succeeds.");
                 }
                 Err(e) => {
                     warn!(error = %e, "Poll failed; the next poll resumes from the checkpoint.")

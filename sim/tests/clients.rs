@@ -8,6 +8,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
 use common::config::{Dur, JstConfig, KingdeeConfig, Secret};
+use futures_util::StreamExt;
 use jst::{CountQuery, JstClient, JstError};
 use kingdee::{BillResult, KingdeeClient};
 use serde_json::{Value, json};
@@ -226,4 +227,116 @@ async fn a_wrong_kingdee_secret_is_refused_and_5xx_and_timeouts_are_transient() 
         .await
         .expect_err("timeout");
     assert!(err.is_transient(), "{err}");
+}
+
+/// A server whose every answer is a redirect to `target`.
+fn redirecting(target: String) -> Router {
+    Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )
+        }
+    })
+}
+
+/// A server counting every request it receives.
+fn counting(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Router {
+    Router::new().fallback(move || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { "{}" }
+    })
+}
+
+#[tokio::test]
+async fn neither_client_follows_a_redirect_with_the_credentials() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (target, _stop_target) = start(counting(calls.clone())).await;
+    let (url, _stop) = start(redirecting(format!("{target}/steal?x=1"))).await;
+    let host = target.trim_start_matches("http://");
+
+    let jst = JstClient::new(&jst_config(&url, "s"), None).expect("client");
+    let err = jst.count_page(&window(), 1).await.expect_err("redirect");
+    assert!(err.is_protocol() && !err.is_transient(), "{err}");
+    assert!(err.to_string().contains(host), "{err}");
+    assert!(!err.to_string().contains("steal"), "{err}");
+
+    let mut config = kingdee_config(&url, "s");
+    config.auth = common::config::KingdeeAuth::Password;
+    config.password = Secret::new("kd-password-SECRET");
+    let kingdee = KingdeeClient::new(&config, 1, None).expect("client");
+    let err = kingdee.login().await.expect_err("redirect");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains(host), "{err}");
+    assert!(!err.to_string().contains("SECRET"), "{err}");
+    let err = KingdeeClient::new(&kingdee_config(&url, "s"), 1, None)
+        .expect("client")
+        .batch_save("STK_MisDelivery", &[json!({})])
+        .await
+        .expect_err("redirect");
+    assert!(err.to_string().contains(host), "{err}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect target received a request"
+    );
+}
+
+#[tokio::test]
+async fn kingdee_413_is_final() {
+    let router = Router::new().route(
+        "/k3cloud/{service}",
+        post(|| async { (StatusCode::PAYLOAD_TOO_LARGE, "too large") }),
+    );
+    let (url, _stop) = start(router).await;
+    let client = KingdeeClient::new(&kingdee_config(&url, "s"), 1, None).expect("client");
+    let err = client
+        .batch_save("STK_MisDelivery", &[json!({})])
+        .await
+        .expect_err("413");
+    assert!(
+        matches!(err, kingdee::KingdeeError::Http(413)) && !err.is_transient(),
+        "{err}"
+    );
+}
+
+/// A server answering 3 GB of JSON-looking bytes, streamed, with or without a length.
+fn endless(with_length: bool) -> Router {
+    const CHUNK: usize = 1 << 20;
+    const TOTAL: u64 = 3 << 30;
+    Router::new().fallback(move || async move {
+        let chunks = futures_util::stream::iter(0..TOTAL / CHUNK as u64)
+            .map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; CHUNK])));
+        let mut response = axum::response::Response::new(axum::body::Body::from_stream(chunks));
+        if with_length {
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_LENGTH,
+                axum::http::HeaderValue::from(TOTAL),
+            );
+        }
+        response
+    })
+}
+
+#[tokio::test]
+async fn an_answer_over_the_cap_is_refused_without_reading_it_all() {
+    for with_length in [false, true] {
+        let (url, _stop) = start(endless(with_length)).await;
+        let mut config = jst_config(&url, "s");
+        config.timeout = Dur::secs(60);
+        let jst = JstClient::new(&config, None).expect("client");
+        let err = jst.count_page(&window(), 1).await.expect_err("too large");
+        assert!(err.is_protocol(), "{err}");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        let mut config = kingdee_config(&url, "s");
+        config.timeout = Dur::secs(60);
+        let kingdee = KingdeeClient::new(&config, 1, None).expect("client");
+        let err = kingdee
+            .batch_save("STK_MisDelivery", &[json!({})])
+            .await
+            .expect_err("too large");
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
 }

@@ -8,10 +8,7 @@ use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem,
 use common::time::date_part;
 use serde_json::{Map, Value, json};
 
-/// Form of the loss bill (其他出库单).
-pub const FORM_MIS_DELIVERY: &str = "STK_MisDelivery";
-/// Form of the gain bill (其他入库单).
-pub const FORM_MISCELLANEOUS: &str = "STK_MISCELLANEOUS";
+pub use common::messages::{FORM_MIS_DELIVERY, FORM_MISCELLANEOUS};
 
 /// Which bill a line goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
