@@ -252,6 +252,10 @@ pub struct AmqpConfig {
     /// One retry tier per delay.
     #[serde(deserialize_with = "lenient::list")]
     pub retry_delays: Vec<Dur>,
+    /// Largest message body a worker reads, in bytes; a larger one is dead-lettered
+    /// `too_large` without being parsed.
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_message_bytes: u64,
 }
 
 impl Default for AmqpConfig {
@@ -263,6 +267,7 @@ impl Default for AmqpConfig {
             prefetch: 100,
             delivery_limit: 20,
             retry_delays: vec![Dur::secs(5), Dur::secs(30), Dur::secs(120), Dur::secs(600)],
+            max_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -565,6 +570,10 @@ pub struct MappingConfig {
     /// An SKU absent from `skus` is a mapping error instead of passing through.
     #[serde(deserialize_with = "lenient::boolean")]
     pub require_sku_mapping: bool,
+    /// Most entries in one bill: a document with more becomes several bills, numbered
+    /// `{bill_no}-2`, `{bill_no}-3` … after the first (which keeps the plain number).
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_entries: usize,
 }
 
 impl Default for MappingConfig {
@@ -583,6 +592,7 @@ impl Default for MappingConfig {
             warehouses: BTreeMap::new(),
             skus: BTreeMap::new(),
             require_sku_mapping: false,
+            max_entries: 1000,
         }
     }
 }
@@ -723,6 +733,12 @@ impl Config {
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
         }
+        if !(64 * 1024..=128 * 1024 * 1024).contains(&self.amqp.max_message_bytes) {
+            return Err(ConfigError::key(
+                "amqp.max_message_bytes",
+                "must be 65536 (64 KiB) to 134217728 (128 MiB, the broker's own limit)",
+            ));
+        }
         if self.amqp.delivery_limit == 0 {
             // 0 would dead-letter every message the first time it is requeued.
             return Err(ConfigError::key(
@@ -819,6 +835,12 @@ impl Config {
             return Err(ConfigError::key(
                 "mapping.gain_bill_no_template",
                 "must differ from mapping.bill_no_template (two bills of one document need two numbers)",
+            ));
+        }
+        if !(1..=10_000).contains(&m.max_entries) {
+            return Err(ConfigError::key(
+                "mapping.max_entries",
+                "must be 1 to 10000",
             ));
         }
         if m.statuses.is_empty() {

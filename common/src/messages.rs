@@ -43,6 +43,9 @@ pub mod header {
     pub const REPLAYED: &str = "jst2kd-replayed";
     /// When the producer published the count document (RFC 3339).
     pub const PUBLISHED_AT: &str = "jst2kd-published-at";
+    /// On a retry or dead-letter copy whose headers were bounded: the names of the headers of
+    /// the original that were cut or left out.
+    pub const HEADERS_TRUNCATED: &str = "jst2kd-headers-truncated";
     /// Broker's dead-letter history.
     pub const X_DEATH: &str = "x-death";
 }

@@ -3,6 +3,11 @@
 //! Invariant: the original delivery is acked only after its retry or dead letter was confirmed
 //! by the broker; when that publish fails, the delivery is requeued instead (and the broker's
 //! delivery limit still bounds the loop).
+//!
+//! A retry or dead-letter copy carries a bounded copy of the original's headers
+//! ([`bounded_headers`]): the copy gains headers of its own, and a header frame that outgrows
+//! the broker's `frame_max` makes it close the connection. So one message with a huge header
+//! can neither stop a worker nor churn the connection under innocent messages.
 
 use serde_json::Value;
 use tracing::warn;
@@ -14,6 +19,11 @@ use crate::time::rfc3339_now;
 
 /// Longest `jst2kd-error`.
 pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+/// Longest value of a header copied from the original onto a retry or dead-letter copy.
+pub const MAX_COPIED_HEADER_BYTES: usize = 4 * 1024;
+/// Most bytes (AMQP-encoded) of the original's headers a copy carries; with our own dead-letter
+/// headers (at most about 37 KiB) it stays well inside RabbitMQ's default 128 KiB frame.
+pub const MAX_COPIED_HEADERS_BYTES: usize = 32 * 1024;
 /// Longest `jst2kd-kingdee-errors` (a header must fit in one AMQP frame).
 pub const MAX_KINGDEE_ERRORS_BYTES: usize = 16 * 1024;
 const TRUNCATED: &str = "…[truncated]";
@@ -58,6 +68,57 @@ pub fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}{TRUNCATED}", &text[..end])
+}
+
+/// A copy of `headers` small enough to publish again: our own headers first (they drive
+/// retries and replay), then the others in name order; a text value over
+/// [`MAX_COPIED_HEADER_BYTES`] is cut, other values over it are left out, and so is whatever
+/// would take the copy past [`MAX_COPIED_HEADERS_BYTES`]. When anything was cut or left out,
+/// `jst2kd-headers-truncated` names it, so a person reading the dead letter knows.
+pub fn bounded_headers(headers: &Headers) -> Headers {
+    let ours = |name: &str| name.starts_with("jst2kd-") || name == header::TRACEPARENT;
+    let ordered = headers
+        .iter()
+        .filter(|(n, _)| ours(n))
+        .chain(headers.iter().filter(|(n, _)| !ours(n)));
+    let mut copy = Headers::new();
+    let mut cut: Vec<&str> = Vec::new();
+    let mut used = 0;
+    for (name, value) in ordered {
+        if name == header::HEADERS_TRUNCATED {
+            continue;
+        }
+        let value = match value {
+            Value::String(s) if s.len() > MAX_COPIED_HEADER_BYTES => {
+                cut.push(name);
+                Value::String(truncate(s, MAX_COPIED_HEADER_BYTES))
+            }
+            other => other.clone(),
+        };
+        let size = crate::queue::encoded_header_len(name, &value);
+        if name.len() > 255
+            || size > MAX_COPIED_HEADER_BYTES + 300
+            || used + size > MAX_COPIED_HEADERS_BYTES
+        {
+            if cut.last() != Some(&name.as_str()) {
+                cut.push(name);
+            }
+            continue;
+        }
+        used += size;
+        copy.insert(name.clone(), value);
+    }
+    if !cut.is_empty() {
+        let names: Vec<String> = cut
+            .iter()
+            .map(|n| crate::http::escape(&truncate(n, 64)))
+            .collect();
+        copy.insert(
+            header::HEADERS_TRUNCATED.into(),
+            truncate(&names.join(", "), 1024).into(),
+        );
+    }
+    copy
 }
 
 /// Why a message goes to the dead letters.
@@ -110,10 +171,25 @@ impl Settler {
         }
     }
 
+    /// Why a delivery must be dead-lettered unread: its body is over `amqp.max_message_bytes`.
+    /// Checked before parsing, so one huge message cannot take a worker's memory.
+    pub fn oversized(&self, delivery: &Delivery) -> Option<DeadReason> {
+        let limit = self.broker.topology().max_message_bytes;
+        (delivery.body.len() > limit).then(|| {
+            DeadReason::new(
+                DeadKind::TooLarge,
+                format!(
+                    "body of {} bytes is over amqp.max_message_bytes ({limit}); not read",
+                    delivery.body.len()
+                ),
+            )
+        })
+    }
+
     /// The dead-letter message for a delivery (pure, for tests and `dlq` tools).
     pub fn dead_message(&self, delivery: &Delivery, reason: &DeadReason) -> Outgoing {
         let topology = self.broker.topology();
-        let mut headers: Headers = delivery.headers.clone();
+        let mut headers: Headers = bounded_headers(&delivery.headers);
         headers.insert(header::STAGE.into(), self.stage.as_str().into());
         headers.insert(header::ERROR_KIND.into(), reason.kind.as_str().into());
         headers.insert(
@@ -151,8 +227,23 @@ impl Settler {
         delivery: Delivery,
         reason: DeadReason,
     ) -> Result<(), QueueError> {
-        let message = self.dead_message(&delivery, &reason);
-        match self.broker.publish(message).await {
+        let mut message = self.dead_message(&delivery, &reason);
+        let mut published = self.broker.publish(message.clone()).await;
+        if matches!(published, Err(QueueError::TooLarge { .. })) {
+            // Even the bounded copy does not fit (a broker with a small frame_max): keep the
+            // dead-letter headers alone, which replay and the dlq tools need.
+            message.headers.retain(|name, _| {
+                name.starts_with("jst2kd-")
+                    && name != header::KINGDEE_ERRORS
+                    && name != header::KINGDEE_EXISTING
+            });
+            message.headers.insert(
+                header::HEADERS_TRUNCATED.into(),
+                "(all but the dead-letter headers)".into(),
+            );
+            published = self.broker.publish(message).await;
+        }
+        match published {
             Ok(()) => {
                 let s = self.stage.as_str();
                 self.metrics.published.with_label_values(&[s, "dead"]).inc();
@@ -187,7 +278,7 @@ impl Settler {
                 self.dead_letter(delivery, reason).await?;
             }
             NextTry::Retry { tier, attempt } => {
-                let mut headers = delivery.headers.clone();
+                let mut headers = bounded_headers(&delivery.headers);
                 headers.insert(header::ATTEMPT.into(), attempt.into());
                 let message = Outgoing {
                     destination: Destination::Retry(self.origin, tier),
@@ -260,6 +351,44 @@ mod tests {
         for (attempt, tiers, expected) in table {
             assert_eq!(next_try(attempt, tiers), expected, "{attempt:?} of {tiers}");
         }
+    }
+
+    #[test]
+    fn copied_headers_are_bounded_and_say_what_was_cut() {
+        let mut headers = Headers::new();
+        headers.insert("jst2kd-attempt".into(), 2.into());
+        headers.insert(header::TRACEPARENT.into(), "00-abc-def-01".into());
+        headers.insert("huge".into(), "x".repeat(130_000).into());
+        headers.insert(
+            "nested".into(),
+            Value::Array(vec![Value::String("y".repeat(3000)); 5]),
+        );
+        for i in 0..40 {
+            headers.insert(format!("h{i:02}"), "z".repeat(1000).into());
+        }
+        let copy = bounded_headers(&headers);
+        assert!(crate::queue::encoded_headers_len(&copy) <= MAX_COPIED_HEADERS_BYTES + 1100);
+        assert_eq!(copy.get("jst2kd-attempt"), Some(&Value::from(2)));
+        assert!(copy.contains_key(header::TRACEPARENT));
+        let huge = copy
+            .get("huge")
+            .and_then(Value::as_str)
+            .expect("cut, not dropped");
+        assert!(huge.len() <= MAX_COPIED_HEADER_BYTES && huge.ends_with(TRUNCATED));
+        assert!(!copy.contains_key("nested"));
+        let said = copy
+            .get(header::HEADERS_TRUNCATED)
+            .and_then(Value::as_str)
+            .expect("says what was cut");
+        assert!(
+            said.contains("huge") && said.contains("nested") && said.contains("h39"),
+            "{said}"
+        );
+        // Small headers are copied as they are, without a note.
+        let mut small = Headers::new();
+        small.insert("x-death".into(), Value::Array(vec![]));
+        small.insert("jst2kd-schema".into(), "kd.bill.v1".into());
+        assert_eq!(bounded_headers(&small), small);
     }
 
     #[test]

@@ -85,16 +85,19 @@ pub enum DeadKind {
     Conflict,
     /// Transient failures outlasted the retry tiers.
     Exhausted,
+    /// Larger than `amqp.max_message_bytes` (not parsed), or too large to publish again.
+    TooLarge,
 }
 
 impl DeadKind {
     /// Every kind.
-    pub const ALL: [DeadKind; 5] = [
+    pub const ALL: [DeadKind; 6] = [
         DeadKind::Malformed,
         DeadKind::Mapping,
         DeadKind::Rejected,
         DeadKind::Conflict,
         DeadKind::Exhausted,
+        DeadKind::TooLarge,
     ];
     /// Header and label value.
     pub fn as_str(self) -> &'static str {
@@ -104,6 +107,7 @@ impl DeadKind {
             DeadKind::Rejected => "rejected",
             DeadKind::Conflict => "conflict",
             DeadKind::Exhausted => "exhausted",
+            DeadKind::TooLarge => "too_large",
         }
     }
 }
@@ -411,23 +415,81 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener until `cancel`.
+/// Bounds of the metrics listener: it faces whatever can reach the port, so neither slow nor
+/// many connections may hold it, and running out of file descriptors must not spin it.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (slowloris).
+    pub header_timeout: std::time::Duration,
+    /// Longest life of one connection, keep-alive included.
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener until `cancel`,
+/// within [`ServeLimits::default`].
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) {
+    serve_http_with(listener, metrics, health, cancel, ServeLimits::default()).await;
+}
+
+/// Serves within the given limits. Accept errors (out of file descriptors, …) back off from
+/// 10 ms to 1 s and are logged at most once per 10 s, with how many there were.
+pub async fn serve_http_with(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+    limits: ServeLimits,
+) {
+    use std::time::Duration;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut backoff = Duration::from_millis(10);
+    let mut errors = LogEvery::new(Duration::from_secs(10));
+    let mut refused = LogEvery::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff = Duration::from_millis(10);
+                    a
+                }
                 Err(e) => {
-                    warn!(error = %e, "Cannot accept a metrics connection.");
+                    if let Some(suppressed) = errors.tick() {
+                        warn!(error = %e, suppressed, "Cannot accept a metrics connection; backing off.");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: close it at once rather than let it wait in a queue we do not bound.
+            if let Some(suppressed) = refused.tick() {
+                warn!(peer = %peer, suppressed, max = limits.max_connections, "Too many metrics connections; closing new ones.");
+            }
+            drop(stream);
+            continue;
         };
         let metrics = metrics.clone();
         let health = health.clone();
@@ -437,13 +499,47 @@ pub async fn serve_http(
                 let health = health.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &metrics, &health)) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(peer = %peer, error = %e, "Metrics connection ended with an error.");
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.connection_lifetime, connection).await {
+                Ok(Err(e)) => {
+                    debug!(peer = %peer, error = %e, "Metrics connection ended with an error.");
+                }
+                Ok(Ok(())) => {}
+                Err(_) => debug!(peer = %peer, "Metrics connection outlived its limit; closed."),
             }
+            drop(slot);
         });
+    }
+}
+
+/// Lets a repeated log line through at most once per period, counting the ones held back.
+struct LogEvery {
+    period: std::time::Duration,
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogEvery {
+    fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be written now.
+    fn tick(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now < t + self.period) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 

@@ -62,7 +62,7 @@ pub struct Selection {
     /// Only this stage: transformer or loader.
     #[arg(long)]
     stage: Option<String>,
-    /// Only this kind: malformed, mapping, rejected, conflict, exhausted, poison.
+    /// Only this kind: malformed, mapping, rejected, conflict, exhausted, too_large, poison.
     #[arg(long)]
     kind: Option<String>,
     /// Only those whose error or body contains this text.

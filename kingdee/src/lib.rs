@@ -388,23 +388,50 @@ impl KingdeeClient {
     }
 
     /// Saves `models` of `form_id` in one call; one result per model, in order.
-    pub async fn batch_save(
+    pub async fn batch_save<M: serde::Serialize>(
         &self,
         form_id: &str,
-        models: &[Value],
+        models: &[M],
     ) -> Result<Vec<BillResult>, KingdeeError> {
         let started = Instant::now();
-        let data = json!({
-            "NeedUpDateFields": [], "NeedReturnFields": ["FBillNo", "FID"],
-            "IsDeleteEntry": true, "SubSystemId": "", "IsVerifyBaseDataField": true,
-            "IsEntryBatchFill": true, "ValidateFlag": true, "NumberSearch": true,
-            "InterationFlags": if self.allow_negative_stock { "STK_InvCheckResult" } else { "" },
-            "Model": models,
-        });
-        let result = match self
-            .post(BATCH_SAVE, json!([form_id, data.to_string()]))
-            .await
-        {
+        // Serialised straight from the models (no copy of them as a JSON value first): a
+        // call of thousands of entries costs its text once.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct SaveData<'a, M> {
+            #[serde(rename = "NeedUpDateFields")]
+            need_update_fields: [&'a str; 0],
+            need_return_fields: [&'a str; 2],
+            is_delete_entry: bool,
+            sub_system_id: &'a str,
+            is_verify_base_data_field: bool,
+            is_entry_batch_fill: bool,
+            validate_flag: bool,
+            number_search: bool,
+            interation_flags: &'a str,
+            model: &'a [M],
+        }
+        let data = SaveData {
+            need_update_fields: [],
+            need_return_fields: ["FBillNo", "FID"],
+            is_delete_entry: true,
+            sub_system_id: "",
+            is_verify_base_data_field: true,
+            is_entry_batch_fill: true,
+            validate_flag: true,
+            number_search: true,
+            interation_flags: if self.allow_negative_stock {
+                "STK_InvCheckResult"
+            } else {
+                ""
+            },
+            model: models,
+        };
+        let data = serde_json::to_string(&data).map_err(|e| KingdeeError::Body {
+            reason: format!("cannot encode the bills: {e}"),
+            start: String::new(),
+        })?;
+        let result = match self.post(BATCH_SAVE, json!([form_id, data])).await {
             Ok(body) => read_batch_save(&body, models.len()),
             Err(e) => Err(e),
         };

@@ -212,6 +212,12 @@ pub async fn run(
                 let Some(delivery) = next else { break };
                 let in_flight = InFlight::start(&ctx);
                 ctx.metrics.consumed.with_label_values(&[Stage::Loader.as_str()]).inc();
+                if let Some(reason) = settler.oversized(&delivery) {
+                    warn!(message_id = %common::http::escape(delivery.message_id.as_deref().unwrap_or("")), error = %reason.error, "Bill too large; dead-lettering it unread.");
+                    settler.dead_letter(delivery, reason).await.ok();
+                    drop(in_flight);
+                    continue;
+                }
                 match BillMessage::from_slice(&delivery.body) {
                     Ok(bill) => {
                         batch_entries += bill.entry_count();
@@ -219,7 +225,7 @@ pub async fn run(
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
                     }
                     Err(e) => {
-                        warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %e, "Not a valid bill; dead-lettering it.");
+                        warn!(message_id = %common::http::escape(delivery.message_id.as_deref().unwrap_or("")), error = %e, "Not a valid bill; dead-lettering it.");
                         let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
                         settler.dead_letter(delivery, reason).await.ok();
                         drop(in_flight);
@@ -308,7 +314,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
         .collect();
     while let Some((form, group)) = calls.pop_front() {
         ctx.metrics.loader_batch_size.observe(group.len() as f64);
-        let models: Vec<serde_json::Value> = group.iter().map(|p| p.bill.model.clone()).collect();
+        let models: Vec<&serde_json::Value> = group.iter().map(|p| &p.bill.model).collect();
         match client.batch_save(&form, &models).await {
             Ok(results) => {
                 let mut settled = Vec::with_capacity(group.len());

@@ -9,7 +9,8 @@
 pub mod mapping;
 
 use common::config::MappingConfig;
-use common::messages::{self, BillMessage, header};
+use common::http::escape;
+use common::messages::{self, CountDoc, header};
 use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
@@ -18,7 +19,7 @@ use serde_json::Value;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-pub use mapping::{MapError, Mapped, SkipReason, map_document};
+pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
 /// Consumes `{prefix}.counts` until `ctx.cancel` fires, then finishes what it holds.
 pub async fn run(
@@ -72,18 +73,35 @@ async fn handle(
     settler: &Settler,
     ctx: &Context,
 ) {
+    if let Some(reason) = settler.oversized(&delivery) {
+        warn!(message_id = %escape(delivery.message_id.as_deref().unwrap_or("")), error = %reason.error, "Count document too large; dead-lettering it unread.");
+        settler.dead_letter(delivery, reason).await.ok();
+        return;
+    }
     let raw: Value = match serde_json::from_slice(&delivery.body) {
         Ok(v) => v,
         Err(e) => {
-            warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %e, "Unreadable count document; dead-lettering it.");
+            warn!(message_id = %escape(delivery.message_id.as_deref().unwrap_or("")), error = %e, "Unreadable count document; dead-lettering it.");
             let reason = DeadReason::new(DeadKind::Malformed, format!("body is not JSON: {e}"));
             settler.dead_letter(delivery, reason).await.ok();
             return;
         }
     };
-    let io_id = messages::int_field(raw.get("io_id")).unwrap_or_default();
-    match map_document(&raw, config) {
-        Ok(Mapped::Skipped(reason)) => {
+    let doc = match CountDoc::from_value(&raw) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let io_id = messages::int_field(raw.get("io_id")).unwrap_or_default();
+            warn!(io_id, kind = DeadKind::Malformed.as_str(), error = %e, "Document cannot be mapped; dead-lettering it.");
+            let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
+            settler.dead_letter(delivery, reason).await.ok();
+            return;
+        }
+    };
+    // The typed document is all the mapping needs: the raw one goes before bills are built.
+    drop(raw);
+    let io_id = doc.io_id;
+    match mapping::plan(&doc, config) {
+        Ok(Plan::Skipped(reason)) => {
             debug!(io_id, reason = reason.as_str(), "Document skipped.");
             if delivery.ack().await.is_ok() {
                 ctx.metrics
@@ -92,7 +110,9 @@ async fn handle(
                     .inc();
             }
         }
-        Ok(Mapped::Bills(bills)) => publish_bills(delivery, bills, broker, ctx, io_id).await,
+        Ok(Plan::Bills(parts)) => {
+            publish_bills(delivery, parts, broker, settler, ctx, io_id).await;
+        }
         Err(err) => {
             let kind = match err {
                 MapError::Malformed(_) => DeadKind::Malformed,
@@ -105,23 +125,36 @@ async fn handle(
     }
 }
 
+/// Bills published and confirmed together: a document in many parts is published a few
+/// megabytes at a time, so its bills never all sit in memory at once.
+const PUBLISH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Publishes the bills of one document chunk by chunk, each confirmed, then acks it. When a
+/// chunk fails, the document is requeued (or dead-lettered `too_large` when it can never be
+/// published); bills published before are harmless duplicates when it comes again.
 async fn publish_bills(
     delivery: Delivery,
-    bills: Vec<BillMessage>,
+    parts: Parts<'_>,
     broker: &Broker,
+    settler: &Settler,
     ctx: &Context,
     io_id: i64,
 ) {
-    let mut outgoing = Vec::with_capacity(bills.len());
-    for bill in &bills {
-        let mut headers = messages::Headers::new();
-        headers.insert(header::SCHEMA.into(), messages::SCHEMA_BILL.into());
-        for copied in [header::TRACEPARENT, header::PUBLISHED_AT] {
-            if let Some(v) = delivery.headers.get(copied) {
-                headers.insert(copied.into(), v.clone());
-            }
+    let mut copied = messages::Headers::new();
+    for name in [header::TRACEPARENT, header::PUBLISHED_AT] {
+        // Both are short by their format; anything longer is not ours to pass on.
+        if let Some(v) = delivery.headers.get(name)
+            && v.as_str().is_some_and(|t| t.len() <= 128)
+        {
+            copied.insert(name.into(), v.clone());
         }
-        let body = match serde_json::to_vec(bill) {
+    }
+    let mut bill_nos: Vec<String> = Vec::new();
+    let mut chunk: Vec<Outgoing> = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut parts = parts.peekable();
+    while let Some(bill) = parts.next() {
+        let body = match serde_json::to_vec(&bill) {
             Ok(b) => b,
             Err(e) => {
                 // Serialising our own struct cannot fail; if it ever does, try again later.
@@ -133,32 +166,47 @@ async fn publish_bills(
                 return;
             }
         };
-        outgoing.push(Outgoing {
+        let mut headers = copied.clone();
+        headers.insert(header::SCHEMA.into(), messages::SCHEMA_BILL.into());
+        chunk_bytes += body.len();
+        bill_nos.push(bill.bill_no.clone());
+        chunk.push(Outgoing {
             destination: Destination::Work(Work::Bills),
-            message_id: bill.bill_no.clone(),
+            message_id: bill.bill_no,
             headers,
             body,
         });
-    }
-    let count = outgoing.len() as u64;
-    match broker.publish_all(outgoing).await {
-        Ok(()) => {
-            ctx.metrics
-                .published
-                .with_label_values(&[Stage::Transformer.as_str(), "bills"])
-                .inc_by(count);
-            let bill_nos: Vec<&str> = bills.iter().map(|b| b.bill_no.as_str()).collect();
-            debug!(io_id, bill_no = ?bill_nos, "Bills published.");
-            if let Err(e) = delivery.ack().await {
-                warn!(io_id, error = %e, "Bills are published but the document could not be acked; it will come again and its bills be seen as duplicates.");
+        if chunk_bytes < PUBLISH_CHUNK_BYTES && parts.peek().is_some() {
+            continue;
+        }
+        let count = chunk.len() as u64;
+        chunk_bytes = 0;
+        match broker.publish_all(std::mem::take(&mut chunk)).await {
+            Ok(()) => {
+                ctx.metrics
+                    .published
+                    .with_label_values(&[Stage::Transformer.as_str(), "bills"])
+                    .inc_by(count);
+            }
+            Err(e @ QueueError::TooLarge { .. }) => {
+                // Publishing it again would fail again: dead-letter it, once.
+                warn!(io_id, error = %e, "A bill is too large to publish; dead-lettering the document.");
+                let reason = DeadReason::new(DeadKind::TooLarge, e.to_string());
+                settler.dead_letter(delivery, reason).await.ok();
+                return;
+            }
+            Err(e) => {
+                warn!(io_id, error = %e, "Cannot publish the bills; requeueing the document.");
+                delivery
+                    .requeue_after(common::settle::REQUEUE_PAUSE)
+                    .await
+                    .ok();
+                return;
             }
         }
-        Err(e) => {
-            warn!(io_id, error = %e, "Cannot publish the bills; requeueing the document.");
-            delivery
-                .requeue_after(common::settle::REQUEUE_PAUSE)
-                .await
-                .ok();
-        }
+    }
+    debug!(io_id, bill_no = ?bill_nos, "Bills published.");
+    if let Err(e) = delivery.ack().await {
+        warn!(io_id, error = %e, "Bills are published but the document could not be acked; it will come again and its bills be seen as duplicates.");
     }
 }

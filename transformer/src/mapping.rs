@@ -64,8 +64,93 @@ pub fn map_document(raw: &Value, config: &MappingConfig) -> Result<Mapped, MapEr
 
 /// Maps a parsed document.
 pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapError> {
+    Ok(match plan(doc, config)? {
+        Plan::Skipped(reason) => Mapped::Skipped(reason),
+        Plan::Bills(parts) => Mapped::Bills(parts.collect()),
+    })
+}
+
+/// What a document becomes, with its bills still to be built.
+#[derive(Debug)]
+pub enum Plan<'a> {
+    /// Nothing, on purpose.
+    Skipped(SkipReason),
+    /// These bills, built one at a time.
+    Bills(Parts<'a>),
+}
+
+/// The bills of a document, built one part at a time as they are asked for: a document with
+/// 100,000 lines never has more than one part's entries built at once.
+#[derive(Debug)]
+pub struct Parts<'a> {
+    doc: &'a CountDoc,
+    config: &'a MappingConfig,
+    date: String,
+    /// The loss bill, then the gain bill: each its entries as specs.
+    bills: Vec<(Kind, Vec<Spec<'a>>)>,
+    /// Which bill, and which of its parts (0-based), comes next.
+    next: (usize, usize),
+}
+
+/// One entry to build: a line, or one batch of it.
+#[derive(Debug)]
+struct Spec<'a> {
+    line: &'a CountItem,
+    batch: Option<&'a CountBatch>,
+    stock: &'a str,
+}
+
+impl Parts<'_> {
+    /// How many bills there are in all.
+    pub fn count(&self) -> usize {
+        let size = self.config.max_entries.max(1);
+        self.bills
+            .iter()
+            .map(|(_, specs)| specs.len().div_ceil(size).max(1))
+            .sum()
+    }
+}
+
+impl Iterator for Parts<'_> {
+    type Item = BillMessage;
+
+    fn next(&mut self) -> Option<BillMessage> {
+        let size = self.config.max_entries.max(1);
+        loop {
+            let (which, part) = self.next;
+            let (kind, specs) = self.bills.get(which)?;
+            let parts = specs.len().div_ceil(size).max(1);
+            if part >= parts {
+                self.next = (which + 1, 0);
+                continue;
+            }
+            self.next = (which, part + 1);
+            let entries = specs
+                .iter()
+                .skip(part * size)
+                .take(size)
+                .map(|s| {
+                    let material = material(s.line, self.config);
+                    let qty = s.batch.map_or(s.line.qty, |b| b.qty);
+                    entry(s.line, &material, s.stock, self.config, *kind, qty, s.batch)
+                })
+                .collect();
+            return Some(bill(
+                self.doc,
+                self.config,
+                *kind,
+                entries,
+                &self.date,
+                (part + 1, parts),
+            ));
+        }
+    }
+}
+
+/// Decides what a document becomes (skip, mapping error, or its bills), building no entry yet.
+pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>, MapError> {
     if !config.statuses.iter().any(|s| s == &doc.status) {
-        return Ok(Mapped::Skipped(SkipReason::Status));
+        return Ok(Plan::Skipped(SkipReason::Status));
     }
     let is_loss = |qty: f64| match config.loss_sign {
         LossSign::Negative => qty < 0.0,
@@ -81,18 +166,18 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
             .collect(),
     };
     if losses.is_empty() && gains.is_empty() {
-        return Ok(Mapped::Skipped(SkipReason::NoLines));
+        return Ok(Plan::Skipped(SkipReason::NoLines));
     }
     // Only lines that become entries need a mapping.
     let mut missing = Vec::new();
     let stock = match warehouse(doc, config) {
-        Some(s) => s.to_string(),
+        Some(s) => s,
         None => {
             missing.push(format!(
                 "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add \"{}:{}\" or \"{}\" under [mapping.warehouses]",
                 doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
             ));
-            String::new()
+            ""
         }
     };
     let mut unmapped_skus: Vec<&str> = Vec::new();
@@ -130,24 +215,65 @@ pub fn map_count(doc: &CountDoc, config: &MappingConfig) -> Result<Mapped, MapEr
                 doc.io_id
             ))
         })?;
+    let specs = |lines: &[&'a CountItem]| -> Vec<Spec<'a>> {
+        lines
+            .iter()
+            .flat_map(|line| {
+                let batches: Vec<&CountBatch> =
+                    line.batchs.iter().filter(|b| b.qty != 0.0).collect();
+                if batches.is_empty() {
+                    vec![Spec {
+                        line,
+                        batch: None,
+                        stock,
+                    }]
+                } else {
+                    batches
+                        .into_iter()
+                        .map(|b| Spec {
+                            line,
+                            batch: Some(b),
+                            stock,
+                        })
+                        .collect()
+                }
+            })
+            .collect()
+    };
     let mut bills = Vec::new();
     if !losses.is_empty() {
-        bills.push(bill(doc, config, Kind::Loss, &losses, &stock, &date));
+        bills.push((Kind::Loss, specs(&losses)));
     }
     if !gains.is_empty() {
-        bills.push(bill(doc, config, Kind::Gain, &gains, &stock, &date));
+        bills.push((Kind::Gain, specs(&gains)));
     }
-    Ok(Mapped::Bills(bills))
+    Ok(Plan::Bills(Parts {
+        doc,
+        config,
+        date,
+        bills,
+        next: (0, 0),
+    }))
 }
 
-/// One bill of a document: the loss bill or the gain bill.
+/// The bill number of part `part` (1-based) of `bill_no`: the first part keeps the plain
+/// number, so a document that fits in one bill is numbered as it always was.
+pub fn part_number(bill_no: &str, part: usize) -> String {
+    if part <= 1 {
+        bill_no.to_string()
+    } else {
+        format!("{bill_no}-{part}")
+    }
+}
+
+/// One bill (part `part.0` of `part.1`) of a document: the loss bill or the gain bill.
 fn bill(
     doc: &CountDoc,
     config: &MappingConfig,
     kind: Kind,
-    lines: &[&CountItem],
-    stock: &str,
+    entries: Vec<Value>,
     date: &str,
+    (part, parts): (usize, usize),
 ) -> BillMessage {
     let (form, template, bill_type) = match kind {
         Kind::Loss => (
@@ -161,11 +287,7 @@ fn bill(
             &config.gain_bill_type,
         ),
     };
-    let entries: Vec<Value> = lines
-        .iter()
-        .flat_map(|line| entries_of(line, stock, config, kind))
-        .collect();
-    let bill_no = template.replace("{io_id}", &doc.io_id.to_string());
+    let bill_no = part_number(&template.replace("{io_id}", &doc.io_id.to_string()), part);
     let org = reference(&config.org);
     let mut model = Map::new();
     model.insert("FID".into(), json!(0));
@@ -182,7 +304,12 @@ fn bill(
     }
     model.insert("FOwnerTypeIdHead".into(), json!("BD_OwnerOrg"));
     model.insert("FOwnerIdHead".into(), org);
-    model.insert("FNote".into(), json!(note(doc)));
+    let note = if parts > 1 {
+        format!("{}（第 {part}/{parts} 部分）", note(doc))
+    } else {
+        note(doc)
+    };
+    model.insert("FNote".into(), json!(note));
     model.insert("FEntity".into(), Value::Array(entries));
     BillMessage {
         form_id: form.into(),
@@ -217,21 +344,13 @@ fn note(doc: &CountDoc) -> String {
     }
 }
 
-/// One entry per non-zero batch, or one for the line when it has none.
-fn entries_of(line: &CountItem, stock: &str, config: &MappingConfig, kind: Kind) -> Vec<Value> {
-    let material = config
+/// The Kingdee material of a line: `mapping.skus`, else the SKU itself.
+fn material(line: &CountItem, config: &MappingConfig) -> String {
+    config
         .skus
         .get(&line.sku_id)
         .cloned()
-        .unwrap_or_else(|| line.sku_id.clone());
-    let batches: Vec<&CountBatch> = line.batchs.iter().filter(|b| b.qty != 0.0).collect();
-    if batches.is_empty() {
-        return vec![entry(line, &material, stock, config, kind, line.qty, None)];
-    }
-    batches
-        .into_iter()
-        .map(|b| entry(line, &material, stock, config, kind, b.qty, Some(b)))
-        .collect()
+        .unwrap_or_else(|| line.sku_id.clone())
 }
 
 fn entry(
@@ -304,6 +423,58 @@ mod tests {
             Mapped::Bills(b) => b,
             other => panic!("expected bills, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_document_with_many_lines_becomes_numbered_parts() {
+        let mut c = config();
+        c.gains = Gains::MiscIn;
+        let mut items: Vec<Value> = (0..2_500)
+            .map(|i| json!({"ioi_id": i, "sku_id": format!("S{i}"), "qty": -1}))
+            .collect();
+        items.push(json!({"sku_id": "G", "qty": 4}));
+        let Mapped::Bills(bills) =
+            map_document(&doc("Confirmed", 1, json!(items)), &c).expect("maps")
+        else {
+            panic!("skipped")
+        };
+        let numbers: Vec<&str> = bills.iter().map(|b| b.bill_no.as_str()).collect();
+        assert_eq!(numbers, ["JSTPD42", "JSTPD42-2", "JSTPD42-3", "JSTPY42"]);
+        let sizes: Vec<usize> = bills.iter().map(BillMessage::entry_count).collect();
+        assert_eq!(sizes, [1000, 1000, 500, 1]);
+        for b in &bills {
+            assert_eq!(b.model["FBillNo"], json!(b.bill_no));
+        }
+        assert!(
+            bills[1].model["FNote"]
+                .as_str()
+                .expect("note")
+                .contains("2/3")
+        );
+        assert!(
+            !bills[3].model["FNote"]
+                .as_str()
+                .expect("note")
+                .contains('/')
+        );
+        // Every line is booked exactly once across the parts.
+        let skus: std::collections::BTreeSet<&str> = bills[..3]
+            .iter()
+            .flat_map(|b| b.model["FEntity"].as_array().expect("entries"))
+            .map(|e| e["FMaterialId"]["FNumber"].as_str().expect("sku"))
+            .collect();
+        assert_eq!(skus.len(), 2_500);
+        c.max_entries = 2_500;
+        let Mapped::Bills(bills) =
+            map_document(&doc("Confirmed", 1, json!(items)), &c).expect("maps")
+        else {
+            panic!("skipped")
+        };
+        assert_eq!(
+            bills[0].bill_no, "JSTPD42",
+            "a document that fits keeps its number"
+        );
+        assert_eq!(bills.len(), 2);
     }
 
     #[test]

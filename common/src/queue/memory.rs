@@ -89,6 +89,7 @@ impl MemoryBroker {
 
     /// Stores a message (it is "confirmed" when this returns).
     pub fn publish(&self, message: Outgoing) -> Result<(), QueueError> {
+        super::check_size(&message, super::DEFAULT_FRAME_MAX)?;
         let stored = Stored {
             message_id: message.message_id,
             headers: message.headers,

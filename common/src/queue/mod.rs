@@ -50,6 +50,9 @@ pub struct Topology {
     pub retry_delays: Vec<Duration>,
     /// `x-delivery-limit` of the work queues.
     pub delivery_limit: u32,
+    /// `amqp.max_message_bytes`: a consumed body larger than this is dead-lettered
+    /// `too_large` without being parsed.
+    pub max_message_bytes: usize,
 }
 
 impl Topology {
@@ -59,6 +62,7 @@ impl Topology {
             prefix: amqp.prefix.clone(),
             retry_delays: amqp.retry_delays.iter().map(|d| d.0).collect(),
             delivery_limit: amqp.delivery_limit,
+            max_message_bytes: usize::try_from(amqp.max_message_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -158,6 +162,82 @@ pub enum QueueError {
     /// A retry tier that does not exist.
     #[error("no retry tier {0}")]
     NoSuchTier(usize),
+    /// The message cannot be published as it is: its headers would not fit in one AMQP frame
+    /// or its body exceeds what the broker takes. It was not sent, and sending it again would
+    /// fail again (the broker closes the connection over an oversized frame), so it is never
+    /// retried as it is.
+    #[error("message {message_id} is too large to publish: {what}")]
+    TooLarge {
+        /// The message.
+        message_id: String,
+        /// Which part, how large, against which limit.
+        what: String,
+    },
+}
+
+/// The frame size RabbitMQ offers by default (`frame_max`, 128 KiB); the in-process queue
+/// enforces it too, so both implementations refuse the same messages.
+pub const DEFAULT_FRAME_MAX: usize = 131_072;
+
+/// The largest body RabbitMQ accepts by default (`max_message_size`, 128 MiB).
+pub const BROKER_MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Room in a content-header frame beside the headers: the frame's own overhead and the other
+/// properties (message id, content type, delivery mode, …).
+const HEADER_FRAME_RESERVE: usize = 1024;
+
+/// Checks that a message can be published: its properties fit in one frame of `frame_max`
+/// bytes (a content header cannot be split; the broker closes the connection over a larger
+/// one) and its body is within the broker's message size.
+pub fn check_size(message: &Outgoing, frame_max: usize) -> Result<(), QueueError> {
+    let headers = encoded_headers_len(&message.headers) + message.message_id.len();
+    if headers + HEADER_FRAME_RESERVE > frame_max {
+        return Err(QueueError::TooLarge {
+            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
+            what: format!("headers of {headers} bytes do not fit in a frame of {frame_max}"),
+        });
+    }
+    if message.body.len() > BROKER_MAX_MESSAGE_BYTES {
+        return Err(QueueError::TooLarge {
+            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
+            what: format!(
+                "body of {} bytes is over the broker's {BROKER_MAX_MESSAGE_BYTES}",
+                message.body.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The size of headers encoded as an AMQP field table, as the RabbitMQ adapter encodes them
+/// (text as long strings, integers as 64-bit, lists as arrays, objects as tables).
+pub fn encoded_headers_len(headers: &crate::messages::Headers) -> usize {
+    4 + headers
+        .iter()
+        .map(|(name, value)| encoded_header_len(name, value))
+        .sum::<usize>()
+}
+
+/// One table entry: the name as a short string, then the typed value.
+pub fn encoded_header_len(name: &str, value: &serde_json::Value) -> usize {
+    1 + name.len() + encoded_value_len(value)
+}
+
+fn encoded_value_len(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    1 + match value {
+        Value::String(s) => 4 + s.len(),
+        Value::Number(n) if n.is_i64() => 8,
+        Value::Bool(_) => 1,
+        Value::Array(items) => 4 + items.iter().map(encoded_value_len).sum::<usize>(),
+        Value::Object(map) => {
+            4 + map
+                .iter()
+                .map(|(k, v)| encoded_header_len(k, v))
+                .sum::<usize>()
+        }
+        other => 4 + other.to_string().len(),
+    }
 }
 
 /// How a delivery is settled with the broker.

@@ -221,6 +221,13 @@ impl RabbitBroker {
             let mut confirms = Vec::with_capacity(pending.len());
             let mut failed: Vec<Outgoing> = Vec::new();
             let mut first_error = None;
+            let frame_max = usize::try_from(live.connection.configuration().frame_max())
+                .unwrap_or(super::DEFAULT_FRAME_MAX);
+            for message in &pending {
+                // Checked before anything is sent: an oversized frame makes the broker close
+                // the connection, and sending it again after the reconnect would do the same.
+                super::check_size(message, frame_max)?;
+            }
             for message in pending {
                 let (exchange, key) = route(&self.inner.topology, message.destination)?;
                 let sent = live
@@ -906,8 +913,23 @@ impl RabbitBroker {
             } else {
                 Duration::from_millis(500)
             };
-            let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, consumer.next()).await else {
-                break;
+            let delivery = match tokio::time::timeout(quiet, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => delivery,
+                Ok(Some(Err(err))) => {
+                    // Never a partial listing that looks whole: say where reading stopped.
+                    let position = letters.len() + 1;
+                    let hint = if err.to_string().contains("frame too large") {
+                        "; its headers are larger than the broker's frame_max, which no AMQP client can read: raise frame_max in rabbitmq.conf to read it, or remove every dead letter with `rabbitmqctl purge_queue`"
+                    } else {
+                        ""
+                    };
+                    drop(letters);
+                    channel.close(200, "dead letters read".into()).await.ok();
+                    return Err(QueueError::Unavailable(format!(
+                        "reading dead letter {position} of {queue} failed: {err}{hint}"
+                    )));
+                }
+                Ok(None) | Err(_) => break,
             };
             let (message_id, headers) = id_and_headers(&delivery.properties);
             letters.push(HeldDeadLetter {
