@@ -4,14 +4,16 @@
 #   docker build -t jst2kd .
 #   docker run --rm jst2kd jst2kd demo
 
-FROM rust:1-bookworm AS build
+# Base images pinned to exact versions, so a rebuild gets the same toolchain and system;
+# pin them by digest (`@sha256:…`) in your own registry for byte-for-byte rebuilds.
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bins \
  && mkdir /out \
  && cp target/release/producer target/release/transformer target/release/loader target/release/jst2kd /out/
 
-FROM debian:bookworm-slim
+FROM debian:12.12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/* \

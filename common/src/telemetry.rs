@@ -46,8 +46,29 @@ pub fn init_logging_with(format: LogFormat, default_filter: &str) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder
+            .compact()
+            // Colours for a person at a terminal; none in a file or a pipe.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(escaped_fields())
+            .try_init(),
     };
+}
+
+/// Fields of the human log format with control characters escaped: a message, an error or
+/// an id from outside (Jushuitan's `msg`, a header, a message id) cannot move the cursor,
+/// recolour the terminal or forge a log line. (The JSON format escapes them by itself.)
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = crate::http::escape(&format!("{value:?}"));
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// A pipeline stage, as a metric label.

@@ -261,8 +261,18 @@ where
             }
         }
     });
-    // Don't wait for stray blocking tasks (DNS, files) past the shutdown we just did.
+    leave_runtime(runtime);
     ExitCode::from(code)
+}
+
+/// Ends the process without shutting the async runtime down. The shutdown that matters (stop
+/// consuming, settle, confirms, close) is done by then; what is left are stray tasks, blocking
+/// lookups, and lapin's I/O threads of a connection attempt that never finished (a TLS
+/// handshake with a plain port): a runtime shutdown would wait for the first and make the
+/// last panic ("A Tokio 1.x context was found, but it is being shutdown"). The process exit
+/// ends them all.
+pub fn leave_runtime(runtime: tokio::runtime::Runtime) {
+    std::mem::forget(runtime);
 }
 
 /// SIGTERM / SIGINT → not ready, then cancel.

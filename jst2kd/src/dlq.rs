@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use common::config::{ConfigError, parse_duration};
+use common::http::escape as esc;
 use common::messages::{Headers, header, header_int, header_text};
 use common::queue::rabbit::{HeldDeadLetter, RabbitBroker};
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
@@ -316,11 +317,15 @@ async fn act(
                     "#", "FAILED_AT", "STAGE", "KIND", "MESSAGE_ID"
                 )?;
                 for (_, v) in chosen {
-                    let error: String = v.error.chars().take(100).collect();
+                    let error: String = esc(&v.error).chars().take(100).collect();
                     writeln!(
                         out,
                         "{:>4}  {:<25}  {:<11}  {:<9}  {:<24}  {error}",
-                        v.position, v.failed_at, v.stage, v.kind, v.message_id
+                        v.position,
+                        esc(&v.failed_at),
+                        esc(&v.stage),
+                        esc(&v.kind),
+                        esc(&v.message_id)
                     )?;
                 }
                 writeln!(out, "{} of {total} dead letters", chosen.len())?;
@@ -350,7 +355,8 @@ async fn act(
                     writeln!(
                         out,
                         "skipped #{} {}: no origin to replay to",
-                        v.position, v.message_id
+                        v.position,
+                        esc(&v.message_id)
                     )?;
                     continue;
                 };
@@ -358,7 +364,10 @@ async fn act(
                     writeln!(
                         out,
                         "would replay #{} {} to {} ({})",
-                        v.position, v.message_id, v.origin_queue, v.kind
+                        v.position,
+                        esc(&v.message_id),
+                        esc(&v.origin_queue),
+                        esc(&v.kind)
                     )?;
                     continue;
                 }
@@ -371,11 +380,12 @@ async fn act(
                 broker.publish(message).await.with_context(|| {
                     format!(
                         "replay stopped at #{} {} ({replayed} replayed before)",
-                        v.position, v.message_id
+                        v.position,
+                        esc(&v.message_id)
                     )
                 })?;
                 batch.remove(l).await.with_context(|| {
-                    format!("#{} {} was replayed but is still in the dead-letter queue; replaying it again is harmless", v.position, v.message_id)
+                    format!("#{} {} was replayed but is still in the dead-letter queue; replaying it again is harmless", v.position, esc(&v.message_id))
                 })?;
                 replayed += 1;
                 if progress && replayed % 100 == 0 {
@@ -396,7 +406,9 @@ async fn act(
                     writeln!(
                         out,
                         "would purge #{} {} ({})",
-                        v.position, v.message_id, v.kind
+                        v.position,
+                        esc(&v.message_id),
+                        esc(&v.kind)
                     )?;
                 }
                 return Ok(());

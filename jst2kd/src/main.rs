@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             Command::Sim(cmd) => simulators::run(cmd).await,
         }
     });
+    common::worker::leave_runtime(runtime);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -367,3 +367,109 @@ async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhauste
     );
     stop.cancel();
 }
+
+/// A bill body with the given form and entries.
+fn raw_bill(no: &str, form: &str, entries: Value) -> Outgoing {
+    let model =
+        json!({"FBillNo": no, "FBillTypeID": {"FNUMBER": "QTCKD01_SYS"}, "FEntity": entries});
+    let body = json!({"form_id": form, "bill_no": no, "source": {"io_id": 1, "modified": "m"}, "model": model});
+    Outgoing {
+        destination: Destination::Work(Work::Bills),
+        message_id: no.into(),
+        headers: Headers::new(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn bills_the_mapping_cannot_produce_are_dead_lettered_without_a_call() {
+    let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(sim.router(), stop.clone())
+        .await
+        .expect("sim");
+    let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
+    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let broker = Broker::Memory(memory.clone());
+    let entry = |qty: Value| json!([{"FMaterialId": {"FNumber": "SKU-1"}, "FQty": qty}]);
+    for m in [
+        raw_bill("X1", "BD_MATERIAL", entry(json!(1))),
+        raw_bill("X2", "SAL_OUTSTOCK", entry(json!(1))),
+        raw_bill("X3", "STK_MisDelivery", entry(json!(0))),
+        raw_bill("X4", "STK_MisDelivery", entry(json!(-5))),
+        raw_bill("X5", "STK_MisDelivery", entry(json!("NaN"))),
+        raw_bill("X6", "STK_MisDelivery", json!([])),
+    ] {
+        broker.publish(m).await.expect("stored");
+    }
+    let config = LoaderConfig {
+        batch_size: 10,
+        linger: Dur::millis(20),
+        concurrency: 1,
+    };
+    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
+    assert_eq!(
+        Metrics::count(&ctx.metrics.dead_lettered, &["loader", "malformed"]),
+        6
+    );
+    let dead = memory.dead_letters();
+    assert_eq!(dead.len(), 6);
+    assert!(
+        dead.iter()
+            .all(|d| header_text(&d.headers, header::ERROR_KIND) == Some("malformed"))
+    );
+    let calls: u64 = Metrics::count(&ctx.metrics.kingdee_requests, &["batch_save", "ok"])
+        + Metrics::count(&ctx.metrics.kingdee_requests, &["batch_save", "partial"]);
+    assert_eq!(calls, 0);
+    assert!(sim.bills().is_empty(), "nothing reached Kingdee");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn kingdee_413_rejects_the_bill_at_once_instead_of_retrying() {
+    use axum::http::StatusCode;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { (StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large") }
+    });
+    let stop = CancellationToken::new();
+    let url = sim::spawn_local(router, stop.clone()).await.expect("fake");
+    let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
+    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let broker = Broker::Memory(memory.clone());
+    for no in ["L1", "L2", "L3"] {
+        broker
+            .publish(bill(no, json!({"FNumber": "CK001"})))
+            .await
+            .expect("stored");
+    }
+    let config = LoaderConfig {
+        batch_size: 10,
+        linger: Dur::millis(20),
+        concurrency: 1,
+    };
+    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
+    let dead = memory.dead_letters();
+    assert_eq!(dead.len(), 3, "every bill refused");
+    for d in &dead {
+        assert_eq!(
+            header_text(&d.headers, header::ERROR_KIND),
+            Some("rejected")
+        );
+        assert!(
+            header_text(&d.headers, header::KINGDEE_ERRORS).is_some_and(|e| e.contains("413")),
+            "{:?}",
+            d.headers
+        );
+    }
+    assert_eq!(
+        Metrics::count(&ctx.metrics.retried, &["loader"]),
+        0,
+        "no retry"
+    );
+    // The batch of three, then each bill alone.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    stop.cancel();
+}

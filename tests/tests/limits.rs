@@ -413,3 +413,167 @@ async fn a_message_with_headers_that_fill_a_frame_stops_nothing() {
     }
     broker.close().await;
 }
+
+#[tokio::test]
+async fn text_from_outside_reaches_no_terminal_raw() {
+    let s = Setup::new("escape", &[]).await;
+    let port = free_port();
+    let env = [
+        ("JST2KD_METRICS__LISTEN", format!("127.0.0.1:{port}")),
+        ("JST2KD_RUNTIME__LOG_FORMAT", "pretty".to_string()),
+    ];
+    let transformer = Proc::start(
+        "transformer",
+        "transformer",
+        &["--config", &s.config],
+        &env,
+        &s.dir.0,
+    );
+    assert!(
+        wait_ok(
+            &http(),
+            &format!("http://127.0.0.1:{port}/readyz"),
+            Duration::from_secs(30)
+        )
+        .await
+    );
+    let hostile = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nFAKE ERROR line";
+    let mut headers = FieldTable::default();
+    headers.insert("x-note".into(), AMQPValue::LongString(hostile.into()));
+    publish_raw(&s.prefix, "counts", hostile, headers, b"\x1b[31m{not json").await;
+    let dead_queue = format!("{}.dead", s.prefix);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queue_messages(&dead_queue) != Some(1) {
+        assert!(Instant::now() < deadline, "not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = transformer.log_text();
+    assert!(log.contains("Unreadable count document"), "{log}");
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\u{7}'),
+        "raw escapes in the log:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FAKE")),
+        "a forged line:\n{log}"
+    );
+    let out = s.dlq(&["list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\r'),
+        "{table:?}"
+    );
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "header, one letter, summary:\n{table}"
+    );
+    assert!(table.contains("evil\\u{1b}"), "{table}");
+}
+
+#[tokio::test]
+async fn overflowing_values_are_configuration_errors_and_amqps_on_a_plain_port_says_so() {
+    let s = Setup::new("values", &[]).await;
+    for (var, value, key) in [
+        (
+            "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
+            "99999999999999999999d",
+            "runtime.shutdown_timeout",
+        ),
+        (
+            "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
+            "0s",
+            "runtime.shutdown_timeout",
+        ),
+        (
+            "JST2KD_LOADER__LINGER",
+            "99999999999999999999d",
+            "loader.linger",
+        ),
+        ("JST2KD_AMQP__DELIVERY_LIMIT", "0", "amqp.delivery_limit"),
+        ("JST2KD_AMQP__RETRY_DELAYS", "[]", "amqp.retry_delays"),
+        (
+            "JST2KD_AMQP__MAX_MESSAGE_BYTES",
+            "1",
+            "amqp.max_message_bytes",
+        ),
+        ("JST2KD_MAPPING__MAX_ENTRIES", "0", "mapping.max_entries"),
+    ] {
+        let worker = if key.starts_with("mapping") {
+            "transformer"
+        } else {
+            "loader"
+        };
+        let out = Command::new(binary(worker))
+            .args(["--config", &s.config])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(key) && !stderr.contains("panicked"),
+            "{var}={value}: {stderr}"
+        );
+    }
+    let out = Command::new(binary("jst2kd"))
+        .args([
+            "dlq",
+            "list",
+            "--older-than",
+            "99999999999999999999d",
+            "--config",
+            &s.config,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // amqps:// against the plain port: a clear error within the handshake timeout, not ready,
+    // and a clean stop.
+    let port = free_port();
+    let env = [
+        ("JST2KD_METRICS__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "JST2KD_AMQP__URL",
+            "amqps://guest:guest@127.0.0.1:5672/%2f".to_string(),
+        ),
+    ];
+    let mut transformer = Proc::start(
+        "tls",
+        "transformer",
+        &["--config", &s.config],
+        &env,
+        &s.dir.0,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !transformer.log_text().contains("no TLS handshake") {
+        assert!(Instant::now() < deadline, "{}", transformer.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = http()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    transformer.signal("TERM");
+    assert_eq!(
+        transformer.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        transformer.log_text()
+    );
+    assert!(
+        !transformer.log_text().contains("panicked"),
+        "{}",
+        transformer.log_text()
+    );
+}

@@ -57,6 +57,10 @@ struct Inner {
     fatal: std::sync::Mutex<Option<QueueError>>,
 }
 
+/// How long opening a connection (TCP, TLS, AMQP handshake) may take: a TLS client talking
+/// to a plain AMQP port otherwise waits for a handshake that never comes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 struct Live {
     connection: Arc<Connection>,
@@ -144,7 +148,11 @@ impl RabbitBroker {
             .without_max_times()
             .build();
         loop {
-            match self.open().await {
+            let opened = tokio::select! {
+                () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
+                r = self.open() => r,
+            };
+            match opened {
                 Ok(live) => {
                     info!(connection = %self.inner.name, "Connected to RabbitMQ, topology declared.");
                     self.set_current(Some(live.connection.clone()));
@@ -179,9 +187,27 @@ impl RabbitBroker {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.inner.name.clone().into())
             .enable_auto_recover();
-        let connection = Connection::connect(self.inner.url.expose(), properties)
-            .await
-            .map_err(unavailable)?;
+        let url = self.inner.url.expose();
+        let connection = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(url, properties),
+        )
+        .await
+        {
+            Ok(connected) => connected.map_err(unavailable)?,
+            Err(_) if url.starts_with("amqps://") => {
+                return Err(QueueError::Unavailable(format!(
+                    "no TLS handshake with RabbitMQ within {} s: check that amqp.url names a TLS port (5671 by default; 5672 speaks plain amqp://)",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Err(_) => {
+                return Err(QueueError::Unavailable(format!(
+                    "RabbitMQ did not complete the connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let declarer = connection.create_channel().await.map_err(unavailable)?;
         declare(&declarer, &self.inner.topology).await?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
