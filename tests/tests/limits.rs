@@ -208,7 +208,7 @@ async fn a_document_of_100000_lines_is_booked_in_parts_within_the_memory_limits(
     let s = Setup::new("lines", &[doc(900_001, LINES)]).await;
     let (transformer, _) = s.worker("transformer").await;
     let (loader, _) = s.worker("loader").await;
-    let (_producer, _) = s.worker("producer").await;
+    let (producer, _) = s.worker("producer").await;
     let bills = s.wait_for_bills(100, Duration::from_secs(180)).await;
     let mut numbers: Vec<String> = bills
         .iter()
@@ -237,7 +237,9 @@ async fn a_document_of_100000_lines_is_booked_in_parts_within_the_memory_limits(
     );
     assert!((total - want).abs() < 1e-6, "{total} != {want}");
     let (t, l) = (peak_rss_mib(transformer.pid()), peak_rss_mib(loader.pid()));
-    eprintln!("peak RSS: transformer {t:.0} MiB, loader {l:.0} MiB");
+    let p = peak_rss_mib(producer.pid());
+    eprintln!("peak RSS: producer {p:.0} MiB, transformer {t:.0} MiB, loader {l:.0} MiB");
+    assert!(p < 256.0, "producer peaked at {p:.0} MiB (limit 256)");
     assert!(t < 256.0, "transformer peaked at {t:.0} MiB (limit 256)");
     assert!(l < 512.0, "loader peaked at {l:.0} MiB (limit 512)");
 }
@@ -286,13 +288,13 @@ async fn a_message_with_headers_that_fill_a_frame_stops_nothing() {
     let (transformer, base) = s.worker("transformer").await;
     let (_loader, _) = s.worker("loader").await;
     let exchange = s.prefix.clone();
-    // About 127 KiB of headers: the frame (128 KiB) takes it, a copy with our dead-letter
+    // 130,000 bytes of headers: the frame (131,072) takes it, a copy with our dead-letter
     // headers added would not.
     publish_raw(
         &exchange,
         "counts",
         "bad-body",
-        huge_headers(127 * 1024),
+        huge_headers(130_000),
         b"{not json",
     )
     .await;
@@ -300,12 +302,12 @@ async fn a_message_with_headers_that_fill_a_frame_stops_nothing() {
         &exchange,
         "counts",
         "7001@m",
-        huge_headers(127 * 1024),
+        huge_headers(130_000),
         doc(7001, 3).to_string().as_bytes(),
     )
     .await;
     // One straight into the dead letters, as another tool might have left it.
-    let mut dead = huge_headers(127 * 1024);
+    let mut dead = huge_headers(130_000);
     dead.insert(
         "jst2kd-error-kind".into(),
         AMQPValue::LongString("malformed".into()),
