@@ -506,7 +506,7 @@ impl JstClient {
         let data = self
             .call(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
             .await?;
-        read_page(&data, self.page_size)
+        read_page(data, self.page_size)
     }
 
     fn count_biz(&self, query: &CountQuery, page_index: u32) -> Value {
@@ -531,7 +531,7 @@ impl JstClient {
         let data = self
             .call_retrying(COUNT_QUERY_PATH, &self.count_biz(query, page_index))
             .await?;
-        read_page(&data, self.page_size)
+        read_page(data, self.page_size)
     }
 
     /// Every document of a window (all pages, `has_next` followed), each call retried on
@@ -615,7 +615,7 @@ fn body_start(body: &[u8]) -> String {
 
 /// Reads `{"code":0,"msg":…,"data":…}`; a non-zero code is an [`JstError::Api`].
 pub fn parse_envelope(body: &[u8]) -> Result<Value, JstError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| JstError::Body {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| JstError::Body {
         reason: format!("not JSON: {e}"),
         start: body_start(body),
     })?;
@@ -629,7 +629,11 @@ pub fn parse_envelope(body: &[u8]) -> Result<Value, JstError> {
             common::http::escape(value.get("msg").and_then(Value::as_str).unwrap_or_default());
         return Err(JstError::Api { code, msg });
     }
-    Ok(value.get("data").cloned().unwrap_or(Value::Null))
+    // Taken, not cloned: a page can hold megabytes of documents.
+    Ok(value
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or(Value::Null))
 }
 
 /// Reads `data` of the count query.
@@ -640,25 +644,25 @@ pub fn parse_envelope(body: &[u8]) -> Result<Value, JstError> {
 /// checkpoint pass the window. `has_next` is read leniently (bool, text, number); without it,
 /// `page_index` < `page_count` decides, and without those a full page of `page_size` means
 /// there may be more (the [`Paging`] guard bounds where that leads).
-pub fn read_page(data: &Value, page_size: u32) -> Result<Page, JstError> {
+pub fn read_page(mut data: Value, page_size: u32) -> Result<Page, JstError> {
     if !data.is_object() {
         return Err(JstError::Protocol(
             "answered code 0 without a data object; the page cannot be read as empty".into(),
         ));
     }
-    let datas = match data.get("datas") {
-        Some(Value::Array(items)) => items.clone(),
+    let datas = match data.get_mut("datas").map(Value::take) {
+        Some(Value::Array(items)) => items,
         Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(Value::String(ref s)) if s.is_empty() => Vec::new(),
         None => {
             return Err(JstError::Protocol(
                 "answered code 0 without data.datas; the page cannot be read as empty".into(),
             ));
         }
-        Some(_) => {
+        Some(other) => {
             return Err(JstError::Body {
                 reason: "data.datas is not a list".into(),
-                start: body_start(data.to_string().as_bytes()),
+                start: body_start(other.to_string().as_bytes()),
             });
         }
     };
@@ -773,17 +777,17 @@ mod tests {
             br#"{"code":"0","msg":"ok","data":{"has_next":"true","datas":[{"io_id":1}]}}"#,
         )
         .expect("ok");
-        let page = read_page(&data, 50).expect("page");
+        let page = read_page(data, 50).expect("page");
         assert!(page.has_next);
         assert_eq!(page.datas.len(), 1);
         let full = read_page(
-            &serde_json::json!({"datas": [{"io_id": 1}, {"io_id": 2}]}),
+            serde_json::json!({"datas": [{"io_id": 1}, {"io_id": 2}]}),
             2,
         )
         .expect("page");
         assert!(full.has_next, "a full page without has_next may have more");
         let page = read_page(
-            &serde_json::json!({"page_index": 2, "page_count": 2, "datas": ""}),
+            serde_json::json!({"page_index": 2, "page_count": 2, "datas": ""}),
             50,
         )
         .expect("page");
