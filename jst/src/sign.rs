@@ -1,7 +1,9 @@
 //! The Jushuitan signature: `md5(app_secret + name1 + value1 + name2 + value2 …)`, parameters
 //! sorted by name in byte order, `sign` itself excluded, no separators and no URL-encoding.
 //!
-//! Tested against the official vectors, so the client and the simulator cannot agree on a bug.
+//! Tested against the official vectors. The simulator checks signatures with its own
+//! implementation (`sim::sign`), tested against the same vectors, so a bug here cannot be
+//! shared by client and simulator.
 
 use std::collections::BTreeMap;
 

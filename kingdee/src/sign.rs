@@ -1,7 +1,8 @@
 //! Kingdee's signed headers (what the official SDKs send) and the LoginBySign signature.
 //!
-//! Tested against vectors computed with the official Python SDK, so the client and the simulator
-//! (which verifies with these same functions) cannot agree on a bug.
+//! Tested against vectors computed with the official Python SDK. The simulator checks
+//! signatures with its own implementation (`sim::sign`), tested against the same vectors, so a
+//! bug here cannot be shared by client and simulator.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

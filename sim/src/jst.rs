@@ -79,6 +79,13 @@ impl Default for JstBehaviour {
 
 /// Largest timestamp skew accepted (the platform's 10 minutes).
 const MAX_SKEW_SECS: i64 = 600;
+
+/// The count query's path (库存盘点查询), as the open platform serves it.
+pub const COUNT_QUERY_PATH: &str = "/open/inventory/count/query";
+/// A merchant's own app gets its first token here.
+pub const INIT_TOKEN_PATH: &str = "/openWeb/auth/getInitToken";
+/// Tokens are refreshed here.
+pub const REFRESH_TOKEN_PATH: &str = "/openWeb/auth/refreshToken";
 /// `expires_in` of tokens that do not expire.
 const LONG_TOKEN_SECS: u64 = 30 * 86_400;
 
@@ -201,9 +208,9 @@ impl JstSim {
     /// The HTTP routes.
     pub fn router(&self) -> Router {
         Router::new()
-            .route(jst::COUNT_QUERY_PATH, post(count_query))
-            .route(jst::INIT_TOKEN_PATH, post(init_token))
-            .route(jst::REFRESH_TOKEN_PATH, post(refresh_token))
+            .route(COUNT_QUERY_PATH, post(count_query))
+            .route(INIT_TOKEN_PATH, post(init_token))
+            .route(REFRESH_TOKEN_PATH, post(refresh_token))
             .route("/_sim/counts", post(put_counts).get(get_counts))
             .route("/_sim/stats", get(get_stats))
             .route("/_sim/expire-tokens", post(expire_tokens))
@@ -311,12 +318,7 @@ fn check_signature(
     if params.get("app_key") != Some(&creds.app_key) {
         return Err(fail(10, "验证失败！无效签名"));
     }
-    let sorted: BTreeMap<String, String> = params
-        .iter()
-        .filter(|(k, _)| k.as_str() != "sign")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if params.get("sign") != Some(&jst::sign::sign(&creds.app_secret, &sorted)) {
+    if params.get("sign") != Some(&crate::sign::jst_expected_sign(&creds.app_secret, params)) {
         return Err(fail(10, "验证失败！无效签名"));
     }
     let timestamp: i64 = params

@@ -469,7 +469,7 @@ impl KingdeeSim {
                 .parse::<i64>()
                 .is_ok_and(|ts| (chrono::Utc::now().timestamp() - ts).abs() <= MAX_SKEW_SECS);
             let expected =
-                kingdee::sign::login_by_sign(arg(0), arg(1), arg(2), &c.app_secret, arg(3));
+                crate::sign::kingdee_login_sign([arg(0), arg(1), arg(2), &c.app_secret, arg(3)]);
             arg(0) == c.acct_id
                 && arg(1) == c.user_name
                 && arg(2) == c.app_id
@@ -533,8 +533,9 @@ impl KingdeeSim {
         if app_key != creds.app_id || get("x-api-nonce") != Some(timestamp) {
             return Err(refused());
         }
-        let client_sec = kingdee::sign::client_sec(&creds.app_id).map_err(|_| refused())?;
-        if kingdee::sign::api_signature(&client_sec, path, timestamp) != signature {
+        let client_sec = crate::sign::kingdee_client_sec(&creds.app_id).ok_or_else(refused)?;
+        if crate::sign::kingdee_api_signature(&client_sec, path, timestamp, timestamp) != signature
+        {
             return Err(refused());
         }
         let plain = base64::engine::general_purpose::STANDARD
@@ -542,7 +543,9 @@ impl KingdeeSim {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(refused)?;
-        if kingdee::sign::kd_signature(&creds.app_secret, &creds.app_id, &plain) != kd_signature {
+        if crate::sign::kingdee_kd_signature(&creds.app_secret, &creds.app_id, &plain)
+            != kd_signature
+        {
             return Err(refused());
         }
         let mut parts = plain.split(',');

@@ -4,6 +4,7 @@
 
 pub mod jst;
 pub mod kingdee;
+pub mod sign;
 
 use axum::Router;
 use tokio::net::TcpListener;
