@@ -21,6 +21,32 @@ fn example_toml_documents_the_defaults() {
         format!("{defaults:?}"),
         "example.toml shows the defaults"
     );
+    // Debug prints every secret as ***, so the comparison above cannot see them: compare them
+    // one by one.
+    assert_eq!(
+        secrets(&example),
+        secrets(&defaults),
+        "example.toml's secrets"
+    );
+}
+
+/// Every secret of a configuration, in the clear.
+fn secrets(c: &Config) -> Vec<String> {
+    [
+        &c.amqp.url,
+        &c.jst.app_key,
+        &c.jst.app_secret,
+        &c.jst.access_token,
+        &c.jst.refresh_token,
+        &c.kingdee.acct_id,
+        &c.kingdee.user_name,
+        &c.kingdee.app_id,
+        &c.kingdee.app_secret,
+        &c.kingdee.password,
+    ]
+    .iter()
+    .map(|s| s.expose().to_string())
+    .collect()
 }
 
 #[test]

@@ -242,7 +242,12 @@ async fn a_document_leaving_the_result_set_while_paging_does_not_make_another_sl
     let poll = tokio::spawn(async move { producer.poll_once().await });
     // As soon as the first page is served, the first document is cancelled: every later one
     // moves up a place, and the 51st would fall between pages one and two.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while sim.stats().get("ok").copied().unwrap_or(0) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first page was never served"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut cancelled = docs[0].clone();

@@ -1,31 +1,104 @@
-//! Helpers of the end-to-end tests: find the built binaries, start them as processes with
+//! Helpers of the end-to-end tests: build and find the binaries, start them as processes with
 //! their logs in files, poll HTTP endpoints with deadlines, signal and reap them.
 //!
-//! The binaries live in other packages, so Cargo gives no `CARGO_BIN_EXE_…` for them here; they
-//! are found in the target directory, which `.ci/run` fills with `cargo build --workspace
-//! --bins` before the tests (see ARCHITECTURE.md).
+//! The binaries live in other packages, so Cargo gives no `CARGO_BIN_EXE_…` for them here. The
+//! harness builds them itself, once per test process, with the very command `.ci/run` uses
+//! (`cargo build --workspace --bins`, same profile and target directory, so the build is a
+//! no-op when they are current and never flips features): a test can never run a stale binary
+//! left in `target/` (see ARCHITECTURE.md).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The directory of the built binaries (`target/debug`).
-pub fn bin_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// The target directory the tests were built in.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug")
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// A built binary, or a panic that says how to build it.
+/// The directory of the built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    target_dir().join("debug")
+}
+
+/// Builds every binary of the workspace, once per test process; a failed build fails the test
+/// with the compiler's output.
+fn build_binaries() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .env("CARGO_TARGET_DIR", target_dir())
+            .stdin(Stdio::null());
+        // The environment `cargo test` gave this process, less what it added for the test
+        // (package variables, the library path into target/): with them, the build would see
+        // a changed environment and rebuild, here and again in the next `cargo build`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if (name.starts_with("CARGO_")
+                && !matches!(
+                    &*name,
+                    "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_TERM_COLOR"
+                )
+                && !name.starts_with("CARGO_BUILD_")
+                && !name.starts_with("CARGO_NET_")
+                && !name.starts_with("CARGO_HTTP_")
+                && !name.starts_with("CARGO_REGISTRIES_"))
+                || name == "CARGO"
+            {
+                command.env_remove(&*name);
+            }
+        }
+        match outer_library_path() {
+            Some(path) => command.env("LD_LIBRARY_PATH", path),
+            None => command.env_remove("LD_LIBRARY_PATH"),
+        };
+        let out = command
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("cargo build --workspace --bins failed:\n{e}");
+    }
+}
+
+/// `LD_LIBRARY_PATH` without the entries `cargo test` put in front (the target directory and
+/// the toolchain's libraries); `None` when nothing else is left.
+fn outer_library_path() -> Option<std::ffi::OsString> {
+    let path = std::env::var_os("LD_LIBRARY_PATH")?;
+    let target = target_dir();
+    let kept: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|p| !p.starts_with(&target) && !p.to_string_lossy().contains("/rustlib/"))
+        .filter(|p| !p.to_string_lossy().contains("/toolchains/"))
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        std::env::join_paths(kept).ok()
+    }
+}
+
+/// A binary of the workspace, built from the current sources.
 pub fn binary(name: &str) -> PathBuf {
+    build_binaries();
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "binary {name} not found at {}: run `cargo build --workspace --bins` first (.ci/run does)",
+        "binary {name} not found at {} after building it",
         path.display()
     );
     path
@@ -117,16 +190,19 @@ impl Proc {
         assert!(status.success(), "kill -{signal} {}", self.name);
     }
 
-    /// Waits for the exit status, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    /// Waits for the exit status, up to `timeout` (without blocking the async runtime the
+    /// test's own servers and clients run on).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status.code().unwrap_or(-1));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        None
     }
 
     /// Its log so far.

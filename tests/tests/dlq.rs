@@ -175,7 +175,10 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_after_the_mapping_is
 
     // Fix the mapping, restart the transformer, replay four.
     transformer.signal("TERM");
-    assert_eq!(transformer.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        transformer.wait_exit(Duration::from_secs(20)).await,
+        Some(0)
+    );
     let _transformer = s
         .transformer(&[("JST2KD_MAPPING__WAREHOUSES__9", "CK009".into())])
         .await;
@@ -199,13 +202,13 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_after_the_mapping_is
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while queue_messages(&dead).unwrap_or(0) >= DEAD as u64 - 4
-        && replay.wait_exit(Duration::from_millis(1)).is_none()
+        && replay.wait_exit(Duration::from_millis(1)).await.is_none()
     {
         assert!(Instant::now() < deadline, "the replay started");
     }
-    if replay.wait_exit(Duration::from_millis(1)).is_none() {
+    if replay.wait_exit(Duration::from_millis(1)).await.is_none() {
         replay.signal("KILL");
-        replay.wait_exit(Duration::from_secs(5));
+        replay.wait_exit(Duration::from_secs(5)).await;
     }
     // The broker gives the killed replay's held dead letters back.
     let deadline = Instant::now() + Duration::from_secs(30);

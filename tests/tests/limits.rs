@@ -568,7 +568,7 @@ async fn overflowing_values_are_configuration_errors_and_amqps_on_a_plain_port_s
     assert_eq!(ready.status(), 503);
     transformer.signal("TERM");
     assert_eq!(
-        transformer.wait_exit(Duration::from_secs(15)),
+        transformer.wait_exit(Duration::from_secs(15)).await,
         Some(0),
         "{}",
         transformer.log_text()

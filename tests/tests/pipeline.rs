@@ -224,6 +224,23 @@ org = "100"
         (proc, base)
     }
 
+    /// Nothing waits or is being worked on in the work and retry queues.
+    fn quiet(&self) -> bool {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "name", "messages"])
+            .output();
+        let Ok(out) = out else { return false };
+        String::from_utf8_lossy(&out.stdout).lines().all(|line| {
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(count)) = (parts.next(), parts.next()) else {
+                return true;
+            };
+            !name.starts_with(&format!("{}.", self.prefix))
+                || name == format!("{}.dead", self.prefix)
+                || count == "0"
+        })
+    }
+
     async fn docs(&self) -> Vec<Value> {
         get_json(&http(), &format!("{}/_sim/counts", self.jst))
             .await
@@ -242,14 +259,21 @@ org = "100"
             .clone()
     }
 
-    /// Waits until Kingdee holds `n` bills, then a little longer to catch any extra one.
+    /// Waits until Kingdee holds `n` bills and the pipeline has gone quiet (nothing waiting or
+    /// unacked in the work and retry queues), so that an extra bill would be there to see.
     async fn wait_for_bills(&self, n: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let bills = self.bills().await;
-            if bills.len() >= n {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                return self.bills().await;
+            if bills.len() >= n && self.quiet() {
+                // Queue figures can trail the broker by a moment: settled means two looks,
+                // half a second apart, that agree.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let again = self.bills().await;
+                if again.len() == bills.len() && self.quiet() {
+                    return again;
+                }
+                continue;
             }
             assert!(
                 Instant::now() < deadline,
@@ -333,7 +357,7 @@ async fn two_hundred_documents_become_exactly_the_expected_bills() {
     for w in [&mut producer, &mut transformer, &mut loader] {
         w.signal("TERM");
         assert_eq!(
-            w.wait_exit(Duration::from_secs(30)),
+            w.wait_exit(Duration::from_secs(30)).await,
             Some(0),
             "{} exits 0 on SIGTERM; log:\n{}",
             w.name,
@@ -383,7 +407,7 @@ async fn sigterm_mid_run_stops_each_worker_cleanly_with_nothing_lost() {
     }
     transformer.signal("TERM");
     assert_eq!(
-        transformer.wait_exit(Duration::from_secs(30)),
+        transformer.wait_exit(Duration::from_secs(30)).await,
         Some(0),
         "transformer log:\n{}",
         transformer.log_text()
@@ -400,7 +424,7 @@ async fn sigterm_mid_run_stops_each_worker_cleanly_with_nothing_lost() {
     }
     loader.signal("TERM");
     assert_eq!(
-        loader.wait_exit(Duration::from_secs(30)),
+        loader.wait_exit(Duration::from_secs(30)).await,
         Some(0),
         "loader log:\n{}",
         loader.log_text()
@@ -413,7 +437,7 @@ async fn sigterm_mid_run_stops_each_worker_cleanly_with_nothing_lost() {
 
     producer.signal("TERM");
     assert_eq!(
-        producer.wait_exit(Duration::from_secs(30)),
+        producer.wait_exit(Duration::from_secs(30)).await,
         Some(0),
         "producer log:\n{}",
         producer.log_text()

@@ -164,22 +164,27 @@ async fn only_one_producer_polls_and_the_second_takes_over() {
         )
         .await
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait for the second to have tried the lock (its own log says so), then check it waits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !second
+        .log_text()
+        .contains("Another producer holds the lock")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second tried the lock:\n{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         status(&client, &format!("{second_url}/readyz")).await,
         503,
         "the second waits, not ready"
     );
-    assert!(
-        second
-            .log_text()
-            .contains("Another producer holds the lock"),
-        "{}",
-        second.log_text()
-    );
 
     first.signal("KILL");
-    first.wait_exit(Duration::from_secs(10));
+    first.wait_exit(Duration::from_secs(10)).await;
     assert!(
         wait_ok(
             &client,
@@ -193,7 +198,7 @@ async fn only_one_producer_polls_and_the_second_takes_over() {
     assert!(second.log_text().contains("Holding the producer lock"));
     second.signal("TERM");
     assert_eq!(
-        second.wait_exit(Duration::from_secs(30)),
+        second.wait_exit(Duration::from_secs(30)).await,
         Some(0),
         "{}",
         second.log_text()
@@ -220,7 +225,7 @@ async fn a_sigkill_mid_poll_resends_and_never_skips_a_window() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     slow.signal("KILL");
-    slow.wait_exit(Duration::from_secs(10));
+    slow.wait_exit(Duration::from_secs(10)).await;
     let at_kill = s.checkpoint();
     let end = common::time::now_beijing() - chrono::Duration::minutes(1);
     assert!(
@@ -239,7 +244,7 @@ async fn a_sigkill_mid_poll_resends_and_never_skips_a_window() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     again.signal("TERM");
-    assert_eq!(again.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(again.wait_exit(Duration::from_secs(30)).await, Some(0));
     let published: BTreeSet<String> = s.published().await.into_iter().collect();
     let missing: Vec<_> = wanted.difference(&published).collect();
     assert!(missing.is_empty(), "skipped: {missing:?}");
@@ -277,11 +282,11 @@ async fn a_refused_app_is_reported_not_ready_and_the_producer_keeps_running() {
         "the secret is not logged"
     );
     assert!(
-        producer.wait_exit(Duration::from_secs(2)).is_none(),
+        producer.wait_exit(Duration::from_secs(2)).await.is_none(),
         "still running, no crash loop"
     );
     producer.signal("TERM");
-    assert_eq!(producer.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(producer.wait_exit(Duration::from_secs(30)).await, Some(0));
 }
 
 #[tokio::test]
