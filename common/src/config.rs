@@ -18,6 +18,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use serde::Deserialize;
 
+use crate::telemetry::Stage;
 use crate::time::parse_beijing;
 
 /// Prefix of the environment variables this configuration reads.
@@ -621,17 +622,6 @@ impl Default for LoaderConfig {
     }
 }
 
-/// Which binary is asking: each checks only what it uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Polls JST.
-    Producer,
-    /// Maps documents to bills.
-    Transformer,
-    /// Saves bills in Kingdee.
-    Loader,
-}
-
 impl Config {
     /// Loads defaults < `file` (when given) < the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -767,12 +757,12 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the sections `role` uses.
-    pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
-        match role {
-            Role::Producer => self.validate_producer(),
-            Role::Transformer => self.validate_mapping(),
-            Role::Loader => self.validate_kingdee(),
+    /// Checks the sections `stage` uses: each binary checks only what it reads.
+    pub fn validate(&self, stage: Stage) -> Result<(), ConfigError> {
+        match stage {
+            Stage::Producer => self.validate_producer(),
+            Stage::Transformer => self.validate_mapping(),
+            Stage::Loader => self.validate_kingdee(),
         }
     }
 
@@ -1288,11 +1278,11 @@ mod tests {
     #[test]
     fn roles_check_their_sections() {
         let c = Config::load_from(None, env(&[])).expect("loads");
-        let e = c.validate(Role::Transformer).expect_err("no org");
+        let e = c.validate(Stage::Transformer).expect_err("no org");
         assert!(e.to_string().contains("mapping.org"));
-        let e = c.validate(Role::Loader).expect_err("no url");
+        let e = c.validate(Stage::Loader).expect_err("no url");
         assert!(e.to_string().contains("kingdee.base_url"));
-        let e = c.validate(Role::Producer).expect_err("no key");
+        let e = c.validate(Stage::Producer).expect_err("no key");
         assert!(e.to_string().contains("jst.app_key"));
         let c = Config::load_from(
             None,
@@ -1302,7 +1292,7 @@ mod tests {
             ]),
         )
         .expect("loads");
-        c.validate(Role::Producer)
+        c.validate(Stage::Producer)
             .expect("no access token needed: getInitToken");
         let e = Config::load_from(
             None,
@@ -1313,7 +1303,7 @@ mod tests {
             ]),
         )
         .expect("loads")
-        .validate(Role::Producer)
+        .validate(Stage::Producer)
         .expect_err("page size");
         assert!(e.to_string().contains("jst.page_size"), "{e}");
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, LogFormat, Role};
+use crate::config::{Config, ConfigError, LogFormat};
 use crate::queue::rabbit::RabbitBroker;
 use crate::queue::{Broker, QueueError, Topology, Work};
 use crate::telemetry::{self, Health, Metrics, Stage};
@@ -105,14 +105,14 @@ impl WorkerError {
     }
 }
 
-/// Loads and checks the configuration for `role`, honouring `--log-format`.
-pub fn load_config(args: &WorkerArgs, role: Option<Role>) -> Result<Config, ConfigError> {
+/// Loads and checks the configuration for `stage`, honouring `--log-format`.
+pub fn load_config(args: &WorkerArgs, stage: Option<Stage>) -> Result<Config, ConfigError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(format) = args.log_format {
         config.runtime.log_format = format;
     }
-    if let Some(role) = role {
-        config.validate(role)?;
+    if let Some(stage) = stage {
+        config.validate(stage)?;
     }
     Ok(config)
 }
@@ -172,18 +172,12 @@ pub async fn connect_rabbit(
 }
 
 /// Runs a worker binary: `main` of producer, transformer and loader is one call to this.
-pub fn main<F, Fut>(
-    stage: Stage,
-    role: Role,
-    default_listen: &str,
-    args: WorkerArgs,
-    run: F,
-) -> ExitCode
+pub fn main<F, Fut>(stage: Stage, default_listen: &str, args: WorkerArgs, run: F) -> ExitCode
 where
     F: FnOnce(Config, Context) -> Fut,
     Fut: Future<Output = Result<(), WorkerError>>,
 {
-    let config = match load_config(&args, Some(role)) {
+    let config = match load_config(&args, Some(stage)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", stage.as_str());

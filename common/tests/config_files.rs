@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use common::config::{Config, Role};
+use common::config::Config;
+use common::telemetry::Stage;
 
 fn file(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,7 +53,7 @@ fn secrets(c: &Config) -> Vec<String> {
 #[test]
 fn local_toml_serves_every_worker() {
     let local = Config::load_from(Some(&file("local.toml")), Vec::new()).expect("local.toml loads");
-    for role in [Role::Producer, Role::Transformer, Role::Loader] {
+    for role in [Stage::Producer, Stage::Transformer, Stage::Loader] {
         local.validate(role).expect("valid for every worker");
     }
 }

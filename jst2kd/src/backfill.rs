@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
-use common::config::{ConfigError, Role};
+use common::config::ConfigError;
+use common::telemetry::Stage;
 use common::time::{format_beijing, parse_beijing};
 use common::worker::{self, Context, WorkerArgs};
-use jst::JstClient;
 use producer::{MAX_WINDOW, Producer, windows};
 
 #[derive(Args)]
@@ -28,7 +28,7 @@ pub struct BackfillArgs {
 }
 
 pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
-    let config = worker::load_config(&args.worker, Some(Role::Producer))?;
+    let config = worker::load_config(&args.worker, Some(Stage::Producer))?;
     common::telemetry::init_logging(config.runtime.log_format);
     let time = |key: &str, text: &str| {
         parse_beijing(text).ok_or_else(|| {
@@ -43,9 +43,9 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     }
     let ctx = Context::new(&[common::telemetry::Stage::Producer]);
     worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
-    let client = JstClient::new(&config.jst, Some(ctx.metrics.clone()))
-        .and_then(|c| c.with_token_file(jst::token_file_for(&config.producer.checkpoint)))
-        .map_err(|e| ConfigError(e.to_string()))?;
+    // Every failure here is a configuration problem (exit 2).
+    let client =
+        producer::client(&config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
     let broker = worker::connect_rabbit(&config, "jst2kd-backfill", None, &ctx).await?;
     let producer = Producer::new(
         client,

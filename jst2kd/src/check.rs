@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use common::config::Role;
 use common::queue::Topology;
 use common::queue::rabbit::RabbitBroker;
+use common::telemetry::Stage;
 use common::time::{format_beijing, now_beijing};
 use common::worker::{self, WorkerArgs};
 use jst::{CountQuery, JstClient};
@@ -43,15 +43,11 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let config = worker::load_config(&args.worker, None)?;
     common::telemetry::init_logging_with(config.runtime.log_format, "error");
     let mut ok = true;
-    for (role, name) in [
-        (Role::Producer, "producer"),
-        (Role::Transformer, "transformer"),
-        (Role::Loader, "loader"),
-    ] {
+    for stage in [Stage::Producer, Stage::Transformer, Stage::Loader] {
         ok &= line(
-            &format!("config for the {name}"),
+            &format!("config for the {}", stage.as_str()),
             config
-                .validate(role)
+                .validate(stage)
                 .map(|()| String::new())
                 .map_err(|e| e.to_string()),
         );

@@ -97,8 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let transformer = {
         let (mapping, broker, ctx) = (config.mapping.clone(), broker.clone(), ctx.clone());
-        let prefetch = config.amqp.prefetch;
-        tokio::spawn(async move { transformer::run(&mapping, prefetch, broker, ctx).await })
+        tokio::spawn(async move { transformer::run(&mapping, broker, ctx).await })
     };
     let loader = {
         let client = KingdeeClient::new(
@@ -107,10 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Some(ctx.metrics.clone()),
         )?;
         let (loader_config, broker, ctx) = (config.loader.clone(), broker.clone(), ctx.clone());
-        let prefetch = config.amqp.prefetch;
-        tokio::spawn(
-            async move { loader::run(&loader_config, prefetch, broker, client, ctx).await },
-        )
+        tokio::spawn(async move { loader::run(&loader_config, broker, client, ctx).await })
     };
 
     let started = Instant::now();

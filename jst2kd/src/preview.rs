@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use common::config::{ConfigError, Role};
+use common::config::ConfigError;
+use common::telemetry::Stage;
 use common::worker::{self, WorkerArgs};
 use serde_json::Value;
 use transformer::{Mapped, SkipReason, map_document};
@@ -22,7 +23,7 @@ pub struct PreviewArgs {
 }
 
 pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
-    let config = worker::load_config(&args.worker, Some(Role::Transformer))?;
+    let config = worker::load_config(&args.worker, Some(Stage::Transformer))?;
     let text = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))
         .map_err(|e| ConfigError(format!("{e:#}")))?;

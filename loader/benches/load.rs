@@ -127,7 +127,7 @@ async fn run(
     let started = Instant::now();
     let stage = tokio::spawn({
         let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { loader::run(&config, amqp.prefetch, broker, client, ctx).await }
+        async move { loader::run(&config, broker, client, ctx).await }
     });
     while sim.bill_count() < n {
         tokio::time::sleep(Duration::from_millis(20)).await;

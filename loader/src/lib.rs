@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::config::AfterSave;
-use common::config::LoaderConfig;
+use common::config::{Config, ConfigError, LoaderConfig};
 use common::messages::{BillMessage, header, header_text};
 use common::queue::{Broker, Delivery, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
-use common::worker::{Context, InFlight};
+use common::worker::{self, Context, InFlight, WorkerError};
 use kingdee::{BillError, BillResult, KingdeeClient, Operation};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -166,15 +166,29 @@ struct Pending {
     _in_flight: InFlight,
 }
 
+/// The loader process: the Kingdee client, RabbitMQ, the stage, and the connection closed.
+pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
+    let client = KingdeeClient::new(
+        &config.kingdee,
+        config.loader.concurrency,
+        Some(ctx.metrics.clone()),
+    )
+    .map_err(|e| WorkerError::Config(ConfigError(e.to_string())))?;
+    let broker = worker::connect_rabbit(&config, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
+    let result = run(&config.loader, broker.clone(), client, ctx).await;
+    broker.close().await;
+    result
+}
+
 /// Consumes `{prefix}.bills` until `ctx.cancel` fires, then flushes its open batch and waits
 /// for the BatchSave calls in flight.
 pub async fn run(
     config: &LoaderConfig,
-    prefetch: u16,
     broker: Broker,
     client: KingdeeClient,
     ctx: Context,
-) -> Result<(), QueueError> {
+) -> Result<(), WorkerError> {
+    let prefetch = broker.topology().prefetch;
     // One batch more than run at once: the next batch fills while the others are in Kingdee.
     let wanted = config
         .batch_size
@@ -244,7 +258,9 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     info!("Loader stopped consuming; every held bill was settled.");
-    broker.fatal().map_or(Ok(()), Err)
+    broker
+        .fatal()
+        .map_or(Ok(()), |e| Err(WorkerError::Queue(e)))
 }
 
 /// Hands the open batch to a BatchSave task once a concurrency slot is free.

@@ -3,11 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::config::Role;
-use common::queue::Work;
 use common::telemetry::Stage;
-use common::worker::{self, WorkerArgs, WorkerError};
-use kingdee::KingdeeClient;
+use common::worker::{self, WorkerArgs};
 
 /// Saves Kingdee bills with BatchSave and settles each by its own result.
 #[derive(Parser)]
@@ -18,31 +15,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
     worker::main(
         Stage::Loader,
-        Role::Loader,
         "0.0.0.0:9793",
-        args.worker,
-        |config, ctx| async move {
-            let client = KingdeeClient::new(
-                &config.kingdee,
-                config.loader.concurrency,
-                Some(ctx.metrics.clone()),
-            )
-            .map_err(|e| WorkerError::Config(common::config::ConfigError(e.to_string())))?;
-            let broker =
-                worker::connect_rabbit(&config, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
-            let result = loader::run(
-                &config.loader,
-                config.amqp.prefetch,
-                broker.clone(),
-                client,
-                ctx,
-            )
-            .await;
-            broker.close().await;
-            result.map_err(WorkerError::from)
-        },
+        Args::parse().worker,
+        loader::start,
     )
 }

@@ -33,6 +33,14 @@ fn bill_of(no: &str, stock: Value, qty: f64) -> Outgoing {
     }
 }
 
+/// The default topology with a prefetch of 10, as these tests were written for.
+fn topology() -> Topology {
+    Topology {
+        prefetch: 10,
+        ..Topology::from_config(&AmqpConfig::default())
+    }
+}
+
 /// The `[kingdee]` section for the simulator at `url`, with its default credentials.
 fn kingdee_config(url: &str) -> KingdeeConfig {
     let c = KingdeeCredentials::default();
@@ -51,13 +59,12 @@ async fn load_until_drained(
     broker: &Broker,
     client: KingdeeClient,
     config: &LoaderConfig,
-    prefetch: u16,
     within: Duration,
 ) -> Context {
     let ctx = Context::new(&[Stage::Loader]);
     let stage = tokio::spawn({
         let (broker, ctx, config) = (broker.clone(), ctx.clone(), config.clone());
-        async move { loader::run(&config, prefetch, broker, client, ctx).await }
+        async move { loader::run(&config, broker, client, ctx).await }
     });
     let deadline = tokio::time::Instant::now() + within;
     while broker.depth(Work::Bills).await.expect("depth") > 0 {
@@ -81,7 +88,7 @@ async fn each_bill_is_settled_by_its_own_result() {
         .expect("sim");
     let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
 
-    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let memory = MemoryBroker::new(topology());
     let broker = Broker::Memory(memory.clone());
     for m in [
         bill("B1", json!({"FNumber": "CK001"})),
@@ -106,7 +113,7 @@ async fn each_bill_is_settled_by_its_own_result() {
         linger: Dur::millis(50),
         concurrency: 1,
     };
-    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
+    let ctx = load_until_drained(&broker, client, &config, Duration::from_secs(10)).await;
 
     let m = &ctx.metrics;
     assert_eq!(Metrics::count(&m.loader_bills, &["created"]), 2);
@@ -167,7 +174,8 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
     let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
     let topology = Topology {
         retry_delays: vec![Duration::from_millis(50); 12],
-        ..Topology::from_config(&AmqpConfig::default())
+        prefetch: 20,
+        ..topology()
     };
     let memory = MemoryBroker::new(topology);
     let broker = Broker::Memory(memory.clone());
@@ -182,7 +190,7 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
         linger: Dur::millis(20),
         concurrency: 2,
     };
-    let ctx = load_until_drained(&broker, client, &config, 20, Duration::from_secs(60)).await;
+    let ctx = load_until_drained(&broker, client, &config, Duration::from_secs(60)).await;
 
     let bills = sim.bills();
     let numbers: std::collections::BTreeSet<&str> =
@@ -244,7 +252,7 @@ async fn audit_after_save_and_negative_stock() {
         ..KingdeeConfig::default()
     };
     let run = |client: KingdeeClient, bills: Vec<Outgoing>| async move {
-        let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+        let memory = MemoryBroker::new(topology());
         let broker = Broker::Memory(memory.clone());
         for b in bills {
             broker.publish(b).await.expect("stored");
@@ -254,7 +262,7 @@ async fn audit_after_save_and_negative_stock() {
             linger: Dur::millis(20),
             concurrency: 1,
         };
-        load_until_drained(&broker, client, &config, 10, Duration::from_secs(60)).await;
+        load_until_drained(&broker, client, &config, Duration::from_secs(60)).await;
         memory.dead_letters()
     };
     let strict = KingdeeClient::new(&kingdee(false), 1, None).expect("client");
@@ -321,7 +329,7 @@ async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhauste
     let client = KingdeeClient::new(&config, 1, None).expect("client");
     let topology = Topology {
         retry_delays: vec![Duration::from_millis(20); 3],
-        ..Topology::from_config(&AmqpConfig::default())
+        ..topology()
     };
     let memory = MemoryBroker::new(topology);
     let broker = Broker::Memory(memory.clone());
@@ -336,8 +344,7 @@ async fn transient_failures_that_outlast_the_tiers_are_dead_lettered_as_exhauste
         linger: Dur::millis(5),
         concurrency: 1,
     };
-    let ctx =
-        load_until_drained(&broker, client, &loader_config, 10, Duration::from_secs(20)).await;
+    let ctx = load_until_drained(&broker, client, &loader_config, Duration::from_secs(20)).await;
     let dead = memory.dead_letters();
     assert!(sim.bills().is_empty(), "Kingdee committed nothing");
     assert_eq!(dead.len(), 6, "every bill ran out of tiers");
@@ -382,7 +389,7 @@ async fn bills_the_mapping_cannot_produce_are_dead_lettered_without_a_call() {
         .await
         .expect("sim");
     let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
-    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let memory = MemoryBroker::new(topology());
     let broker = Broker::Memory(memory.clone());
     let entry = |qty: Value| json!([{"FMaterialId": {"FNumber": "SKU-1"}, "FQty": qty}]);
     for m in [
@@ -400,7 +407,7 @@ async fn bills_the_mapping_cannot_produce_are_dead_lettered_without_a_call() {
         linger: Dur::millis(20),
         concurrency: 1,
     };
-    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
+    let ctx = load_until_drained(&broker, client, &config, Duration::from_secs(10)).await;
     assert_eq!(
         Metrics::count(&ctx.metrics.dead_lettered, &["loader", "malformed"]),
         6
@@ -430,7 +437,7 @@ async fn kingdee_413_rejects_the_bill_at_once_instead_of_retrying() {
     let stop = CancellationToken::new();
     let url = sim::spawn_local(router, stop.clone()).await.expect("fake");
     let client = KingdeeClient::new(&kingdee_config(&url), 1, None).expect("client");
-    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let memory = MemoryBroker::new(topology());
     let broker = Broker::Memory(memory.clone());
     for no in ["L1", "L2", "L3"] {
         broker
@@ -443,7 +450,7 @@ async fn kingdee_413_rejects_the_bill_at_once_instead_of_retrying() {
         linger: Dur::millis(20),
         concurrency: 1,
     };
-    let ctx = load_until_drained(&broker, client, &config, 10, Duration::from_secs(10)).await;
+    let ctx = load_until_drained(&broker, client, &config, Duration::from_secs(10)).await;
     let dead = memory.dead_letters();
     assert_eq!(dead.len(), 3, "every bill refused");
     for d in &dead {

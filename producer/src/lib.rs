@@ -8,15 +8,17 @@
 pub mod checkpoint;
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use common::config::{ProducerConfig, StartAt};
+use common::config::{Config, ConfigError, ProducerConfig, Secret, StartAt};
 use common::messages::{self, Headers, header};
-use common::queue::{Broker, Destination, Outgoing, QueueError, Work};
+use common::queue::rabbit::{LockError, ProducerLock};
+use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
 use common::telemetry::{Health, Metrics, Stage};
 use common::time::{format_beijing, now_beijing, rfc3339_now};
+use common::worker::{self, Context, WorkerError};
 use jst::{CountQuery, JstClient, JstError, Paging};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -356,6 +358,125 @@ impl Producer {
         }
         info!("Producer stopped polling.");
         Ok(())
+    }
+}
+
+/// Pause between two attempts to take the lock.
+pub const LOCK_RETRY: Duration = Duration::from_secs(3);
+
+/// How a producer makes sure that no other one polls the same account at the same time.
+#[derive(Debug)]
+pub enum Exclusion {
+    /// The exclusive queue `{prefix}.producer.lock`, declared on a connection of its own
+    /// without automatic recovery (SPEC section 3): a second producer waits, not ready, and
+    /// takes over when the first is gone; one that loses the lock stops polling first.
+    BrokerLock {
+        /// `amqp.url`.
+        url: Secret,
+        /// The lock queue's name.
+        queue: String,
+        /// The lock connection's name, as RabbitMQ shows it.
+        connection_name: String,
+    },
+    /// The only producer there is: the demo and in-process tests.
+    Alone,
+}
+
+/// The Jushuitan client of a producer process (and of `backfill`, which shares its token):
+/// `[jst]`, with the token pair kept beside the checkpoint.
+pub fn client(config: &Config, metrics: Arc<Metrics>) -> Result<JstClient, WorkerError> {
+    JstClient::new(&config.jst, Some(metrics))
+        .and_then(|c| c.with_token_file(jst::token_file_for(&config.producer.checkpoint)))
+        .map_err(|e| WorkerError::Config(ConfigError(e.to_string())))
+}
+
+/// The producer process: the client, RabbitMQ, the broker lock, the stage, the connection
+/// closed.
+pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
+    let client = client(&config, ctx.metrics.clone())?;
+    ctx.health.set("lock", false);
+    let broker = worker::connect_rabbit(&config, "jst2kd-producer", None, &ctx).await?;
+    let exclusion = Exclusion::BrokerLock {
+        url: config.amqp.url.clone(),
+        queue: Topology::from_config(&config.amqp).lock_queue(),
+        connection_name: format!("jst2kd-producer-lock-{}", std::process::id()),
+    };
+    let result = run(&config.producer, broker.clone(), client, exclusion, ctx).await;
+    broker.close().await;
+    result
+}
+
+/// Polls every `producer.poll_interval` while it holds `exclusion`, until `ctx.cancel`.
+pub async fn run(
+    config: &ProducerConfig,
+    broker: Broker,
+    client: JstClient,
+    exclusion: Exclusion,
+    ctx: Context,
+) -> Result<(), WorkerError> {
+    let producer = Producer::new(client, broker.clone(), config.clone(), ctx.metrics.clone());
+    let polled = match exclusion {
+        Exclusion::Alone => producer.run(&ctx.cancel, &ctx.health).await,
+        Exclusion::BrokerLock {
+            url,
+            queue,
+            connection_name,
+        } => run_locked(&producer, &url, &queue, &connection_name, &ctx).await,
+    };
+    if let Some(fatal) = broker.fatal() {
+        return Err(WorkerError::Queue(fatal));
+    }
+    polled.map_err(|e| WorkerError::Runtime(e.to_string()))
+}
+
+/// Takes the broker lock, polls while holding it, and takes it again when its connection
+/// drops; waits (not ready) while another producer holds it.
+async fn run_locked(
+    producer: &Producer,
+    url: &Secret,
+    queue: &str,
+    connection_name: &str,
+    ctx: &Context,
+) -> Result<(), ProducerError> {
+    let mut waiting_logged = false;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Ok(());
+        }
+        match ProducerLock::acquire(url, connection_name, queue).await {
+            Ok(lock) => {
+                info!(lock = %queue, "Holding the producer lock; polling.");
+                waiting_logged = false;
+                ctx.health.set("lock", true);
+                let outcome = tokio::select! {
+                    r = producer.run(&ctx.cancel, &ctx.health) => Some(r),
+                    () = lock.lost() => None,
+                };
+                ctx.health.set("lock", false);
+                match outcome {
+                    Some(r) => {
+                        lock.release().await;
+                        return r;
+                    }
+                    None => warn!(
+                        "The producer lock's connection dropped; polling stopped. Trying to take the lock again."
+                    ),
+                }
+            }
+            Err(LockError::Held) => {
+                if !waiting_logged {
+                    info!(lock = %queue, "Another producer holds the lock; waiting (not ready).");
+                    waiting_logged = true;
+                }
+            }
+            Err(LockError::Unavailable(e)) => {
+                warn!(error = %e, "Cannot reach RabbitMQ for the producer lock; retrying.");
+            }
+        }
+        tokio::select! {
+            () = ctx.cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(LOCK_RETRY) => {}
+        }
     }
 }
 

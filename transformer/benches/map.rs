@@ -107,7 +107,7 @@ async fn main() {
     let started = Instant::now();
     let stage = tokio::spawn({
         let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { transformer::run(&config, amqp.prefetch, broker, ctx).await }
+        async move { transformer::run(&config, broker, ctx).await }
     });
     while Metrics::count(&ctx.metrics.published, &["transformer", "bills"]) < bills as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;

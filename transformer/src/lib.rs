@@ -8,26 +8,31 @@
 
 pub mod mapping;
 
-use common::config::MappingConfig;
+use common::config::{Config, MappingConfig};
 use common::http::escape;
 use common::messages::{self, CountDoc, header};
 use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
-use common::worker::{Context, InFlight};
+use common::worker::{self, Context, InFlight, WorkerError};
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
+/// The transformer process: connects to RabbitMQ, runs the stage, closes the connection.
+pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
+    let broker =
+        worker::connect_rabbit(&config, "jst2kd-transformer", Some(Work::Counts), &ctx).await?;
+    let result = run(&config.mapping, broker.clone(), ctx).await;
+    broker.close().await;
+    result
+}
+
 /// Consumes `{prefix}.counts` until `ctx.cancel` fires, then finishes what it holds.
-pub async fn run(
-    config: &MappingConfig,
-    prefetch: u16,
-    broker: Broker,
-    ctx: Context,
-) -> Result<(), QueueError> {
+pub async fn run(config: &MappingConfig, broker: Broker, ctx: Context) -> Result<(), WorkerError> {
+    let prefetch = broker.topology().prefetch;
     let mut consumer = broker.consume(Work::Counts, prefetch).await?;
     let settler = Settler::new(
         broker.clone(),
@@ -62,7 +67,9 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     info!("Transformer stopped consuming; every held document was settled.");
-    broker.fatal().map_or(Ok(()), Err)
+    broker
+        .fatal()
+        .map_or(Ok(()), |e| Err(WorkerError::Queue(e)))
 }
 
 /// Settles one document.

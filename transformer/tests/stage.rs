@@ -31,7 +31,10 @@ fn doc(io_id: i64, status: &str, wh_id: i64, qty: i64) -> Outgoing {
 
 #[tokio::test]
 async fn every_document_ends_as_a_bill_a_skip_or_a_dead_letter() {
-    let memory = MemoryBroker::new(Topology::from_config(&AmqpConfig::default()));
+    let memory = MemoryBroker::new(Topology {
+        prefetch: 10,
+        ..Topology::from_config(&AmqpConfig::default())
+    });
     let broker = Broker::Memory(memory.clone());
     let mut mapping = MappingConfig {
         org: "100".into(),
@@ -59,7 +62,7 @@ async fn every_document_ends_as_a_bill_a_skip_or_a_dead_letter() {
     let ctx = Context::new(&[Stage::Transformer]);
     let stage = tokio::spawn({
         let (broker, ctx) = (broker.clone(), ctx.clone());
-        async move { transformer::run(&mapping, 10, broker, ctx).await }
+        async move { transformer::run(&mapping, broker, ctx).await }
     });
     let mut bills = broker.consume(Work::Bills, 10).await.expect("consume");
     let bill = tokio::time::timeout(Duration::from_secs(5), bills.next())

@@ -53,6 +53,8 @@ pub struct Topology {
     /// `amqp.max_message_bytes`: a consumed body larger than this is dead-lettered
     /// `too_large` without being parsed.
     pub max_message_bytes: usize,
+    /// `amqp.prefetch`: unsettled deliveries per consumer (a stage may ask for more).
+    pub prefetch: u16,
 }
 
 impl Topology {
@@ -63,6 +65,7 @@ impl Topology {
             retry_delays: amqp.retry_delays.iter().map(|d| d.0).collect(),
             delivery_limit: amqp.delivery_limit,
             max_message_bytes: usize::try_from(amqp.max_message_bytes).unwrap_or(usize::MAX),
+            prefetch: amqp.prefetch,
         }
     }
 
