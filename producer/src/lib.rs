@@ -394,7 +394,6 @@ pub fn client(config: &Config, metrics: Arc<Metrics>) -> Result<JstClient, Worke
 /// closed.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let client = client(&config, ctx.metrics.clone())?;
-    ctx.health.set("lock", false);
     let broker = worker::connect_rabbit(&config, "jst2kd-producer", None, &ctx).await?;
     let exclusion = Exclusion::BrokerLock {
         url: config.amqp.url.clone(),
@@ -439,6 +438,8 @@ async fn run_locked(
     ctx: &Context,
 ) -> Result<(), ProducerError> {
     let mut waiting_logged = false;
+    // Not ready until the lock is held.
+    ctx.health.set("lock", false);
     loop {
         if ctx.cancel.is_cancelled() {
             return Ok(());
