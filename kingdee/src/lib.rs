@@ -26,6 +26,9 @@ pub const BATCH_SAVE: &str = "DynamicFormService.BatchSave";
 pub const EXECUTE_BILL_QUERY: &str = "DynamicFormService.ExecuteBillQuery";
 /// MsgCode of a lost session.
 pub const MSG_SESSION_LOST: i64 = 1;
+/// MsgCodes that describe a passing condition rather than the bill: server exception (4),
+/// database (6), bill locked by another user (13), call limit (14). The one list of them.
+pub const TRANSIENT_MSG_CODES: [i64; 4] = [4, 6, 13, 14];
 /// MsgCode of a call refused for permission or authentication: no bill was looked at.
 pub const MSG_NO_PERMISSION: i64 = 2;
 
@@ -80,7 +83,7 @@ impl KingdeeError {
             }
             KingdeeError::Redirect(_) => false,
             KingdeeError::Refused { msg_code, .. } => {
-                matches!(*msg_code, MSG_SESSION_LOST | 4 | 6 | 13 | 14)
+                *msg_code == MSG_SESSION_LOST || TRANSIENT_MSG_CODES.contains(msg_code)
             }
             KingdeeError::Credentials(_) => false,
         }
@@ -450,8 +453,8 @@ impl KingdeeClient {
         self.after_save
     }
 
-    /// Submits or audits bills by number; one result per number, in order. A bill already
-    /// submitted or audited counts as done.
+    /// Submits or audits bills by number; one result per number, in order, as Kingdee gave
+    /// them (the loader decides what "already audited" means).
     pub async fn operate(
         &self,
         op: Operation,
@@ -464,22 +467,7 @@ impl KingdeeClient {
             .post(op.service(), json!([form_id, data.to_string()]))
             .await
         {
-            Ok(body) => read_batch_save(&body, numbers.len()).map(|results| {
-                results
-                    .into_iter()
-                    .map(|r| match r {
-                        BillResult::Failed { errors, .. }
-                            if errors.iter().all(|e| e.is_already_done(op)) =>
-                        {
-                            BillResult::Saved {
-                                id: None,
-                                number: None,
-                            }
-                        }
-                        other => other,
-                    })
-                    .collect::<Vec<_>>()
-            }),
+            Ok(body) => read_batch_save(&body, numbers.len()),
             Err(e) => Err(e),
         };
         let outcome = match &result {

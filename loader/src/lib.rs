@@ -8,6 +8,8 @@
 //! failed as a whole (timeout, 5xx, unreadable answer) may have committed: its bills are retried,
 //! and the retry sees the duplicate and acks.
 
+pub mod decide;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -18,146 +20,13 @@ use common::queue::{Broker, Delivery, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, InFlight, WorkerError};
-use kingdee::{BillError, BillResult, KingdeeClient, Operation};
+use kingdee::{BillError, KingdeeClient, Operation};
+
+pub use decide::{Entry, Settlement};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
-
-/// What to do with one bill after Kingdee answered.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Settlement {
-    /// Saved now: ack.
-    Created,
-    /// Its number is already used: it was loaded before; ack.
-    Duplicate,
-    /// Refused for a reason retrying cannot fix: dead-letter `rejected` with these errors.
-    Rejected(Vec<BillError>),
-    /// Its number is used by a bill with other content (the JST document changed after it was
-    /// booked): dead-letter `conflict` with the existing entries.
-    Conflict(Vec<Entry>),
-    /// Worth another try later.
-    Retry(String),
-}
-
-/// What the conflict check compares of an entry: material, stock, quantity, lot.
-pub type Entry = (String, String, String, String);
-
-/// The fields ExecuteBillQuery returns for the check, in this order.
-pub const CHECK_FIELDS: &str = "FBillNo,FMaterialId.FNumber,FStockId.FNumber,FQty,FLot.FNumber";
-
-fn quantity(v: Option<&serde_json::Value>) -> String {
-    common::messages::num_field(v).map_or_else(String::new, |q| format!("{:.6}", q.abs()))
-}
-
-fn text(v: Option<&serde_json::Value>) -> String {
-    common::messages::text_field(v).unwrap_or_default()
-}
-
-fn reference(v: Option<&serde_json::Value>) -> String {
-    let obj = v.and_then(serde_json::Value::as_object);
-    text(obj.and_then(|o| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("FNumber"))
-            .map(|(_, n)| n)
-    }))
-}
-
-/// The sorted entries of a bill model we sent.
-pub fn entries_of_model(model: &serde_json::Value) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = model
-        .get("FEntity")
-        .and_then(serde_json::Value::as_array)
-        .map(|rows| {
-            rows.iter()
-                .map(|e| {
-                    (
-                        reference(e.get("FMaterialId")),
-                        reference(e.get("FStockId")),
-                        quantity(e.get("FQty")),
-                        reference(e.get("FLot")),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    entries.sort();
-    entries
-}
-
-/// The sorted entries per bill number of ExecuteBillQuery rows in [`CHECK_FIELDS`] order.
-pub fn entries_of_rows(rows: &[Vec<serde_json::Value>]) -> BTreeMap<String, Vec<Entry>> {
-    let mut bills: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-    for row in rows {
-        let bill_no = text(row.first());
-        bills.entry(bill_no).or_default().push((
-            text(row.get(1)),
-            text(row.get(2)),
-            quantity(row.get(3)),
-            text(row.get(4)),
-        ));
-    }
-    for entries in bills.values_mut() {
-        entries.sort();
-    }
-    bills
-}
-
-/// Decides a duplicate after looking the existing bill up: the same entries → duplicate.
-pub fn check_duplicate(existing: Option<&Vec<Entry>>, model: &serde_json::Value) -> Settlement {
-    match existing {
-        None => Settlement::Retry(
-            "kingdee says the bill number is used but the query finds no such bill".into(),
-        ),
-        Some(entries) if *entries == entries_of_model(model) => Settlement::Duplicate,
-        Some(entries) => Settlement::Conflict(entries.clone()),
-    }
-}
-
-/// `FBillNo in ('A','B')`, quotes doubled.
-fn bill_no_filter(numbers: &[&str]) -> String {
-    let list: Vec<String> = numbers
-        .iter()
-        .map(|n| format!("'{}'", n.replace('\'', "''")))
-        .collect();
-    format!("FBillNo in ({})", list.join(","))
-}
-
-/// MsgCodes that describe a passing condition rather than the bill (exception, database,
-/// bill locked, call limit).
-const TRANSIENT_MSG_CODES: [i64; 4] = [4, 6, 13, 14];
-
-/// Decides a bill's fate from its BatchSave result.
-pub fn settle(result: &BillResult, bill_no: &str) -> Settlement {
-    match result {
-        // Kingdee numbered the bill itself: the bill type's numbering rule overrides ours, so
-        // the number can no longer tell a re-sent document from a new one. Stop it loudly.
-        BillResult::Saved {
-            number: Some(n), ..
-        } if n != bill_no => Settlement::Rejected(vec![BillError {
-            field_name: Some("FBillNo".into()),
-            message: format!(
-                "Kingdee saved this bill as {n}, not {bill_no}: the bill type's numbering rule replaces manual numbers, so re-sent documents would be booked again. Allow manual numbers for the bill type in Kingdee, delete bill {n} there, then replay."
-            ),
-        }]),
-        BillResult::Saved { .. } => Settlement::Created,
-        BillResult::Failed { errors, .. } if errors.iter().any(BillError::is_duplicate_bill_no) => {
-            Settlement::Duplicate
-        }
-        BillResult::Failed { msg_code, errors } if TRANSIENT_MSG_CODES.contains(msg_code) => {
-            Settlement::Retry(format!(
-                "kingdee MsgCode {msg_code}: {}",
-                errors
-                    .iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
-        }
-        BillResult::Failed { errors, .. } => Settlement::Rejected(errors.clone()),
-        BillResult::Missing => Settlement::Retry("kingdee gave no result for this bill".into()),
-    }
-}
 
 /// A bill read from its delivery.
 struct Pending {
@@ -336,7 +205,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 let mut settled = Vec::with_capacity(group.len());
                 let mut duplicates = Vec::new();
                 for (pending, result) in group.into_iter().zip(results) {
-                    match settle(&result, &pending.bill.bill_no) {
+                    match decide::save(&result, &pending.bill.bill_no) {
                         Settlement::Duplicate => duplicates.push(pending),
                         other => settled.push((pending, other)),
                     }
@@ -402,10 +271,7 @@ async fn check_saved(
     check_duplicates(form, group, client)
         .await
         .into_iter()
-        .map(|(p, s)| match s {
-            Settlement::Retry(_) => (p, Settlement::Retry(error.to_string())),
-            other => (p, other),
-        })
+        .map(|(p, s)| (p, decide::after_failed_call(s, error)))
         .collect()
 }
 
@@ -421,15 +287,20 @@ async fn check_duplicates(
     }
     let numbers: Vec<&str> = duplicates.iter().map(|p| p.bill.bill_no.as_str()).collect();
     match client
-        .execute_bill_query(form, CHECK_FIELDS, &bill_no_filter(&numbers))
+        .execute_bill_query(
+            form,
+            decide::CHECK_FIELDS,
+            &decide::bill_no_filter(&numbers),
+        )
         .await
     {
         Ok(rows) => {
-            let existing = entries_of_rows(&rows);
+            let existing = decide::entries_of_rows(&rows);
             duplicates
                 .into_iter()
                 .map(|p| {
-                    let settlement = check_duplicate(existing.get(&p.bill.bill_no), &p.bill.model);
+                    let settlement =
+                        decide::duplicate(existing.get(&p.bill.bill_no), &p.bill.model);
                     (p, settlement)
                 })
                 .collect()
@@ -474,42 +345,17 @@ async fn after_save(
             break;
         }
         let outcome = client.operate(*op, form, &numbers).await;
-        let mut results = match &outcome {
-            Ok(results) => results.clone().into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
+        let mut results = outcome.as_ref().ok().map(|r| r.iter());
         for (_, settlement) in settled
             .iter_mut()
             .filter(|(_, s)| matches!(s, Settlement::Created | Settlement::Duplicate))
         {
-            let next = match (&outcome, results.next()) {
-                (Err(e), _) => Some(Settlement::Retry(format!("{} failed: {e}", op.label()))),
-                (Ok(_), Some(BillResult::Saved { .. })) => None,
-                (Ok(_), Some(BillResult::Failed { msg_code, .. }))
-                    if TRANSIENT_MSG_CODES.contains(&msg_code) =>
-                {
-                    Some(Settlement::Retry(format!(
-                        "{} refused for now (MsgCode {msg_code})",
-                        op.label()
-                    )))
-                }
-                (Ok(_), Some(BillResult::Failed { errors, .. })) => {
-                    let mut all = vec![BillError {
-                        field_name: None,
-                        message: format!(
-                            "the bill is saved, but Kingdee refused to {} it",
-                            op.label()
-                        ),
-                    }];
-                    all.extend(errors);
-                    Some(Settlement::Rejected(all))
-                }
-                (Ok(_), Some(BillResult::Missing) | None) => Some(Settlement::Retry(format!(
-                    "kingdee gave no {} result for this bill",
-                    op.label()
-                ))),
+            let result = match (&outcome, results.as_mut()) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(results)) => Ok(results.next()),
+                (Ok(_), None) => Ok(None),
             };
-            if let Some(next) = next {
+            if let Some(next) = decide::operation(*op, result) {
                 *settlement = next;
             }
         }
@@ -553,7 +399,7 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
             }
         }
         Settlement::Conflict(existing) => {
-            let new = entries_of_model(&bill.model);
+            let new = decide::entries_of_model(&bill.model);
             warn!(
                 io_id,
                 bill_no,
@@ -594,112 +440,4 @@ async fn delivery_ack(delivery: Delivery, ctx: &Context, created: bool) -> Resul
         ctx.metrics.end_to_end_seconds.observe(secs.max(0.0));
     }
     delivery.ack().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_duplicate_with_the_same_entries_is_acked_and_one_with_others_is_a_conflict() {
-        let model = json!({"FEntity": [
-            {"FMaterialId": {"FNumber": "A"}, "FStockId": {"FNumber": "CK1"}, "FQty": 2.0},
-            {"FMaterialId": {"FNumber": "B"}, "FStockId": {"FNumber": "CK1"}, "FQty": 1, "FLot": {"FNumber": "L1"}},
-        ]});
-        let same = vec![
-            vec![
-                json!("X"),
-                json!("B"),
-                json!("CK1"),
-                json!("1"),
-                json!("L1"),
-            ],
-            vec![
-                json!("X"),
-                json!("A"),
-                json!("CK1"),
-                json!("2"),
-                json!(null),
-            ],
-        ];
-        let existing = entries_of_rows(&same);
-        assert_eq!(
-            check_duplicate(existing.get("X"), &model),
-            Settlement::Duplicate
-        );
-        let changed = vec![vec![
-            json!("X"),
-            json!("A"),
-            json!("CK1"),
-            json!(5),
-            json!(null),
-        ]];
-        let existing = entries_of_rows(&changed);
-        assert!(matches!(
-            check_duplicate(existing.get("X"), &model),
-            Settlement::Conflict(_)
-        ));
-        assert!(matches!(
-            check_duplicate(None, &model),
-            Settlement::Retry(_)
-        ));
-        assert_eq!(bill_no_filter(&["A", "O'B"]), "FBillNo in ('A','O''B')");
-    }
-
-    fn failed(msg_code: i64, field: Option<&str>, message: &str) -> BillResult {
-        BillResult::Failed {
-            msg_code,
-            errors: vec![BillError {
-                field_name: field.map(str::to_string),
-                message: message.into(),
-            }],
-        }
-    }
-
-    #[test]
-    fn each_result_has_one_settlement() {
-        let dup = "违反字段唯一性要求：编码唯一。[JSTPD1]在当前系统中已经被使用。";
-        let table = [
-            (
-                BillResult::Saved {
-                    id: Some(1),
-                    number: None,
-                },
-                "created",
-            ),
-            (
-                BillResult::Saved {
-                    id: Some(1),
-                    number: Some("B".into()),
-                },
-                "created",
-            ),
-            (
-                BillResult::Saved {
-                    id: Some(1),
-                    number: Some("QTCK0001".into()),
-                },
-                "rejected",
-            ),
-            (failed(11, Some("FBillNo"), dup), "duplicate"),
-            (failed(11, Some("FStockId"), "仓库字段必录"), "rejected"),
-            (
-                failed(9, Some("FXxx"), "元数据中标识为FXxx的字段不存在"),
-                "rejected",
-            ),
-            (failed(13, None, "网控冲突"), "retry"),
-            (failed(14, None, "调用次数超限"), "retry"),
-            (BillResult::Missing, "retry"),
-        ];
-        for (result, expected) in table {
-            let got = match settle(&result, "B") {
-                Settlement::Created => "created",
-                Settlement::Duplicate => "duplicate",
-                Settlement::Conflict(_) => "conflict",
-                Settlement::Rejected(_) => "rejected",
-                Settlement::Retry(_) => "retry",
-            };
-            assert_eq!(got, expected, "{result:?}");
-        }
-    }
 }
