@@ -273,7 +273,11 @@ mod tests {
     #[test]
     fn each_operation_result_has_one_settlement() {
         let timeout = KingdeeError::Transport("timed out".into());
-        type Row<'a> = (Operation, Result<Option<BillResult>, &'a KingdeeError>, &'a str);
+        type Row<'a> = (
+            Operation,
+            Result<Option<BillResult>, &'a KingdeeError>,
+            &'a str,
+        );
         let table: Vec<Row> = vec![
             (
                 Operation::Submit,
