@@ -1,0 +1,138 @@
+//! Deliveries from one work queue, on a channel of its own, rebuilt when recovery fails.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tracing::warn;
+
+use super::*;
+
+pub(super) struct ConsumerState {
+    channel: Channel,
+    stream: lapin::Consumer,
+}
+
+/// Deliveries from one work queue, on a channel of its own; rebuilt when recovery fails.
+pub struct RabbitConsumer {
+    pub(super) broker: RabbitBroker,
+    pub(super) work: Work,
+    pub(super) prefetch: u16,
+    pub(super) tag: String,
+    pub(super) state: Option<ConsumerState>,
+    pub(super) cancelled: bool,
+}
+
+impl RabbitConsumer {
+    pub(super) async fn start(&mut self) -> Result<(), QueueError> {
+        let live = self.broker.live().await?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let stream = channel
+            .basic_consume(
+                self.broker.inner.topology.work_queue(self.work).into(),
+                self.tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        self.state = Some(ConsumerState { channel, stream });
+        Ok(())
+    }
+
+    /// The next delivery; `None` once cancelled or shut down. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if self.cancelled || self.broker.inner.cancel.is_cancelled() && self.state.is_none() {
+                return None;
+            }
+            let Some(state) = self.state.as_mut() else {
+                match self.start().await {
+                    Ok(()) => continue,
+                    Err(QueueError::Cancelled | QueueError::TopologyMismatch { .. }) => {
+                        return None;
+                    }
+                    Err(err) => {
+                        warn!(queue = self.work.key(), error = %err, "Cannot start consuming; retrying.");
+                        tokio::select! {
+                            () = self.broker.inner.cancel.cancelled() => return None,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                }
+            };
+            match state.stream.next().await {
+                Some(Ok(delivery)) => return Some(convert(delivery)),
+                Some(Err(err)) => {
+                    warn!(queue = self.work.key(), error = %err, "Consumer interrupted; waiting for recovery.");
+                    let channel = state.channel.clone();
+                    let recovered = tokio::select! {
+                        () = self.broker.inner.cancel.cancelled() => return None,
+                        r = channel.wait_for_recovery(err) => r,
+                    };
+                    if recovered.is_err() {
+                        self.state = None;
+                    }
+                }
+                None => {
+                    if self.cancelled {
+                        return None;
+                    }
+                    warn!(
+                        queue = self.work.key(),
+                        "Consumer stream ended; consuming again."
+                    );
+                    self.state = None;
+                    tokio::select! {
+                        () = self.broker.inner.cancel.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops deliveries; deliveries already received can still be settled.
+    pub async fn cancel(&mut self) {
+        self.cancelled = true;
+        if let Some(state) = self.state.as_ref() {
+            state
+                .channel
+                .basic_cancel(self.tag.clone().into(), BasicCancelOptions::default())
+                .await
+                .ok();
+        }
+    }
+}
+
+/// `message_id` and headers of a delivery's properties.
+pub(super) fn id_and_headers(properties: &BasicProperties) -> (Option<String>, Headers) {
+    let message_id = properties.message_id().as_ref().map(|m| m.to_string());
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(from_table)
+        .unwrap_or_default();
+    (message_id, headers)
+}
+
+fn convert(delivery: lapin::message::Delivery) -> Delivery {
+    let (message_id, headers) = id_and_headers(&delivery.properties);
+    Delivery::new(
+        message_id,
+        headers,
+        delivery.data,
+        delivery.redelivered,
+        Acker::Rabbit(delivery.acker),
+    )
+}

@@ -1,0 +1,454 @@
+//! RabbitMQ through lapin: the product's queue implementation.
+//!
+//! Two layers of recovery. lapin's own (`enable_auto_recover`) reconnects and replays channels,
+//! declarations and consumers after a network error; a publish or delivery caught in the break
+//! fails with a recoverable error, and [`lapin::Channel::wait_for_recovery`] waits it out. When
+//! lapin gives up (the connection ends in error or closed), the supervisor here drops it and
+//! builds a new connection, channels and consumers, with backoff, until shutdown.
+//!
+//! Invariants: a publish returns `Ok` only after the broker's positive confirm without a
+//! `basic.return` (messages are `mandatory`); a message whose confirm was lost with the
+//! connection is published again (at least once — every stage is idempotent); deliveries of a
+//! channel that died are redelivered by the broker, never acked here on its behalf.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Acker, Delivery, Destination, Outgoing, QueueError, Topology, Work};
+
+mod consumer;
+mod dead;
+mod headers;
+mod lock;
+mod topology;
+
+use crate::config::Secret;
+use crate::messages::Headers;
+pub use consumer::RabbitConsumer;
+pub use dead::{DeadLetterBatch, HeldDeadLetter};
+pub use headers::{from_table, to_table};
+pub use lock::{LockError, ProducerLock};
+use topology::declare;
+
+/// How many times a publish whose channel could not be recovered is tried on a new connection.
+const PUBLISH_ROUNDS: usize = 6;
+
+/// A supervised connection with a publishing channel in confirm mode.
+#[derive(Clone)]
+pub struct RabbitBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: Secret,
+    name: String,
+    topology: Topology,
+    live: Mutex<Option<Live>>,
+    /// The current connection, for readiness checks that must not wait for `live`.
+    current: std::sync::Mutex<Option<Arc<Connection>>>,
+    generation: AtomicU64,
+    cancel: CancellationToken,
+    /// A failure retrying cannot fix (the topology changed under us); the process stops.
+    fatal: std::sync::Mutex<Option<QueueError>>,
+}
+
+/// How long opening a connection (TCP, TLS, AMQP handshake) may take: a TLS client talking
+/// to a plain AMQP port otherwise waits for a handshake that never comes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    publisher: Channel,
+    generation: u64,
+}
+
+impl RabbitBroker {
+    /// Connects and declares the topology, retrying with backoff until it succeeds, `cancel`
+    /// fires, or the broker refuses a declaration (a [`QueueError::TopologyMismatch`], which
+    /// retrying cannot fix).
+    pub async fn connect(
+        url: Secret,
+        connection_name: impl Into<String>,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> Result<Self, QueueError> {
+        let broker = Self {
+            inner: Arc::new(Inner {
+                url,
+                name: connection_name.into(),
+                topology,
+                live: Mutex::new(None),
+                current: std::sync::Mutex::new(None),
+                generation: AtomicU64::new(0),
+                cancel,
+                fatal: std::sync::Mutex::new(None),
+            }),
+        };
+        broker.live().await?;
+        Ok(broker)
+    }
+
+    /// The names it declares.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The failure that stopped this broker for good, if any.
+    pub fn fatal(&self) -> Option<QueueError> {
+        self.inner
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// True while the current connection is up (not recovering, not broken).
+    pub fn is_ready(&self) -> bool {
+        self.current()
+            .is_some_and(|connection| connection.status().connected())
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_current(&self, connection: Option<Arc<Connection>>) {
+        *self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
+    }
+
+    /// The current connection, or a new one when lapin's recovery gave up.
+    async fn live(&self) -> Result<Live, QueueError> {
+        let mut guard = self.inner.live.lock().await;
+        if let Some(live) = guard.as_ref() {
+            let status = live.connection.status();
+            if !(status.closed() || status.errored() || status.closing()) {
+                return Ok(live.clone());
+            }
+            warn!(connection = %self.inner.name, "RabbitMQ connection lost for good; building a new one.");
+            *guard = None;
+        }
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let opened = tokio::select! {
+                () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
+                r = self.open() => r,
+            };
+            match opened {
+                Ok(live) => {
+                    info!(connection = %self.inner.name, "Connected to RabbitMQ, topology declared.");
+                    self.set_current(Some(live.connection.clone()));
+                    *guard = Some(live.clone());
+                    return Ok(live);
+                }
+                Err(err @ QueueError::TopologyMismatch { .. }) => {
+                    // Re-declaring cannot succeed until someone migrates the queue: stop the
+                    // process (exit 2) instead of retrying forever.
+                    tracing::error!(connection = %self.inner.name, error = %err, "RabbitMQ refused the topology; stopping.");
+                    *self
+                        .inner
+                        .fatal
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.clone());
+                    self.inner.cancel.cancel();
+                    return Err(err);
+                }
+                Err(err) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    warn!(connection = %self.inner.name, error = %err, retry_in_ms = delay.as_millis() as u64, "Cannot reach RabbitMQ; retrying.");
+                    tokio::select! {
+                        () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Live, QueueError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.inner.name.clone().into())
+            .enable_auto_recover();
+        let url = self.inner.url.expose();
+        let connection = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(url, properties),
+        )
+        .await
+        {
+            Ok(connected) => connected.map_err(unavailable)?,
+            Err(_) if url.starts_with("amqps://") => {
+                return Err(QueueError::Unavailable(format!(
+                    "no TLS handshake with RabbitMQ within {} s: check that amqp.url names a TLS port (5671 by default; 5672 speaks plain amqp://)",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+            Err(_) => {
+                return Err(QueueError::Unavailable(format!(
+                    "RabbitMQ did not complete the connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let declarer = connection.create_channel().await.map_err(unavailable)?;
+        declare(&declarer, &self.inner.topology).await?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Live {
+            connection: Arc::new(connection),
+            publisher,
+            generation,
+        })
+    }
+
+    /// Drops a connection that failed beyond lapin's recovery, so the next call rebuilds it.
+    async fn discard(&self, generation: u64) {
+        let mut guard = self.inner.live.lock().await;
+        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+            *guard = None;
+            self.set_current(None);
+        }
+    }
+
+    /// Publishes every message and returns once each is confirmed. Messages whose confirm was
+    /// lost with the connection are sent again; a nack or a return is an error.
+    pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
+        let mut pending = messages;
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .with_max_times(PUBLISH_ROUNDS)
+            .build();
+        while !pending.is_empty() {
+            let live = self.live().await?;
+            let mut confirms = Vec::with_capacity(pending.len());
+            let mut failed: Vec<Outgoing> = Vec::new();
+            let mut first_error = None;
+            let frame_max = usize::try_from(live.connection.configuration().frame_max())
+                .unwrap_or(super::DEFAULT_FRAME_MAX);
+            for message in &pending {
+                // Checked before anything is sent: an oversized frame makes the broker close
+                // the connection, and sending it again after the reconnect would do the same.
+                super::check_size(message, frame_max)?;
+            }
+            for message in pending {
+                let (exchange, key) = route(&self.inner.topology, message.destination)?;
+                let sent = live
+                    .publisher
+                    .basic_publish(
+                        exchange.into(),
+                        key.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &message.body,
+                        properties(&message),
+                    )
+                    .await;
+                match sent {
+                    Ok(confirm) => confirms.push((message, confirm)),
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                        failed.push(message);
+                    }
+                }
+            }
+            for (message, confirm) in confirms {
+                match confirm.await {
+                    Ok(Confirmation::Ack(None)) => {}
+                    Ok(Confirmation::Ack(Some(returned))) => {
+                        return Err(QueueError::NotAccepted {
+                            message_id: message.message_id,
+                            reason: format!("unroutable ({})", returned.reply_text),
+                        });
+                    }
+                    Ok(Confirmation::Nack(_)) => {
+                        return Err(QueueError::NotAccepted {
+                            message_id: message.message_id,
+                            reason: "nacked by the broker".into(),
+                        });
+                    }
+                    Ok(Confirmation::NotRequested) => {
+                        return Err(QueueError::Unavailable(
+                            "the publishing channel is not in confirm mode".into(),
+                        ));
+                    }
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                        failed.push(message);
+                    }
+                }
+            }
+            if let Some(err) = first_error {
+                warn!(connection = %self.inner.name, error = %err, unconfirmed = failed.len(), "Publish interrupted; sending the unconfirmed messages again.");
+                let recovered = tokio::select! {
+                    () = self.inner.cancel.cancelled() => Err(QueueError::Cancelled),
+                    r = live.publisher.wait_for_recovery(err) => r.map_err(unavailable),
+                };
+                match recovered {
+                    Err(QueueError::Cancelled) => return Err(QueueError::Cancelled),
+                    Err(e) => {
+                        self.discard(live.generation).await;
+                        // Not recoverable by lapin (e.g. a channel closed for a permission):
+                        // try a new connection a few times, then let the caller decide.
+                        let Some(pause) = pauses.next() else {
+                            return Err(e);
+                        };
+                        tokio::select! {
+                            () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                    Ok(()) => {}
+                }
+            }
+            pending = failed;
+        }
+        Ok(())
+    }
+
+    /// Starts a consumer on its own channel.
+    pub async fn consume(&self, work: Work, prefetch: u16) -> Result<RabbitConsumer, QueueError> {
+        let mut consumer = RabbitConsumer {
+            broker: self.clone(),
+            work,
+            prefetch: prefetch.max(1),
+            tag: format!(
+                "{}-{}-{}",
+                self.inner.name,
+                work.key(),
+                rand::random::<u32>()
+            ),
+            state: None,
+            cancelled: false,
+        };
+        consumer.start().await?;
+        Ok(consumer)
+    }
+
+    /// Ready messages in a work queue (a passive declaration, on a channel of its own).
+    pub async fn depth(&self, work: Work) -> Result<u64, QueueError> {
+        self.depth_of(&self.inner.topology.work_queue(work)).await
+    }
+
+    /// Ready messages in the dead-letter queue.
+    pub async fn dead_depth(&self) -> Result<u64, QueueError> {
+        self.depth_of(&self.inner.topology.dead()).await
+    }
+
+    async fn depth_of(&self, name: &str) -> Result<u64, QueueError> {
+        let live = self.live().await?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let queue = channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        channel.close(200, "depth read".into()).await.ok();
+        Ok(u64::from(queue.message_count()))
+    }
+
+    /// Deletes every queue and exchange of the topology (tests, demo clean-up).
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        for queue in self.inner.topology.all_queues() {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for exchange in [self.inner.topology.exchange(), self.inner.topology.dead()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        channel.close(200, "deleted".into()).await.ok();
+        Ok(())
+    }
+
+    /// Waits for outstanding confirms, then closes the connection.
+    pub async fn close(&self) {
+        let live = self.inner.live.lock().await.take();
+        self.set_current(None);
+        if let Some(live) = live {
+            live.publisher.wait_for_confirms().await.ok();
+            live.publisher.close(200, "shutdown".into()).await.ok();
+            live.connection.close(200, "shutdown".into()).await.ok();
+        }
+    }
+}
+
+fn unavailable(err: lapin::Error) -> QueueError {
+    QueueError::Unavailable(err.to_string())
+}
+
+/// Exchange and routing key of a destination.
+fn route(topology: &Topology, destination: Destination) -> Result<(String, String), QueueError> {
+    Ok(match destination {
+        Destination::Work(work) => (topology.exchange(), work.key().to_string()),
+        Destination::Retry(work, tier) => (
+            String::new(),
+            topology
+                .retry_queue(work, tier)
+                .ok_or(QueueError::NoSuchTier(tier))?,
+        ),
+        Destination::Dead => (topology.dead(), String::new()),
+    })
+}
+
+fn properties(message: &Outgoing) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message.message_id.clone().into())
+        .with_headers(to_table(&message.headers))
+}

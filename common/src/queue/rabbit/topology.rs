@@ -1,0 +1,121 @@
+//! Declaring the topology of SPEC section 3, and reading the broker's refusals of it.
+
+use lapin::Channel;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use super::*;
+
+/// Declares exchanges and queues; `PRECONDITION_FAILED` becomes a [`QueueError::TopologyMismatch`].
+pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<(), QueueError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let mismatch = |name: &str| {
+        let name = name.to_string();
+        move |err: lapin::Error| classify(err, &name)
+    };
+    channel
+        .exchange_declare(
+            topology.exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(mismatch(&topology.exchange()))?;
+    channel
+        .exchange_declare(
+            topology.dead().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(mismatch(&topology.dead()))?;
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert("x-queue-type".into(), text("quorum"));
+    channel
+        .queue_declare(topology.dead().into(), queue_options, dead_args)
+        .await
+        .map_err(mismatch(&topology.dead()))?;
+    channel
+        .queue_bind(
+            topology.dead().into(),
+            topology.dead().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(mismatch(&topology.dead()))?;
+    for work in Work::ALL {
+        let name = topology.work_queue(work);
+        let mut args = safe_dead_lettering(&topology.dead(), None);
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+        );
+        channel
+            .queue_declare(name.clone().into(), queue_options, args)
+            .await
+            .map_err(mismatch(&name))?;
+        channel
+            .queue_bind(
+                name.clone().into(),
+                topology.exchange().into(),
+                work.key().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(mismatch(&name))?;
+        for (tier, delay) in topology.retry_delays.iter().enumerate() {
+            let Some(retry) = topology.retry_queue(work, tier) else {
+                continue;
+            };
+            let mut args = safe_dead_lettering(&topology.exchange(), Some(work.key()));
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            channel
+                .queue_declare(retry.clone().into(), queue_options, args)
+                .await
+                .map_err(mismatch(&retry))?;
+        }
+    }
+    Ok(())
+}
+
+/// Quorum queue arguments under which the broker's own dead-lettering never drops a message.
+fn safe_dead_lettering(exchange: &str, key: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-dead-letter-exchange".into(), text(exchange));
+    if let Some(key) = key {
+        args.insert("x-dead-letter-routing-key".into(), text(key));
+    }
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_string()))
+}
+
+pub(super) fn classify(err: lapin::Error, name: &str) -> QueueError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
+        && amqp.get_id() == 406
+    {
+        return QueueError::TopologyMismatch {
+            queue: name.to_string(),
+            detail: amqp.get_message().to_string(),
+        };
+    }
+    unavailable(err)
+}
