@@ -1,0 +1,127 @@
+//! ExecuteBillQuery and View: the fields the simulator can answer and the filters it reads.
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+
+/// The quantities a bill takes out, by `"{stock}:{material}"`.
+pub(super) fn outbound(model: &Value) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let number = |v: Option<&Value>| {
+        v.and_then(Value::as_object)
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("FNumber")))
+            .and_then(|(_, n)| n.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    for e in model
+        .get("FEntity")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = format!(
+            "{}:{}",
+            number(e.get("FStockId")),
+            number(e.get("FMaterialId"))
+        );
+        *out.entry(key).or_default() += common::messages::num_field(e.get("FQty")).unwrap_or(0.0);
+    }
+    out
+}
+
+/// Header fields ExecuteBillQuery answers.
+pub(super) const HEADER_KEYS: &[&str] = &["FID", "FBillNo", "FDocumentStatus", "FDate"];
+/// Entry fields ExecuteBillQuery answers (one row per entry).
+pub(super) const ENTRY_KEYS: &[&str] = &[
+    "FMaterialId.FNumber",
+    "FStockId.FNumber",
+    "FLot.FNumber",
+    "FQty",
+    "FEntryNote",
+];
+
+/// One column of a query row.
+pub(super) fn field(bill: &SavedBill, entry: Option<&Value>, key: &str) -> Value {
+    let number = |v: Option<&Value>| {
+        v.and_then(|r| r.as_object())
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("FNumber")))
+            .map_or(Value::Null, |(_, n)| n.clone())
+    };
+    let of_entry = |name: &str| {
+        entry
+            .and_then(|e| e.as_object())
+            .and_then(|e| find(e, name))
+    };
+    match key.to_ascii_lowercase().as_str() {
+        "fid" => json!(bill.id),
+        "fbillno" => json!(bill.bill_no),
+        "fdocumentstatus" => json!(bill.status),
+        "fdate" => bill.model.get("FDate").cloned().unwrap_or(Value::Null),
+        "fmaterialid.fnumber" => number(of_entry("FMaterialId")),
+        "fstockid.fnumber" => number(of_entry("FStockId")),
+        "flot.fnumber" => number(of_entry("FLot")),
+        "fqty" => of_entry("FQty").cloned().unwrap_or(Value::Null),
+        _ => of_entry("FEntryNote").cloned().unwrap_or(Value::Null),
+    }
+}
+
+/// The FilterString forms the simulator understands: `FBillNo='X'`, `FBillNo in ('A','B')`,
+/// `FID=1`, or nothing.
+pub(super) enum Filter {
+    All,
+    BillNo(BTreeSet<String>),
+    Id(i64),
+}
+
+impl Filter {
+    pub(super) fn parse(text: &str) -> Option<Filter> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(Filter::All);
+        }
+        let lower = text.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("fid") {
+            return rest
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+                .map(Filter::Id);
+        }
+        let rest = lower.strip_prefix("fbillno")?;
+        let original = &text[text.len() - rest.len()..];
+        let original = original.trim();
+        let list = if let Some(v) = original.strip_prefix('=') {
+            v.trim().to_string()
+        } else if original.to_ascii_lowercase().starts_with("in") {
+            original[2..]
+                .trim()
+                .strip_prefix('(')?
+                .strip_suffix(')')?
+                .to_string()
+        } else {
+            return None;
+        };
+        let numbers = list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .strip_prefix('\'')
+                    .and_then(|s| s.strip_suffix('\''))
+                    .map(str::to_string)
+            })
+            .collect::<Option<BTreeSet<String>>>()?;
+        Some(Filter::BillNo(numbers))
+    }
+
+    pub(super) fn matches(&self, bill: &SavedBill) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::BillNo(numbers) => numbers.contains(&bill.bill_no),
+            Filter::Id(id) => bill.id == *id,
+        }
+    }
+}
