@@ -3,6 +3,7 @@
 //!
 //! Workers depend on this crate and on the API clients, never on each other.
 
+pub mod backoff;
 pub mod config;
 pub mod files;
 pub mod http;

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use common::config::{JstConfig, Secret};
 use common::messages::int_field;
 use common::telemetry::Metrics;
@@ -229,12 +228,11 @@ impl JstClient {
     /// A business call retried with jittered exponential backoff on transient failures (rate
     /// limits, timestamp skew, 5xx, timeouts, truncated bodies), up to a bound.
     pub async fn call_retrying(&self, path: &str, biz: &Value) -> Result<Value, JstError> {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .with_max_times(MAX_RETRIES)
-            .build();
+        let mut delays = common::backoff::jittered(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            Some(MAX_RETRIES),
+        );
         loop {
             match self.call(path, biz).await {
                 Err(e) if e.is_transient() => {

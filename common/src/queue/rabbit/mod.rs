@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -150,12 +149,8 @@ impl RabbitBroker {
             warn!(connection = %self.inner.name, "RabbitMQ connection lost for good; building a new one.");
             *guard = None;
         }
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays =
+            crate::backoff::jittered(Duration::from_millis(500), Duration::from_secs(10), None);
         loop {
             let opened = tokio::select! {
                 () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
@@ -245,12 +240,11 @@ impl RabbitBroker {
     /// lost with the connection are sent again; a nack or a return is an error.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
         let mut pending = messages;
-        let mut pauses = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .with_max_times(PUBLISH_ROUNDS)
-            .build();
+        let mut pauses = crate::backoff::jittered(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            Some(PUBLISH_ROUNDS),
+        );
         while !pending.is_empty() {
             let live = self.live().await?;
             let mut confirms = Vec::with_capacity(pending.len());
