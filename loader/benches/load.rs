@@ -21,32 +21,11 @@ use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use common::telemetry::Stage;
 use common::worker::Context;
+use e2e::{bench_arg as arg, proc_mib};
 use kingdee::KingdeeClient;
 use serde_json::json;
 use sim::kingdee::{KingdeeBehaviour, KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn bill(no: &str) -> Outgoing {
     let org = json!({"FNumber": "100"});
@@ -123,7 +102,7 @@ async fn run(
         concurrency,
     };
     let ctx = Context::new(&[Stage::Loader]);
-    let before = rss_mib("VmRSS:");
+    let before = proc_mib(None, "VmRSS:");
     let started = Instant::now();
     let stage = tokio::spawn({
         let (broker, ctx) = (broker.clone(), ctx.clone());
@@ -141,7 +120,7 @@ async fn run(
     rabbit.delete_topology().await.ok();
     rabbit.close().await;
     stop.cancel();
-    (secs, before, rss_mib("VmHWM:"))
+    (secs, before, proc_mib(None, "VmHWM:"))
 }
 
 #[tokio::main]

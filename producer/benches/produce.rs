@@ -21,32 +21,11 @@ use common::config::{AmqpConfig, Dur, JstConfig, ProducerConfig, Secret, StartAt
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Topology};
 use common::telemetry::{Metrics, Stage};
+use e2e::{bench_arg as arg, proc_mib};
 use jst::JstClient;
 use producer::Producer;
 use sim::jst::{JstBehaviour, JstCredentials, JstSim};
 use tokio_util::sync::CancellationToken;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 struct Run {
     stop: CancellationToken,
@@ -145,7 +124,7 @@ async fn main() {
         50,
     )
     .await;
-    let before = rss_mib("VmRSS:");
+    let before = proc_mib(None, "VmRSS:");
     let started = Instant::now();
     let report = run.producer.poll_once().await.expect("poll");
     let secs = started.elapsed().as_secs_f64();
@@ -157,7 +136,7 @@ async fn main() {
     );
     println!(
         "memory: {before:.1} MiB resident with the simulator's documents loaded, peak {:.1} MiB during the poll",
-        rss_mib("VmHWM:")
+        proc_mib(None, "VmHWM:")
     );
     finish(run).await;
 

@@ -321,3 +321,31 @@ pub fn queue_messages(name: &str) -> Option<u64> {
 pub fn queue_unacked(name: &str) -> Option<u64> {
     queue_stat(name, "messages_unacknowledged")
 }
+
+/// A numeric flag of a benchmark's command line (`--documents 5000`), or `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A memory figure of a process from `/proc/…/status` (`"VmRSS:"` now, `"VmHWM:"` its peak),
+/// in MiB: of process `pid`, or of this one; 0 when it cannot be read.
+pub fn proc_mib(pid: Option<u32>, field: &str) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/status".to_string(),
+        |p| format!("/proc/{p}/status"),
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -13,7 +13,8 @@ use common::messages::Headers;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use e2e::{
-    Proc, Scratch, binary, delete_queues, free_port, get_json, http, queue_messages, wait_ok,
+    Proc, Scratch, binary, delete_queues, free_port, get_json, http, proc_mib, queue_messages,
+    wait_ok,
 };
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -22,17 +23,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5";
-
-/// Peak resident memory of a process (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
 
 struct Setup {
     dir: Scratch,
@@ -236,8 +226,11 @@ async fn a_document_of_100000_lines_is_booked_in_parts_within_the_memory_limits(
         "every line booked once"
     );
     assert!((total - want).abs() < 1e-6, "{total} != {want}");
-    let (t, l) = (peak_rss_mib(transformer.pid()), peak_rss_mib(loader.pid()));
-    let p = peak_rss_mib(producer.pid());
+    let (t, l) = (
+        proc_mib(Some(transformer.pid()), "VmHWM:"),
+        proc_mib(Some(loader.pid()), "VmHWM:"),
+    );
+    let p = proc_mib(Some(producer.pid()), "VmHWM:");
     eprintln!("peak RSS: producer {p:.0} MiB, transformer {t:.0} MiB, loader {l:.0} MiB");
     assert!(p < 256.0, "producer peaked at {p:.0} MiB (limit 256)");
     assert!(t < 256.0, "transformer peaked at {t:.0} MiB (limit 256)");

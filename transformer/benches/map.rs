@@ -19,17 +19,9 @@ use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use common::worker::Context;
+use e2e::bench_arg as arg;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn document(io_id: i64) -> Value {
     let items: Vec<Value> = (0..20)
