@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod intake;
 pub mod messages;
 pub mod queue;
 pub mod settle;

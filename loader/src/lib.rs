@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use common::config::AfterSave;
 use common::config::{Config, ConfigError, LoaderConfig};
+use common::intake::Intake;
 use common::messages::{BillMessage, header, header_text};
 use common::queue::{Broker, Delivery, QueueError, Work};
 use common::settle::{DeadReason, Settler};
@@ -63,17 +64,16 @@ pub async fn run(
         .batch_size
         .saturating_mul(config.concurrency.saturating_add(1));
     let prefetch = prefetch.max(u16::try_from(wanted).unwrap_or(u16::MAX));
-    let mut consumer = broker.consume(Work::Bills, prefetch).await?;
-    let settler = Settler::new(
-        broker.clone(),
-        ctx.metrics.clone(),
-        Stage::Loader,
-        Work::Bills,
-    );
+    let mut intake = Intake::open(&broker, Stage::Loader, Work::Bills, prefetch, &ctx).await?;
+    let settler = intake.settler().clone();
+    let tasks = intake.tasks().clone();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    let tasks = TaskTracker::new();
     let linger = config.linger.0;
-    info!(queue = %broker.topology().work_queue(Work::Bills), prefetch, batch_size = config.batch_size, concurrency = config.concurrency, "Loader consuming.");
+    info!(
+        batch_size = config.batch_size,
+        concurrency = config.concurrency,
+        "Loader batching."
+    );
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut batch_entries = 0;
@@ -85,22 +85,16 @@ pub async fn run(
             }
         };
         tokio::select! {
-            () = ctx.cancel.cancelled() => break,
             () = linger_over => {
                 flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
                 deadline = None;
                 batch_entries = 0;
             }
-            next = consumer.next() => {
+            next = intake.next() => {
                 let Some(delivery) = next else { break };
-                let in_flight = InFlight::start(&ctx);
-                ctx.metrics.consumed.with_label_values(&[Stage::Loader.as_str()]).inc();
-                if let Some(reason) = settler.oversized(&delivery) {
-                    warn!(message_id = %common::http::escape(delivery.message_id.as_deref().unwrap_or("")), error = %reason.error, "Bill too large; dead-lettering it unread.");
-                    settler.dead_letter(delivery, reason).await.ok();
-                    drop(in_flight);
+                let Some((delivery, in_flight)) = intake.admit(delivery).await else {
                     continue;
-                }
+                };
                 match BillMessage::from_slice(&delivery.body) {
                     Ok(bill) => {
                         batch_entries += bill.entry_count();
@@ -122,14 +116,9 @@ pub async fn run(
             }
         }
     }
-    consumer.cancel().await;
+    intake.stop().await;
     flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
-    tasks.close();
-    tasks.wait().await;
-    info!("Loader stopped consuming; every held bill was settled.");
-    broker
-        .fatal()
-        .map_or(Ok(()), |e| Err(WorkerError::Queue(e)))
+    intake.finish().await
 }
 
 /// Hands the open batch to a BatchSave task once a concurrency slot is free.

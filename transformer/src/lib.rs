@@ -10,14 +10,14 @@ pub mod mapping;
 
 use common::config::{Config, MappingConfig};
 use common::http::escape;
+use common::intake::Intake;
 use common::messages::{self, CountDoc, header};
 use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
-use common::worker::{self, Context, InFlight, WorkerError};
+use common::worker::{self, Context, WorkerError};
 use serde_json::Value;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
@@ -33,43 +33,24 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
 /// Consumes `{prefix}.counts` until `ctx.cancel` fires, then finishes what it holds.
 pub async fn run(config: &MappingConfig, broker: Broker, ctx: Context) -> Result<(), WorkerError> {
     let prefetch = broker.topology().prefetch;
-    let mut consumer = broker.consume(Work::Counts, prefetch).await?;
-    let settler = Settler::new(
-        broker.clone(),
-        ctx.metrics.clone(),
-        Stage::Transformer,
-        Work::Counts,
-    );
-    info!(queue = %broker.topology().work_queue(Work::Counts), prefetch, "Transformer consuming.");
-    // This stage's own tasks, awaited before it returns (the context's tracker outlives it).
-    let tasks = TaskTracker::new();
-    loop {
-        let delivery = tokio::select! {
-            () = ctx.cancel.cancelled() => break,
-            d = consumer.next() => match d {
-                Some(d) => d,
-                None => break,
-            },
+    let mut intake =
+        Intake::open(&broker, Stage::Transformer, Work::Counts, prefetch, &ctx).await?;
+    while let Some(delivery) = intake.next().await {
+        let Some((delivery, in_flight)) = intake.admit(delivery).await else {
+            continue;
         };
-        let guard = InFlight::start(&ctx);
-        ctx.metrics
-            .consumed
-            .with_label_values(&[Stage::Transformer.as_str()])
-            .inc();
-        let (broker, settler, config, ctx2) =
-            (broker.clone(), settler.clone(), config.clone(), ctx.clone());
-        tasks.spawn(async move {
+        let (broker, settler, config, ctx2) = (
+            broker.clone(),
+            intake.settler().clone(),
+            config.clone(),
+            ctx.clone(),
+        );
+        intake.tasks().spawn(async move {
             handle(delivery, &config, &broker, &settler, &ctx2).await;
-            drop(guard);
+            drop(in_flight);
         });
     }
-    consumer.cancel().await;
-    tasks.close();
-    tasks.wait().await;
-    info!("Transformer stopped consuming; every held document was settled.");
-    broker
-        .fatal()
-        .map_or(Ok(()), |e| Err(WorkerError::Queue(e)))
+    intake.finish().await
 }
 
 /// Settles one document.
@@ -80,11 +61,6 @@ async fn handle(
     settler: &Settler,
     ctx: &Context,
 ) {
-    if let Some(reason) = settler.oversized(&delivery) {
-        warn!(message_id = %escape(delivery.message_id.as_deref().unwrap_or("")), error = %reason.error, "Count document too large; dead-lettering it unread.");
-        settler.dead_letter(delivery, reason).await.ok();
-        return;
-    }
     let raw: Value = match serde_json::from_slice(&delivery.body) {
         Ok(v) => v,
         Err(e) => {
