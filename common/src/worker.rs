@@ -155,9 +155,7 @@ pub async fn connect_rabbit(
                 }
                 // Dead letters wait for a person: their count drives an alert that stays on
                 // until they are replayed or purged.
-                if let Broker::Rabbit(rabbit) = &watched
-                    && let Ok(depth) = rabbit.dead_depth().await
-                {
+                if let Ok(depth) = watched.dead_depth().await {
                     gauge("dead", depth);
                 }
             }

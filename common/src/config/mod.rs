@@ -117,7 +117,7 @@ impl Config {
                 "must start with amqp:// or amqps://",
             ));
         }
-        if url.parse::<lapin::uri::AMQPUri>().is_err() {
+        if !crate::queue::rabbit::is_valid_url(url) {
             // Caught here, it is a configuration error (exit 2), not an endless "cannot reach".
             return Err(ConfigError::key(
                 "amqp.url",

@@ -246,7 +246,7 @@ fn encoded_value_len(value: &serde_json::Value) -> usize {
 /// How a delivery is settled with the broker.
 pub(crate) enum Acker {
     Memory(memory::MemoryAcker),
-    Rabbit(lapin::Acker),
+    Rabbit(rabbit::RabbitAcker),
 }
 
 /// A message received from a work queue.
@@ -275,18 +275,6 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// lapin answers `Ok(false)` when it did not send the ack (the channel was recovered or closed
-/// meanwhile): the broker will redeliver, so for us it is a failure.
-fn sent(result: Result<bool, lapin::Error>) -> Result<(), QueueError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(QueueError::Unavailable(
-            "the channel of this delivery is gone; the broker will redeliver it".into(),
-        )),
-        Err(e) => Err(QueueError::Unavailable(e.to_string())),
-    }
-}
-
 impl Delivery {
     pub(crate) fn new(
         message_id: Option<String>,
@@ -311,7 +299,7 @@ impl Delivery {
                 a.ack();
                 Ok(())
             }
-            Some(Acker::Rabbit(a)) => sent(a.ack(lapin::options::BasicAckOptions::default()).await),
+            Some(Acker::Rabbit(a)) => a.ack().await,
             None => Ok(()),
         }
     }
@@ -323,13 +311,7 @@ impl Delivery {
                 a.requeue();
                 Ok(())
             }
-            Some(Acker::Rabbit(a)) => sent(
-                a.nack(lapin::options::BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await,
-            ),
+            Some(Acker::Rabbit(a)) => a.requeue().await,
             None => Ok(()),
         }
     }
@@ -349,17 +331,7 @@ impl Drop for Delivery {
             None => {}
             // The in-process acker requeues itself on drop.
             Some(Acker::Memory(a)) => drop(a),
-            Some(Acker::Rabbit(a)) => {
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        let options = lapin::options::BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        };
-                        a.nack(options).await.ok();
-                    });
-                }
-            }
+            Some(Acker::Rabbit(a)) => a.requeue_detached(),
         }
     }
 }
@@ -429,6 +401,14 @@ impl Broker {
         match self {
             Broker::Memory(_) => true,
             Broker::Rabbit(b) => b.is_ready(),
+        }
+    }
+
+    /// Dead letters waiting for a person.
+    pub async fn dead_depth(&self) -> Result<u64, QueueError> {
+        match self {
+            Broker::Memory(b) => Ok(b.dead_letters().len() as u64),
+            Broker::Rabbit(b) => b.dead_depth().await,
         }
     }
 

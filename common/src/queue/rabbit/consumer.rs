@@ -133,6 +133,6 @@ fn convert(delivery: lapin::message::Delivery) -> Delivery {
         headers,
         delivery.data,
         delivery.redelivered,
-        Acker::Rabbit(delivery.acker),
+        Acker::Rabbit(RabbitAcker(delivery.acker)),
     )
 }

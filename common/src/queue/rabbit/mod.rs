@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{Acker, Delivery, Destination, Outgoing, QueueError, Topology, Work};
 
+mod acker;
 mod consumer;
 mod dead;
 mod headers;
@@ -37,6 +38,7 @@ mod topology;
 
 use crate::config::Secret;
 use crate::messages::Headers;
+pub use acker::RabbitAcker;
 pub use consumer::RabbitConsumer;
 pub use dead::{DeadLetterBatch, HeldDeadLetter};
 pub use headers::{from_table, to_table};
@@ -63,6 +65,12 @@ struct Inner {
     cancel: CancellationToken,
     /// A failure retrying cannot fix (the topology changed under us); the process stops.
     fatal: std::sync::Mutex<Option<QueueError>>,
+}
+
+/// Whether `url` is an AMQP URL lapin can connect with (`amqp.url` is checked at start, so a
+/// typo is a configuration error rather than endless reconnects).
+pub fn is_valid_url(url: &str) -> bool {
+    url.parse::<lapin::uri::AMQPUri>().is_ok()
 }
 
 /// How long opening a connection (TCP, TLS, AMQP handshake) may take: a TLS client talking
