@@ -8,6 +8,7 @@
 //! the bill-number uniqueness tell it what was saved.
 
 mod answer;
+pub mod events;
 pub mod sign;
 
 use answer::body_start;
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use common::config::{AfterSave, KingdeeAuth, KingdeeConfig, Secret};
 use common::telemetry::Metrics;
+use events::{CallMetrics, Op, Outcome};
 use serde_json::{Value, json};
 use tracing::debug;
 
@@ -182,7 +184,7 @@ pub struct KingdeeClient {
     allow_negative_stock: bool,
     after_save: AfterSave,
     sessions: Arc<Sessions>,
-    metrics: Option<Arc<Metrics>>,
+    calls: Option<CallMetrics>,
 }
 
 /// Login sessions, one per call in flight: Kingdee serves one call at a time per session, so
@@ -256,7 +258,7 @@ impl KingdeeClient {
             allow_negative_stock: config.allow_negative_stock,
             after_save: config.after_save,
             sessions: Arc::new(Sessions::new(concurrency)),
-            metrics,
+            calls: metrics.as_deref().map(CallMetrics::new),
         })
     }
 
@@ -364,21 +366,14 @@ impl KingdeeClient {
             Ok(body) => read_login(&body),
             Err(e) => Err(e),
         };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) if e.is_transient() => "transient",
-            Err(_) => "failed",
-        };
-        self.observe("login", started, outcome);
+        self.record(Op::Login, started, Outcome::of(&result));
         result
     }
 
-    fn observe(&self, op: &str, started: Instant, outcome: &str) {
-        if let Some(m) = &self.metrics {
-            m.kingdee_request_seconds
-                .with_label_values(&[op])
-                .observe(started.elapsed().as_secs_f64());
-            m.kingdee_requests.with_label_values(&[op, outcome]).inc();
+    /// Counts and times one call (see [`events`]).
+    fn record(&self, op: Op, started: Instant, outcome: Outcome) {
+        if let Some(calls) = &self.calls {
+            calls.call(op, started, outcome);
         }
     }
 
@@ -430,13 +425,7 @@ impl KingdeeClient {
             Ok(body) => read_batch_save(&body, models.len()),
             Err(e) => Err(e),
         };
-        let outcome = match &result {
-            Ok(r) if r.iter().all(|b| matches!(b, BillResult::Saved { .. })) => "ok",
-            Ok(_) => "partial",
-            Err(e) if e.is_transient() => "transient",
-            Err(_) => "failed",
-        };
-        self.observe("batch_save", started, outcome);
+        self.record(Op::BatchSave, started, Outcome::of_bills(&result));
         result
     }
 
@@ -462,13 +451,11 @@ impl KingdeeClient {
             Ok(body) => read_batch_save(&body, numbers.len()),
             Err(e) => Err(e),
         };
-        let outcome = match &result {
-            Ok(r) if r.iter().all(|b| matches!(b, BillResult::Saved { .. })) => "ok",
-            Ok(_) => "partial",
-            Err(e) if e.is_transient() => "transient",
-            Err(_) => "failed",
+        let call = match op {
+            Operation::Submit => Op::Submit,
+            Operation::Audit => Op::Audit,
         };
-        self.observe(op.label(), started, outcome);
+        self.record(call, started, Outcome::of_bills(&result));
         result
     }
 
@@ -500,12 +487,7 @@ impl KingdeeClient {
                 Ok(body) => read_query(&body),
                 Err(e) => Err(e),
             };
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) if e.is_transient() => "transient",
-                Err(_) => "failed",
-            };
-            self.observe("execute_bill_query", started, outcome);
+            self.record(Op::ExecuteBillQuery, started, Outcome::of(&result));
             let page = result?;
             let full = page.len() >= QUERY_PAGE;
             rows.extend(page);
