@@ -313,6 +313,17 @@ impl BillMessage {
                 bill.bill_no
             )));
         }
+        // A new bill only: an FID or FEntryID would make BatchSave update (and, with
+        // IsDeleteEntry, empty) a bill Kingdee already holds.
+        let id_set = |v: Option<&Value>| {
+            v.is_some_and(|v| !(v.is_null() || *v == 0 || *v == "0" || *v == ""))
+        };
+        if id_set(bill.model.get("FID")) {
+            return Err(DocError(format!(
+                "bill {}: model.FID names an existing bill; only new bills are sent",
+                bill.bill_no
+            )));
+        }
         let Some(entries) = bill.model.get("FEntity").and_then(Value::as_array) else {
             return Err(DocError(format!(
                 "bill {}: model.FEntity is not a list of entries",
@@ -326,6 +337,13 @@ impl BillMessage {
             )));
         }
         for (i, entry) in entries.iter().enumerate() {
+            if id_set(entry.get("FEntryID")) {
+                return Err(DocError(format!(
+                    "bill {}: entry {} names an existing entry (FEntryID)",
+                    bill.bill_no,
+                    i + 1
+                )));
+            }
             let qty = entry.get("FQty").and_then(Value::as_f64);
             if !qty.is_some_and(|q| q.is_finite() && q > 0.0) {
                 return Err(DocError(format!(
@@ -403,6 +421,14 @@ mod tests {
             json!({"FBillNo": "B1", "FEntity": [entry(json!(2.5))]}),
         );
         let parsed = BillMessage::from_slice(good.as_bytes()).expect("good bill");
+        let with_zero_fid = bill(
+            "STK_MisDelivery",
+            json!({"FID": 0, "FBillNo": "B1", "FEntity": [entry(json!(1))]}),
+        );
+        assert!(
+            BillMessage::from_slice(with_zero_fid.as_bytes()).is_ok(),
+            "FID 0 is a new bill"
+        );
         assert_eq!(parsed.entry_count(), 1);
         let gain = bill(
             "STK_MISCELLANEOUS",
@@ -440,6 +466,16 @@ mod tests {
             bill(
                 "STK_MisDelivery",
                 json!({"FBillNo": "B1", "FEntity": [entry(json!(null))]}),
+            ),
+            // An existing bill or entry would be overwritten: only new bills are sent.
+            bill(
+                "STK_MisDelivery",
+                json!({"FID": 140_670, "FBillNo": "B1", "FEntity": [entry(json!(1))]}),
+            ),
+            bill(
+                "STK_MisDelivery",
+                json!({"FBillNo": "B1",
+                    "FEntity": [{"FEntryID": 9, "FMaterialId": {"FNumber": "M"}, "FQty": 1}]}),
             ),
         ];
         for body in bad {

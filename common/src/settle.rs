@@ -392,6 +392,27 @@ mod tests {
     }
 
     #[test]
+    fn ids_and_header_names_beyond_a_short_string_are_refused_not_sent() {
+        let message = |id: String, name: String| crate::queue::Outgoing {
+            destination: crate::queue::Destination::Dead,
+            message_id: id,
+            headers: [(name, Value::from(1))].into_iter().collect(),
+            body: Vec::new(),
+        };
+        let ok = message("a".repeat(255), "h".repeat(255));
+        assert!(crate::queue::check_size(&ok, 131_072).is_ok());
+        for bad in [
+            message("a".repeat(256), "h".into()),
+            message("a".into(), "h".repeat(256)),
+        ] {
+            assert!(matches!(
+                crate::queue::check_size(&bad, 131_072),
+                Err(QueueError::TooLarge { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn truncation_keeps_utf8_and_marks_the_cut() {
         let long = "错".repeat(3000);
         let cut = truncate(&long, MAX_ERROR_BYTES);

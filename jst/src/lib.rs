@@ -430,7 +430,7 @@ pub fn read_page(mut data: Value, page_size: u32) -> Result<Page, JstError> {
     let page_count = int_field(data.get("page_count"));
     let has_next = match data.get("has_next") {
         Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true") || s.trim() == "1",
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0) != 0,
         _ => match (int_field(data.get("page_index")), page_count) {
             (Some(index), Some(count)) => index < count,
@@ -446,9 +446,9 @@ pub fn read_page(mut data: Value, page_size: u32) -> Result<Page, JstError> {
     })
 }
 
-/// Pages one query may take at most, whatever the answers say: 10,000 pages of 50 is half a
-/// million documents in one window of one status, far beyond any real account.
-pub const MAX_PAGES: u32 = 10_000;
+/// Documents one query may page through at most, whatever the answers say: half a million in
+/// one window of one status, far beyond any real account (10,000 pages of 50).
+pub const MAX_DOCUMENTS: u32 = 500_000;
 
 /// Guards the paging of one pass over a query: paging ends when JST says so, and never runs on
 /// when the answers contradict themselves (`has_next` forever, the same page again, pages past
@@ -507,6 +507,16 @@ impl Paging {
             }
         }
         if !page.has_next {
+            // The last page by has_next, yet the same answer counts more pages: trusting
+            // either could skip documents, so neither is trusted.
+            if !page.datas.is_empty()
+                && let Some(last) = known_last
+                && u64::from(index) < last
+            {
+                return Err(JstError::Protocol(format!(
+                    "says page {index} is the last although it counts {last} page(s); paging stopped"
+                )));
+            }
             return Ok(true);
         }
         if page.datas.is_empty() {
@@ -518,9 +528,10 @@ impl Paging {
                 "sent an empty page {index} that says more pages follow; paging stopped"
             )));
         }
-        if index >= MAX_PAGES {
+        let max_pages = (MAX_DOCUMENTS / self.page_size).max(1);
+        if index >= max_pages {
             return Err(JstError::Protocol(format!(
-                "still says more pages follow after {MAX_PAGES} pages; paging stopped"
+                "still says more pages follow after {max_pages} pages; paging stopped"
             )));
         }
         self.page_index += 1;
@@ -554,6 +565,54 @@ mod tests {
         .expect("page");
         assert!(!page.has_next);
         assert!(page.datas.is_empty());
+    }
+
+    fn page(
+        datas: usize,
+        has_next: bool,
+        counts: Option<(i64, i64)>,
+        first: i64,
+    ) -> (Page, Vec<String>) {
+        let ids: Vec<String> = (0..datas)
+            .map(|i| format!("{}@m", first + i as i64))
+            .collect();
+        let page = Page {
+            datas: ids
+                .iter()
+                .map(|id| serde_json::json!({ "id": id }))
+                .collect(),
+            has_next,
+            data_count: counts.map(|c| c.0),
+            page_count: counts.map(|c| c.1),
+        };
+        (page, ids)
+    }
+
+    #[test]
+    fn paging_stops_on_answers_that_do_not_add_up() {
+        // A last page that its own counts contradict.
+        let mut paging = Paging::new(2);
+        let (p, ids) = page(2, false, Some((6, 3)), 0);
+        let e = paging.judge(&p, &ids).expect_err("contradiction");
+        assert!(
+            e.is_protocol() && e.to_string().contains("counts 3 page"),
+            "{e}"
+        );
+        // The same sequence told consistently ends normally.
+        let mut paging = Paging::new(2);
+        for (i, last) in [(0, false), (2, false), (4, true)] {
+            let (p, ids) = page(2, !last, Some((6, 3)), i);
+            assert_eq!(paging.judge(&p, &ids).expect("consistent"), last);
+        }
+        // has_next as text "1" means more.
+        let data = serde_json::json!({"has_next": "1", "datas": [{"io_id": 1}]});
+        assert!(read_page(data, 50).expect("page").has_next);
+        // The cap counts documents, not pages: page_size 1 may page far beyond 10,000.
+        let mut paging = Paging::new(1);
+        for i in 0..20_000 {
+            let (p, ids) = page(1, true, None, i);
+            assert!(!paging.judge(&p, &ids).expect("within the cap"));
+        }
     }
 
     #[test]

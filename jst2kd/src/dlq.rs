@@ -227,7 +227,7 @@ impl Selection {
 
 /// The headers a replayed message keeps: none of the failure's, one more `jst2kd-replayed`.
 pub fn replay_headers(headers: &Headers) -> Headers {
-    let mut kept: Headers = headers
+    let kept: Headers = headers
         .iter()
         .filter(|(k, _)| {
             !k.starts_with("x-")
@@ -247,6 +247,9 @@ pub fn replay_headers(headers: &Headers) -> Headers {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let replayed = header_int(headers, header::REPLAYED).unwrap_or(0) + 1;
+    // Bounded like any copy: a message the broker dead-lettered itself keeps whatever headers
+    // it came with, and a copy too large for a frame could never be replayed.
+    let mut kept = common::settle::bounded_headers(&kept);
     kept.insert(header::REPLAYED.into(), replayed.into());
     kept
 }

@@ -41,6 +41,9 @@ pub enum ProducerError {
     /// The checkpoint cannot be read or written.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A window could not be read whole (it kept changing); the next poll tries again.
+    #[error("{0}")]
+    Unsettled(String),
 }
 
 /// Splits `[from, to]` into consecutive windows of at most `max`.
@@ -121,9 +124,23 @@ pub struct Producer {
     recent: Mutex<Recent>,
 }
 
-/// The message id of a document version: `{io_id}@{modified}`.
+/// The message id of a document version: `{io_id}@{modified}`, kept within AMQP's 255 bytes
+/// (a `modified` that long is no date JST writes, but it must not stop the producer): a longer
+/// one is cut and given a stable hash of the whole.
 fn message_id(doc: &Value) -> String {
-    jst::document_version(doc)
+    let id = jst::document_version(doc);
+    if id.len() <= 255 {
+        return id;
+    }
+    // FNV-1a: stable across builds and restarts, so the overlap still recognises the version.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut end = 200;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}#{hash:016x}", &id[..end])
 }
 
 impl Producer {
@@ -254,7 +271,12 @@ impl Producer {
                     break;
                 }
                 if pass == MAX_PASSES {
-                    warn!(status = %status, from = %query.modified_begin, to = %query.modified_end, "The window kept changing while it was paged; the next poll's overlap scans it again.");
+                    // Not provably read whole: the checkpoint must not pass it. The next poll
+                    // starts from the checkpoint and scans it again.
+                    return Err(ProducerError::Unsettled(format!(
+                        "the window {} – {} ({status}) kept changing while it was paged {MAX_PASSES} times",
+                        query.modified_begin, query.modified_end
+                    )));
                 } else {
                     debug!(status = %status, pass, "The window changed while it was paged; scanning it again.");
                 }
@@ -490,6 +512,18 @@ pub const CONFIGURATION_RETRY: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_fit_an_amqp_short_string() {
+        let doc = serde_json::json!({"io_id": 7, "modified": "2026-11-01 10:00:00"});
+        assert_eq!(message_id(&doc), "7@2026-11-01 10:00:00");
+        let long = serde_json::json!({"io_id": 7, "modified": "改".repeat(200)});
+        let id = message_id(&long);
+        assert!(id.len() <= 255 && id.starts_with("7@"), "{id}");
+        assert_eq!(id, message_id(&long), "stable");
+        let other = serde_json::json!({"io_id": 7, "modified": format!("{}x", "改".repeat(200))});
+        assert_ne!(id, message_id(&other));
+    }
 
     #[test]
     fn periods_split_into_windows_of_at_most_seven_days() {

@@ -193,6 +193,22 @@ const HEADER_FRAME_RESERVE: usize = 1024;
 /// bytes (a content header cannot be split; the broker closes the connection over a larger
 /// one) and its body is within the broker's message size.
 pub fn check_size(message: &Outgoing, frame_max: usize) -> Result<(), QueueError> {
+    // AMQP short strings: longer ones cannot be encoded at all (lapin would panic).
+    if message.message_id.len() > 255 {
+        return Err(QueueError::TooLarge {
+            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
+            what: "a message id over 255 bytes".into(),
+        });
+    }
+    if let Some(name) = message.headers.keys().find(|n| n.len() > 255) {
+        return Err(QueueError::TooLarge {
+            message_id: crate::http::escape(&message.message_id),
+            what: format!(
+                "a header name over 255 bytes ({}…)",
+                crate::http::escape(&crate::settle::truncate(name, 40))
+            ),
+        });
+    }
     let headers = encoded_headers_len(&message.headers) + message.message_id.len();
     if headers + HEADER_FRAME_RESERVE > frame_max {
         return Err(QueueError::TooLarge {
