@@ -2,40 +2,14 @@
 //! `jst2kd check` against both simulators and the real RabbitMQ.
 
 use std::process::Command;
-use std::time::Duration;
 
-use e2e::{Proc, Scratch, binary, delete_queues, free_port, http, wait_ok};
+use e2e::{Scratch, Sims, binary, delete_queues};
 
 #[tokio::test]
 async fn check_reports_each_part_and_fails_on_a_wrong_secret() {
     let dir = Scratch::new("check");
-    let (jp, kp) = (free_port(), free_port());
-    let (jst, kingdee) = (
-        format!("http://127.0.0.1:{jp}"),
-        format!("http://127.0.0.1:{kp}"),
-    );
-    let _sims = [
-        Proc::start(
-            "sim-jst",
-            "jst2kd",
-            &["sim", "jst", "--listen", &format!("127.0.0.1:{jp}")],
-            &[],
-            &dir.0,
-        ),
-        Proc::start(
-            "sim-kingdee",
-            "jst2kd",
-            &["sim", "kingdee", "--listen", &format!("127.0.0.1:{kp}")],
-            &[],
-            &dir.0,
-        ),
-    ];
-    for url in [format!("{jst}/_sim/stats"), format!("{kingdee}/_sim/bills")] {
-        assert!(
-            wait_ok(&http(), &url, Duration::from_secs(20)).await,
-            "{url}"
-        );
-    }
+    let sims = Sims::start(&dir.0, &[]).await;
+    let (jst, kingdee) = (sims.jst.clone(), sims.kingdee.clone());
     let prefix = format!("jst2kdtest-check-{}", std::process::id());
     let run = |extra: &[(&str, &str)]| {
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/local.toml");

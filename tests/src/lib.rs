@@ -349,3 +349,48 @@ pub fn proc_mib(pid: Option<u32>, field: &str) -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Both simulators as processes (`jst2kd sim jst` with `jst_args`, `jst2kd sim kingdee`) on free
+/// loopback ports, up and answering; stopped when dropped.
+pub struct Sims {
+    /// Base URL of the Jushuitan simulator.
+    pub jst: String,
+    /// Base URL of the Kingdee simulator (its site is `{kingdee}/k3cloud`).
+    pub kingdee: String,
+    _procs: [Proc; 2],
+}
+
+impl Sims {
+    /// Starts both, logging into `dir`, and waits until each answers.
+    pub async fn start(dir: &Path, jst_args: &[&str]) -> Self {
+        let (jp, kp) = (free_port(), free_port());
+        let jst_listen = format!("127.0.0.1:{jp}");
+        let mut args = vec!["sim", "jst", "--listen", &jst_listen];
+        args.extend_from_slice(jst_args);
+        let procs = [
+            Proc::start("sim-jst", "jst2kd", &args, &[], dir),
+            Proc::start(
+                "sim-kingdee",
+                "jst2kd",
+                &["sim", "kingdee", "--listen", &format!("127.0.0.1:{kp}")],
+                &[],
+                dir,
+            ),
+        ];
+        let (jst, kingdee) = (
+            format!("http://127.0.0.1:{jp}"),
+            format!("http://127.0.0.1:{kp}"),
+        );
+        for url in [format!("{jst}/_sim/stats"), format!("{kingdee}/_sim/bills")] {
+            assert!(
+                wait_ok(&http(), &url, Duration::from_secs(20)).await,
+                "simulator not up at {url}"
+            );
+        }
+        Self {
+            jst,
+            kingdee,
+            _procs: procs,
+        }
+    }
+}

@@ -13,8 +13,8 @@ use common::messages::Headers;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use e2e::{
-    Proc, Scratch, binary, delete_queues, free_port, get_json, http, proc_mib, queue_messages,
-    wait_ok,
+    Proc, Scratch, Sims, binary, delete_queues, free_port, get_json, http, proc_mib,
+    queue_messages, wait_ok,
 };
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -29,7 +29,7 @@ struct Setup {
     prefix: String,
     kingdee: String,
     config: String,
-    _sims: Vec<Proc>,
+    _sims: Sims,
 }
 
 impl Setup {
@@ -39,40 +39,8 @@ impl Setup {
         let prefix = format!("jst2kdtest-e2e-{test}-{}", std::process::id());
         let data = dir.path("docs.json");
         std::fs::write(&data, serde_json::to_vec(docs).unwrap()).unwrap();
-        let (jp, kp) = (free_port(), free_port());
-        let sims = vec![
-            Proc::start(
-                "sim-jst",
-                "jst2kd",
-                &[
-                    "sim",
-                    "jst",
-                    "--listen",
-                    &format!("127.0.0.1:{jp}"),
-                    "--data",
-                    data.to_str().unwrap(),
-                ],
-                &[],
-                &dir.0,
-            ),
-            Proc::start(
-                "sim-kingdee",
-                "jst2kd",
-                &["sim", "kingdee", "--listen", &format!("127.0.0.1:{kp}")],
-                &[],
-                &dir.0,
-            ),
-        ];
-        let (jst, kingdee) = (
-            format!("http://127.0.0.1:{jp}"),
-            format!("http://127.0.0.1:{kp}"),
-        );
-        for url in [format!("{jst}/_sim/stats"), format!("{kingdee}/_sim/bills")] {
-            assert!(
-                wait_ok(&http(), &url, Duration::from_secs(20)).await,
-                "{url}"
-            );
-        }
+        let sims = Sims::start(&dir.0, &["--data", data.to_str().unwrap()]).await;
+        let (jst, kingdee) = (sims.jst.clone(), sims.kingdee.clone());
         let config = format!(
             r#"[amqp]
 url = "{URL}"

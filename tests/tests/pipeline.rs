@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Proc, Scratch, delete_queues, free_port, get_json, get_text, http, metric, queue_messages,
-    status, wait_ok,
+    Proc, Scratch, Sims, delete_queues, free_port, get_json, get_text, http, metric,
+    queue_messages, status, wait_ok,
 };
 use serde_json::Value;
 
@@ -107,7 +107,7 @@ struct Pipeline {
     prefix: String,
     jst: String,
     kingdee: String,
-    _sims: Vec<Proc>,
+    _sims: Sims,
     config: String,
 }
 
@@ -115,55 +115,12 @@ impl Pipeline {
     async fn start(test: &str, documents: usize, loader: &str) -> Self {
         let dir = Scratch::new(test);
         let prefix = format!("jst2kdtest-e2e-{test}-{}", std::process::id());
-        let (jp, kp) = (free_port(), free_port());
-        let sims = vec![
-            Proc::start(
-                "sim-jst",
-                "jst2kd",
-                &[
-                    "sim",
-                    "jst",
-                    "--listen",
-                    &format!("127.0.0.1:{jp}"),
-                    "--generate",
-                    &documents.to_string(),
-                    "--seed",
-                    "7",
-                ],
-                &[],
-                &dir.0,
-            ),
-            Proc::start(
-                "sim-kingdee",
-                "jst2kd",
-                &["sim", "kingdee", "--listen", &format!("127.0.0.1:{kp}")],
-                &[],
-                &dir.0,
-            ),
-        ];
-        let (jst, kingdee) = (
-            format!("http://127.0.0.1:{jp}"),
-            format!("http://127.0.0.1:{kp}"),
-        );
-        let client = http();
-        assert!(
-            wait_ok(
-                &client,
-                &format!("{jst}/_sim/stats"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "jst sim up"
-        );
-        assert!(
-            wait_ok(
-                &client,
-                &format!("{kingdee}/_sim/bills"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "kingdee sim up"
-        );
+        let sims = Sims::start(
+            &dir.0,
+            &["--generate", &documents.to_string(), "--seed", "7"],
+        )
+        .await;
+        let (jst, kingdee) = (sims.jst.clone(), sims.kingdee.clone());
         let warehouses: String = WAREHOUSES
             .iter()
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))

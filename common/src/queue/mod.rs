@@ -193,37 +193,32 @@ const HEADER_FRAME_RESERVE: usize = 1024;
 /// bytes (a content header cannot be split; the broker closes the connection over a larger
 /// one) and its body is within the broker's message size.
 pub fn check_size(message: &Outgoing, frame_max: usize) -> Result<(), QueueError> {
+    // The id as an error may show it: escaped, and short.
+    let too_large = |what: String| QueueError::TooLarge {
+        message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
+        what,
+    };
     // AMQP short strings: longer ones cannot be encoded at all (lapin would panic).
     if message.message_id.len() > 255 {
-        return Err(QueueError::TooLarge {
-            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
-            what: "a message id over 255 bytes".into(),
-        });
+        return Err(too_large("a message id over 255 bytes".into()));
     }
     if let Some(name) = message.headers.keys().find(|n| n.len() > 255) {
-        return Err(QueueError::TooLarge {
-            message_id: crate::http::escape(&message.message_id),
-            what: format!(
-                "a header name over 255 bytes ({}…)",
-                crate::http::escape(&crate::settle::truncate(name, 40))
-            ),
-        });
+        return Err(too_large(format!(
+            "a header name over 255 bytes ({}…)",
+            crate::http::escape(&crate::settle::truncate(name, 40))
+        )));
     }
     let headers = encoded_headers_len(&message.headers) + message.message_id.len();
     if headers + HEADER_FRAME_RESERVE > frame_max {
-        return Err(QueueError::TooLarge {
-            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
-            what: format!("headers of {headers} bytes do not fit in a frame of {frame_max}"),
-        });
+        return Err(too_large(format!(
+            "headers of {headers} bytes do not fit in a frame of {frame_max}"
+        )));
     }
     if message.body.len() > BROKER_MAX_MESSAGE_BYTES {
-        return Err(QueueError::TooLarge {
-            message_id: crate::http::escape(&crate::settle::truncate(&message.message_id, 200)),
-            what: format!(
-                "body of {} bytes is over the broker's {BROKER_MAX_MESSAGE_BYTES}",
-                message.body.len()
-            ),
-        });
+        return Err(too_large(format!(
+            "body of {} bytes is over the broker's {BROKER_MAX_MESSAGE_BYTES}",
+            message.body.len()
+        )));
     }
     Ok(())
 }

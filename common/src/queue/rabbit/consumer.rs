@@ -104,7 +104,10 @@ impl RabbitConsumer {
 
     /// Stops deliveries; deliveries already received can still be settled.
     pub async fn cancel(&mut self) {
-        self.cancelled = true;
+        // Once: a stage stops consuming, then its shutdown tail makes sure it did.
+        if std::mem::replace(&mut self.cancelled, true) {
+            return;
+        }
         if let Some(state) = self.state.as_ref() {
             state
                 .channel
