@@ -25,7 +25,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::LogFormat;
+/// Log output format (`runtime.log_format`, `--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
 
 /// Starts logging to stderr (stdout is for command output). `RUST_LOG` refines the level.
 pub fn init_logging(format: LogFormat) {

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Dur, FromLayers, Layers, Section};
 use crate::queue::rabbit::RabbitBroker;
-use crate::queue::{Broker, QueueError, Topology, Work};
-use crate::telemetry::{self, Health, Metrics, Stage};
+use crate::queue::{AmqpConfig, Broker, QueueError, Topology, Work};
+use crate::telemetry::{self, Health, LogFormat, Metrics, Stage};
 
 /// Arguments every worker takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,6 +33,60 @@ pub struct WorkerArgs {
     /// Log format: json (default) or pretty.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// `[runtime]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// How long a graceful shutdown may take.
+    pub shutdown_timeout: Dur,
+    /// `json` or `pretty`.
+    pub log_format: LogFormat,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Dur::secs(30),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl Section for RuntimeConfig {
+    const NAME: &'static str = "runtime";
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.shutdown_timeout.0.is_zero() {
+            return Err(ConfigError::key(
+                "runtime.shutdown_timeout",
+                "must be more than 0 (in-flight work needs time to finish)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address; each binary has its own default port.
+    pub listen: Option<String>,
+}
+
+impl Section for MetricsConfig {
+    const NAME: &'static str = "metrics";
+}
+
+/// What the harness itself reads: `[runtime]` and `[metrics]`, with `--log-format` applied.
+#[derive(Clone, Debug)]
+pub struct Process {
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 /// What a stage is given to run.
@@ -105,30 +161,30 @@ impl WorkerError {
     }
 }
 
-/// Loads and checks the configuration for `stage`, honouring `--log-format`.
-pub fn load_config(args: &WorkerArgs, stage: Option<Stage>) -> Result<Config, ConfigError> {
-    let mut config = Config::load(args.config.as_deref())?;
+/// Loads the file and environment named by `args`: the harness's own sections (with
+/// `--log-format` applied) and the layers, from which a stage or command takes its own.
+pub fn load_config(args: &WorkerArgs) -> Result<(Process, Layers), ConfigError> {
+    let layers = Layers::load(args.config.as_deref())?;
+    let mut runtime: RuntimeConfig = layers.section()?;
     if let Some(format) = args.log_format {
-        config.runtime.log_format = format;
+        runtime.log_format = format;
     }
-    if let Some(stage) = stage {
-        config.validate(stage)?;
-    }
-    Ok(config)
+    let metrics = layers.section()?;
+    Ok((Process { runtime, metrics }, layers))
 }
 
 /// Connects to RabbitMQ as `name` and keeps `jst2kd_amqp_connected`, the queue depth gauge
 /// and readiness up to date until `cancel`.
 pub async fn connect_rabbit(
-    config: &Config,
+    amqp: &AmqpConfig,
     name: &str,
     consumes: Option<Work>,
     ctx: &Context,
 ) -> Result<Broker, QueueError> {
-    let topology = Topology::from_config(&config.amqp);
+    let topology = Topology::from_config(amqp);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let rabbit = RabbitBroker::connect(
-        config.amqp.url.clone(),
+        amqp.url.clone(),
         format!("{name}@{host}-{}", std::process::id()),
         topology,
         ctx.cancel.clone(),
@@ -170,19 +226,23 @@ pub async fn connect_rabbit(
 }
 
 /// Runs a worker binary: `main` of producer, transformer and loader is one call to this.
-pub fn main<F, Fut>(stage: Stage, default_listen: &str, args: WorkerArgs, run: F) -> ExitCode
+/// The stage's configuration `C` is taken out and checked before anything starts.
+pub fn main<C, F, Fut>(stage: Stage, default_listen: &str, args: WorkerArgs, run: F) -> ExitCode
 where
-    F: FnOnce(Config, Context) -> Fut,
+    C: FromLayers,
+    F: FnOnce(C, Context) -> Fut,
     Fut: Future<Output = Result<(), WorkerError>>,
 {
-    let config = match load_config(&args, Some(stage)) {
+    let loaded =
+        load_config(&args).and_then(|(process, layers)| Ok((process, C::from_layers(&layers)?)));
+    let (process, config) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", stage.as_str());
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.runtime.log_format);
+    telemetry::init_logging(process.runtime.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -195,7 +255,7 @@ where
     };
     let code = runtime.block_on(async move {
         let ctx = Context::new(&[stage]);
-        let listen = config
+        let listen = process
             .metrics
             .listen
             .clone()
@@ -215,7 +275,7 @@ where
             http_cancel.clone(),
         ));
         spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
-        let timeout = config.runtime.shutdown_timeout.0;
+        let timeout = process.runtime.shutdown_timeout.0;
         info!(stage = stage.as_str(), version = env!("CARGO_PKG_VERSION"), metrics = %listen, "Starting.");
         let cancel = ctx.cancel.clone();
         let tracker = ctx.tracker.clone();
@@ -296,5 +356,31 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::shape;
+    use crate::config::testing::env;
+
+    #[test]
+    fn the_types_have_the_registered_keys() {
+        shape::registered::<RuntimeConfig>("runtime").expect("runtime");
+        shape::registered::<MetricsConfig>("metrics").expect("metrics");
+    }
+
+    #[test]
+    fn a_shutdown_timeout_is_positive_and_bounded() {
+        let r: RuntimeConfig = env(&[]).and_then(|l| l.section()).expect("defaults");
+        assert_eq!(r.shutdown_timeout, Dur::secs(30));
+        assert_eq!(r.log_format, LogFormat::Json);
+        for value in ["0s", "99999999999999999999d"] {
+            let e = env(&[("JST2KD_RUNTIME__SHUTDOWN_TIMEOUT", value)])
+                .and_then(|l| l.section::<RuntimeConfig>())
+                .expect_err(value);
+            assert!(e.to_string().contains("runtime.shutdown_timeout"), "{e}");
+        }
     }
 }

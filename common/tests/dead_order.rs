@@ -1,8 +1,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 //! Reading the dead-letter queue keeps its content and its order.
 
-use common::config::{AmqpConfig, Secret};
+use common::config::Secret;
+
 use common::messages::Headers;
+use common::queue::AmqpConfig;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology};
 use tokio_util::sync::CancellationToken;

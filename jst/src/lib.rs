@@ -8,10 +8,12 @@
 //! Responses are parsed leniently; one that cannot be understood is an error carrying the first
 //! bytes of the body, never a panic.
 
+mod config;
 pub mod pace;
 pub mod sign;
 mod token;
 
+pub use config::JstConfig;
 use token::fingerprint;
 pub use token::{INIT_TOKEN_PATH, REFRESH_TOKEN_PATH, TokenPair, read_token_pair, token_file_for};
 
@@ -20,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::config::{JstConfig, Secret};
+use common::config::Secret;
 use common::messages::int_field;
 use common::telemetry::Metrics;
 use serde_json::{Value, json};

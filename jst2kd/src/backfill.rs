@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
-use common::config::ConfigError;
+use common::config::{ConfigError, FromLayers};
 use common::telemetry::Stage;
 use common::time::{format_beijing, parse_beijing};
 use common::worker::{self, Context, WorkerArgs};
@@ -28,8 +28,9 @@ pub struct BackfillArgs {
 }
 
 pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
-    let config = worker::load_config(&args.worker, Some(Stage::Producer))?;
-    common::telemetry::init_logging(config.runtime.log_format);
+    let (process, layers) = worker::load_config(&args.worker)?;
+    let config = producer::Config::from_layers(&layers)?;
+    common::telemetry::init_logging(process.runtime.log_format);
     let time = |key: &str, text: &str| {
         parse_beijing(text).ok_or_else(|| {
             ConfigError(format!(
@@ -41,12 +42,12 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     if to <= from {
         return Err(ConfigError("--to must be after --from".into()).into());
     }
-    let ctx = Context::new(&[common::telemetry::Stage::Producer]);
+    let ctx = Context::new(&[Stage::Producer]);
     worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
     // Every failure here is a configuration problem (exit 2).
     let client =
         producer::client(&config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
-    let broker = worker::connect_rabbit(&config, "jst2kd-backfill", None, &ctx).await?;
+    let broker = worker::connect_rabbit(&config.amqp, "jst2kd-backfill", None, &ctx).await?;
     let producer = Producer::new(
         client,
         broker.clone(),

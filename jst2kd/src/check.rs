@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use clap::Args;
-use common::queue::Topology;
+use common::config::{FromLayers, Layers};
 use common::queue::rabbit::RabbitBroker;
+use common::queue::{AmqpConfig, Topology};
 use common::telemetry::Stage;
 use common::time::{format_beijing, now_beijing};
 use common::worker::{self, WorkerArgs};
-use jst::{CountQuery, JstClient};
-use kingdee::KingdeeClient;
+use jst::{CountQuery, JstClient, JstConfig};
+use kingdee::{KingdeeClient, KingdeeConfig};
+use producer::ProducerConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -39,25 +41,35 @@ fn line(what: &str, result: Result<String, String>) -> bool {
     }
 }
 
-pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let config = worker::load_config(&args.worker, None)?;
-    common::telemetry::init_logging_with(config.runtime.log_format, "error");
-    let mut ok = true;
-    for stage in [Stage::Producer, Stage::Transformer, Stage::Loader] {
-        ok &= line(
-            &format!("config for the {}", stage.as_str()),
-            config
-                .validate(stage)
-                .map(|()| String::new())
-                .map_err(|e| e.to_string()),
-        );
-    }
+/// Whether a stage's configuration `C` can be taken out of the layers and passes its checks.
+fn loads<C: FromLayers>(layers: &Layers) -> Result<String, String> {
+    C::from_layers(layers)
+        .map(|_| String::new())
+        .map_err(|e| e.to_string())
+}
 
-    let topology = Topology::from_config(&config.amqp);
+pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
+    let (process, layers) = worker::load_config(&args.worker)?;
+    common::telemetry::init_logging_with(process.runtime.log_format, "error");
+    let mut ok = true;
+    for (stage, result) in [
+        (Stage::Producer, loads::<producer::Config>(&layers)),
+        (Stage::Transformer, loads::<transformer::Config>(&layers)),
+        (Stage::Loader, loads::<loader::Config>(&layers)),
+    ] {
+        ok &= line(&format!("config for the {}", stage.as_str()), result);
+    }
+    // Each section as far as it can be read, for the checks below.
+    let amqp: AmqpConfig = layers.section()?;
+    let jst: JstConfig = layers.section()?;
+    let polling: ProducerConfig = layers.section()?;
+    let kingdee: KingdeeConfig = layers.section()?;
+
+    let topology = Topology::from_config(&amqp);
     let rabbit = tokio::time::timeout(
         Duration::from_secs(15),
         RabbitBroker::connect(
-            config.amqp.url.clone(),
+            amqp.url.clone(),
             "jst2kd-check",
             topology.clone(),
             CancellationToken::new(),
@@ -74,43 +86,40 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     };
     ok &= line("rabbitmq", rabbit_result);
 
-    if config.jst.app_key.is_empty() {
+    if jst.app_key.is_empty() {
         println!("jushuitan: skipped (jst.app_key not set)");
     } else {
         let result = async {
-            let client = JstClient::new(&config.jst, None)
-                .and_then(|c| c.with_token_file(jst::token_file_for(&config.producer.checkpoint)))
+            let client = JstClient::new(&jst, None)
+                .and_then(|c| c.with_token_file(jst::token_file_for(&polling.checkpoint)))
                 .map(JstClient::without_refresh)
                 .map_err(|e| e.to_string())?;
             let now = now_beijing();
             let query = CountQuery {
                 modified_begin: format_beijing(&(now - chrono::Duration::minutes(5))),
                 modified_end: format_beijing(&now),
-                status: config.producer.statuses.first().cloned(),
+                status: polling.statuses.first().cloned(),
             };
             client
                 .count_page(&query, 1)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!("count query answered at {}", config.jst.base_url))
+            Ok(format!("count query answered at {}", jst.base_url))
         }
         .await;
         ok &= line("jushuitan", result);
     }
 
-    if config.kingdee.base_url.is_empty() {
+    if kingdee.base_url.is_empty() {
         println!("kingdee: skipped (kingdee.base_url not set)");
     } else {
         let result = async {
-            let client = KingdeeClient::new(&config.kingdee, 1, None).map_err(|e| e.to_string())?;
+            let client = KingdeeClient::new(&kingdee, 1, None).map_err(|e| e.to_string())?;
             client
                 .execute_bill_query("STK_MisDelivery", "FID", "FID=0")
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "bill query answered at {}",
-                config.kingdee.base_url
-            ))
+            Ok(format!("bill query answered at {}", kingdee.base_url))
         }
         .await;
         ok &= line("kingdee", result);

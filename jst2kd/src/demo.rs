@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use common::config::{Config, LogFormat, Secret, StartAt};
+use common::config::{FromLayers, Layers, Secret};
 use common::messages::{header, header_text};
 use common::queue::memory::MemoryBroker;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Topology, Work};
-use common::telemetry::{self, DeadKind, Metrics, Stage};
-use common::worker::Context;
+use common::telemetry::{self, DeadKind, LogFormat, Metrics, Stage};
+use common::worker::{Context, MetricsConfig};
 use jst::JstClient;
 use kingdee::KingdeeClient;
-use producer::Producer;
+use producer::{Producer, StartAt};
 use sim::jst::{JstCredentials, JstSim};
 use sim::kingdee::{KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;
@@ -51,37 +51,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Only warnings by default: the summary is the demo's output.
     telemetry::init_logging_with(args.log_format, "warn,lapin=error");
     // The built-in file alone: JST2KD_… variables meant for real workers must not leak in.
-    let mut config =
-        Config::load_from_str(LOCAL_TOML, Vec::new()).context("built-in config/local.toml")?;
+    let layers = Layers::load_from_str(LOCAL_TOML, Vec::new())
+        .and_then(|l| {
+            Ok((
+                producer::Config::from_layers(&l)?,
+                transformer::Config::from_layers(&l)?,
+                loader::Config::from_layers(&l)?,
+                l.section::<MetricsConfig>()?,
+            ))
+        })
+        .context("built-in config/local.toml")?;
+    let (mut produce, transform, mut load, metrics) = layers;
+    // One broker for the three stages: they read the same `[amqp]`.
+    let mut amqp = produce.amqp.clone();
     let cancel = CancellationToken::new();
 
     let docs = sim::jst::generate(args.documents, args.seed);
     let jst_sim = JstSim::new(JstCredentials::default(), docs);
     let kingdee_sim = KingdeeSim::new(KingdeeCredentials::default(), None);
-    config.jst.base_url = sim::spawn_local(jst_sim.router(), cancel.clone()).await?;
-    config.kingdee.base_url = format!(
+    produce.jst.base_url = sim::spawn_local(jst_sim.router(), cancel.clone()).await?;
+    load.kingdee.base_url = format!(
         "{}/k3cloud",
         sim::spawn_local(kingdee_sim.router(), cancel.clone()).await?
     );
     let state_dir = std::env::temp_dir().join(format!("jst2kd-demo-{}", std::process::id()));
-    config.producer.checkpoint = state_dir.join("producer.checkpoint.json");
-    config.producer.start_at = StartAt::Ago(Duration::from_secs(31 * 86_400));
+    produce.producer.checkpoint = state_dir.join("producer.checkpoint.json");
+    produce.producer.start_at = StartAt::Ago(Duration::from_secs(31 * 86_400));
 
     let ctx = Context::new(&[Stage::Producer, Stage::Transformer, Stage::Loader]);
     let (broker, queue_name) = match &args.amqp {
         None => (
-            Broker::Memory(MemoryBroker::new(Topology::from_config(&config.amqp))),
+            Broker::Memory(MemoryBroker::new(Topology::from_config(&amqp))),
             "the in-process queue".to_string(),
         ),
         Some(url) => {
-            config.amqp.url = Secret::new(url.clone());
-            config.amqp.prefix = format!("jst2kd-demo-{}", std::process::id());
+            amqp.url = Secret::new(url.clone());
+            amqp.prefix = format!("jst2kd-demo-{}", std::process::id());
             let rabbit = tokio::time::timeout(
                 Duration::from_secs(30),
                 RabbitBroker::connect(
-                    config.amqp.url.clone(),
+                    amqp.url.clone(),
                     "jst2kd-demo",
-                    Topology::from_config(&config.amqp),
+                    Topology::from_config(&amqp),
                     ctx.cancel.clone(),
                 ),
             )
@@ -89,31 +100,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("RabbitMQ did not answer within 30 s")??;
             (
                 Broker::Rabbit(rabbit),
-                format!("RabbitMQ (prefix {})", config.amqp.prefix),
+                format!("RabbitMQ (prefix {})", amqp.prefix),
             )
         }
     };
-    let _metrics_server = serve_metrics(&config, &ctx).await;
+    let _metrics_server = serve_metrics(&metrics, &ctx).await;
 
     let transformer = {
-        let (mapping, broker, ctx) = (config.mapping.clone(), broker.clone(), ctx.clone());
+        let (mapping, broker, ctx) = (transform.mapping, broker.clone(), ctx.clone());
         tokio::spawn(async move { transformer::run(&mapping, broker, ctx).await })
     };
     let loader = {
         let client = KingdeeClient::new(
-            &config.kingdee,
-            config.loader.concurrency,
+            &load.kingdee,
+            load.loader.concurrency,
             Some(ctx.metrics.clone()),
         )?;
-        let (loader_config, broker, ctx) = (config.loader.clone(), broker.clone(), ctx.clone());
+        let (loader_config, broker, ctx) = (load.loader, broker.clone(), ctx.clone());
         tokio::spawn(async move { loader::run(&loader_config, broker, client, ctx).await })
     };
 
     let started = Instant::now();
     let producer = Producer::new(
-        JstClient::new(&config.jst, Some(ctx.metrics.clone()))?,
+        JstClient::new(&produce.jst, Some(ctx.metrics.clone()))?,
         broker.clone(),
-        config.producer.clone(),
+        produce.producer.clone(),
         ctx.metrics.clone(),
     );
     let report = producer
@@ -138,7 +149,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let outcome = Outcome {
         queue: queue_name,
-        statuses: config.producer.statuses.clone(),
+        statuses: produce.producer.statuses.clone(),
         fetched: report.published,
         in_kingdee: kingdee_sim.bills().len(),
         dead,
@@ -150,9 +161,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Serves the demo's metrics on `metrics.listen` (default 127.0.0.1:9790) when the port is
 /// free; the demo runs on without them otherwise.
-async fn serve_metrics(config: &Config, ctx: &Context) -> Option<CancellationToken> {
-    let listen = config
-        .metrics
+async fn serve_metrics(metrics: &MetricsConfig, ctx: &Context) -> Option<CancellationToken> {
+    let listen = metrics
         .listen
         .clone()
         .unwrap_or_else(|| "127.0.0.1:9790".into());

@@ -16,7 +16,7 @@ use common::config::{ConfigError, parse_duration};
 use common::http::escape as esc;
 use common::messages::{Headers, header, header_int, header_text};
 use common::queue::rabbit::{HeldDeadLetter, RabbitBroker};
-use common::queue::{Broker, Destination, Outgoing, Topology, Work};
+use common::queue::{AmqpConfig, Broker, Destination, Outgoing, Topology, Work};
 use common::worker::{self, WorkerArgs};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -263,14 +263,15 @@ fn selection(cmd: &DlqCommand) -> &Selection {
 
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
     let sel = selection(&cmd).clone();
-    let config = worker::load_config(&sel.worker, None)?;
-    common::telemetry::init_logging_with(config.runtime.log_format, "warn,lapin=error");
-    let topology = Topology::from_config(&config.amqp);
+    let (process, layers) = worker::load_config(&sel.worker)?;
+    common::telemetry::init_logging_with(process.runtime.log_format, "warn,lapin=error");
+    let amqp: AmqpConfig = layers.section()?;
+    let topology = Topology::from_config(&amqp);
     let cancel = CancellationToken::new();
     let rabbit = tokio::time::timeout(
         Duration::from_secs(30),
         RabbitBroker::connect(
-            config.amqp.url.clone(),
+            amqp.url.clone(),
             "jst2kd-dlq",
             topology.clone(),
             cancel.clone(),
@@ -456,7 +457,6 @@ fn body_json(body: &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::config::AmqpConfig;
 
     #[test]
     fn our_dead_letters_and_the_brokers_are_read() {

@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use common::config::ConfigError;
-use common::telemetry::Stage;
 use common::worker::{self, WorkerArgs};
 use serde_json::Value;
-use transformer::{Mapped, SkipReason, map_document};
+use transformer::{Mapped, MappingConfig, SkipReason, map_document};
 
 #[derive(Args)]
 pub struct PreviewArgs {
@@ -23,7 +22,8 @@ pub struct PreviewArgs {
 }
 
 pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
-    let config = worker::load_config(&args.worker, Some(Stage::Transformer))?;
+    let (_, layers) = worker::load_config(&args.worker)?;
+    let mapping: MappingConfig = layers.section()?;
     let text = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))
         .map_err(|e| ConfigError(format!("{e:#}")))?;
@@ -39,7 +39,7 @@ pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
         let io_id = doc
             .get("io_id")
             .map_or_else(|| "?".to_string(), ToString::to_string);
-        match map_document(doc, &config.mapping) {
+        match map_document(doc, &mapping) {
             Ok(Mapped::Bills(b)) => bills.extend(b),
             Ok(Mapped::Skipped(reason)) => {
                 let why = match reason {
@@ -47,7 +47,7 @@ pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
                         "its status {} is not in mapping.statuses ({})",
                         doc.get("status")
                             .map_or_else(|| "(none)".to_string(), ToString::to_string),
-                        config.mapping.statuses.join(", ")
+                        mapping.statuses.join(", ")
                     ),
                     SkipReason::NoLines => {
                         "no line becomes an entry (no loss, or gains are ignored)".to_string()

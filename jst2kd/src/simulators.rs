@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use common::config::LogFormat;
+use common::telemetry::LogFormat;
 use sim::jst::{JstBehaviour, JstCredentials, JstSim};
 use sim::kingdee::{KingdeeBehaviour, KingdeeCredentials, KingdeeSim, MasterData};
 use tokio::net::TcpListener;

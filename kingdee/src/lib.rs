@@ -8,16 +8,18 @@
 //! the bill-number uniqueness tell it what was saved.
 
 mod answer;
+mod config;
 pub mod events;
 pub mod sign;
 
 use answer::body_start;
 pub use answer::{is_session_lost, read_batch_save, read_login, read_query};
+pub use config::{AfterSave, KingdeeAuth, KingdeeConfig};
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::config::{AfterSave, KingdeeAuth, KingdeeConfig, Secret};
+use common::config::Secret;
 use common::telemetry::Metrics;
 use events::{CallMetrics, Op, Outcome};
 use serde_json::{Value, json};

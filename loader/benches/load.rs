@@ -15,7 +15,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::config::{AmqpConfig, Dur, KingdeeConfig, LoaderConfig, Secret};
+use common::config::{Dur, Secret};
+
+use common::queue::AmqpConfig;
+
+use kingdee::KingdeeConfig;
+
 use common::messages::Headers;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
@@ -23,6 +28,7 @@ use common::telemetry::Stage;
 use common::worker::Context;
 use e2e::{bench_arg as arg, proc_mib};
 use kingdee::KingdeeClient;
+use loader::LoaderConfig;
 use serde_json::json;
 use sim::kingdee::{KingdeeBehaviour, KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;

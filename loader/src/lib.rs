@@ -8,21 +8,22 @@
 //! failed as a whole (timeout, 5xx, unreadable answer) may have committed: its bills are retried,
 //! and the retry sees the duplicate and acks.
 
+mod config;
 pub mod decide;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::config::AfterSave;
-use common::config::{Config, ConfigError, LoaderConfig};
+use common::config::ConfigError;
 use common::intake::Intake;
 use common::messages::{BillMessage, header, header_text};
 use common::queue::{Broker, Delivery, QueueError, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, InFlight, WorkerError};
-use kingdee::{BillError, KingdeeClient, Operation};
+use kingdee::{AfterSave, BillError, KingdeeClient, Operation};
 
+pub use config::{Config, LoaderConfig};
 pub use decide::{Entry, Settlement};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -44,7 +45,8 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
         Some(ctx.metrics.clone()),
     )
     .map_err(|e| WorkerError::Config(ConfigError(e.to_string())))?;
-    let broker = worker::connect_rabbit(&config, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
+    let broker =
+        worker::connect_rabbit(&config.amqp, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
     let result = run(&config.loader, broker.clone(), client, ctx).await;
     broker.close().await;
     result

@@ -4,13 +4,19 @@
 
 use std::time::Duration;
 
-use common::config::{AmqpConfig, Dur, KingdeeConfig, LoaderConfig, Secret};
+use common::config::{Dur, Secret};
+
+use common::queue::AmqpConfig;
+
+use kingdee::KingdeeConfig;
+
 use common::messages::{Headers, header, header_text};
 use common::queue::memory::MemoryBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use common::worker::Context;
 use kingdee::KingdeeClient;
+use loader::LoaderConfig;
 use serde_json::{Value, json};
 use sim::kingdee::{KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;
@@ -217,7 +223,7 @@ async fn under_faults_every_bill_is_booked_exactly_once() {
 
 #[tokio::test]
 async fn audit_after_save_and_negative_stock() {
-    use common::config::AfterSave;
+    use kingdee::AfterSave;
     use sim::kingdee::MasterData;
     let master = MasterData {
         on_hand: [("CK001:SKU-1".to_string(), 3.0)].into_iter().collect(),

@@ -17,13 +17,19 @@
 
 use std::time::{Duration, Instant};
 
-use common::config::{AmqpConfig, Dur, JstConfig, ProducerConfig, Secret, StartAt};
+use common::config::{Dur, Secret};
+
+use common::queue::AmqpConfig;
+
+use jst::JstConfig;
+
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Topology};
 use common::telemetry::{Metrics, Stage};
 use e2e::{bench_arg as arg, proc_mib};
 use jst::JstClient;
 use producer::Producer;
+use producer::{ProducerConfig, StartAt};
 use sim::jst::{JstBehaviour, JstCredentials, JstSim};
 use tokio_util::sync::CancellationToken;
 

@@ -6,13 +6,14 @@
 //! skips; downstream, bill numbers make the re-sent documents harmless.
 
 pub mod checkpoint;
+mod config;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use common::config::{Config, ConfigError, ProducerConfig, Secret, StartAt};
+use common::config::{ConfigError, Secret};
 use common::messages::{self, Headers, header};
 use common::queue::rabbit::{LockError, ProducerLock};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use config::{Config, ProducerConfig, StartAt};
 
 /// Longest window the count query accepts.
 pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 86_400);
@@ -416,7 +418,7 @@ pub fn client(config: &Config, metrics: Arc<Metrics>) -> Result<JstClient, Worke
 /// closed.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let client = client(&config, ctx.metrics.clone())?;
-    let broker = worker::connect_rabbit(&config, "jst2kd-producer", None, &ctx).await?;
+    let broker = worker::connect_rabbit(&config.amqp, "jst2kd-producer", None, &ctx).await?;
     let exclusion = Exclusion::BrokerLock {
         url: config.amqp.url.clone(),
         queue: Topology::from_config(&config.amqp).lock_queue(),

@@ -14,12 +14,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Form, Router};
-use common::config::{AmqpConfig, Dur, JstConfig, ProducerConfig, Secret, StartAt};
+use common::config::{Dur, Secret};
+use common::queue::AmqpConfig;
 use common::queue::memory::MemoryBroker;
 use common::queue::{Broker, Topology};
 use common::telemetry::{Health, Metrics, Stage};
 use jst::JstClient;
+use jst::JstConfig;
 use producer::{Producer, ProducerError};
+use producer::{ProducerConfig, StartAt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

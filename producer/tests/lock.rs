@@ -5,13 +5,19 @@
 
 use std::time::Duration;
 
-use common::config::{AmqpConfig, Dur, JstConfig, ProducerConfig, Secret, StartAt};
+use common::config::{Dur, Secret};
+
+use common::queue::AmqpConfig;
+
+use jst::JstConfig;
+
 use common::queue::rabbit::{ProducerLock, RabbitBroker};
 use common::queue::{Broker, Topology, Work};
 use common::telemetry::Stage;
 use common::worker::Context;
 use jst::JstClient;
 use producer::Exclusion;
+use producer::{ProducerConfig, StartAt};
 use sim::jst::{JstCredentials, JstSim};
 use tokio_util::sync::CancellationToken;
 

@@ -6,12 +6,18 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::config::{AmqpConfig, Dur, JstConfig, ProducerConfig, Secret, StartAt};
+use common::config::{Dur, Secret};
+
+use common::queue::AmqpConfig;
+
+use jst::JstConfig;
+
 use common::queue::memory::MemoryBroker;
 use common::queue::{Broker, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use jst::JstClient;
 use producer::Producer;
+use producer::{ProducerConfig, StartAt};
 use serde_json::{Value, json};
 use sim::jst::{JstBehaviour, JstCredentials, JstSim};
 use tokio_util::sync::CancellationToken;

@@ -7,9 +7,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use common::config::{Dur, JstConfig, KingdeeConfig, Secret};
+use common::config::{Dur, Secret};
 use futures_util::StreamExt;
+use jst::JstConfig;
 use jst::{CountQuery, JstClient, JstError};
+use kingdee::KingdeeConfig;
 use kingdee::{BillResult, KingdeeClient};
 use serde_json::{Value, json};
 use sim::jst::{JstCredentials, JstSim};
@@ -264,7 +266,7 @@ async fn neither_client_follows_a_redirect_with_the_credentials() {
     assert!(!err.to_string().contains("steal"), "{err}");
 
     let mut config = kingdee_config(&url, "s");
-    config.auth = common::config::KingdeeAuth::Password;
+    config.auth = kingdee::KingdeeAuth::Password;
     config.password = Secret::new("kd-password-SECRET");
     let kingdee = KingdeeClient::new(&config, 1, None).expect("client");
     let err = kingdee.login().await.expect_err("redirect");

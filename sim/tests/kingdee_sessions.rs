@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use common::config::{KingdeeAuth, KingdeeConfig, Secret};
+use common::config::Secret;
+
 use kingdee::{BillResult, KingdeeClient, KingdeeError};
+use kingdee::{KingdeeAuth, KingdeeConfig};
 use serde_json::{Value, json};
 use sim::kingdee::{KingdeeBehaviour, KingdeeCredentials, KingdeeSim};
 use tokio_util::sync::CancellationToken;

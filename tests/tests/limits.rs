@@ -8,8 +8,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::config::{AmqpConfig, Secret};
+use common::config::Secret;
+
 use common::messages::Headers;
+use common::queue::AmqpConfig;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use e2e::{

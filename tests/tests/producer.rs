@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::config::{AmqpConfig, Secret};
+use common::config::Secret;
+
+use common::queue::AmqpConfig;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Topology, Work};
 use e2e::{

@@ -13,7 +13,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::config::{AmqpConfig, MappingConfig};
+use common::queue::AmqpConfig;
+
 use common::messages::Headers;
 use common::queue::rabbit::RabbitBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
@@ -22,6 +23,7 @@ use common::worker::Context;
 use e2e::bench_arg as arg;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use transformer::MappingConfig;
 
 fn document(io_id: i64) -> Value {
     let items: Vec<Value> = (0..20)

@@ -6,9 +6,9 @@
 //! ack redelivers the document; its bills are then published again with the same bill numbers,
 //! which the loader recognises as duplicates.
 
+mod config;
 pub mod mapping;
 
-use common::config::{Config, MappingConfig};
 use common::http::escape;
 use common::intake::Intake;
 use common::messages::{self, CountDoc, header};
@@ -19,12 +19,14 @@ use common::worker::{self, Context, WorkerError};
 use serde_json::Value;
 use tracing::{debug, warn};
 
+pub use config::{Config, Gains, LossSign, MappingConfig};
 pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
 /// The transformer process: connects to RabbitMQ, runs the stage, closes the connection.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let broker =
-        worker::connect_rabbit(&config, "jst2kd-transformer", Some(Work::Counts), &ctx).await?;
+        worker::connect_rabbit(&config.amqp, "jst2kd-transformer", Some(Work::Counts), &ctx)
+            .await?;
     let result = run(&config.mapping, broker.clone(), ctx).await;
     broker.close().await;
     result

@@ -3,7 +3,7 @@
 //! Pure: no I/O, the same input always gives the same bills, and the bill number depends only
 //! on `io_id` — which is what makes a re-sent document a harmless duplicate in Kingdee.
 
-use common::config::{Gains, LossSign, MappingConfig};
+use crate::config::{Gains, LossSign, MappingConfig};
 use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem, DocError};
 use common::time::date_part;
 use serde_json::{Map, Value, json};

@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
-use common::config::{AmqpConfig, MappingConfig};
+use common::queue::AmqpConfig;
+
 use common::messages::{Headers, header, header_text};
 use common::queue::memory::MemoryBroker;
 use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use common::worker::Context;
 use serde_json::json;
+use transformer::MappingConfig;
 
 fn doc(io_id: i64, status: &str, wh_id: i64, qty: i64) -> Outgoing {
     let mut headers = Headers::new();

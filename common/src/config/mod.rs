@@ -1,27 +1,35 @@
 //! Configuration: built-in defaults < TOML file < `JST2KD_<SECTION>__<KEY>` environment.
 //!
-//! One file serves every binary; each binary then checks the sections it uses with
-//! [`Config::validate`]. Unknown sections and keys are refused everywhere, secrets are
-//! [`Secret`]s (never printed) and may come from files (`*_file` keys), and an error names the
-//! key at fault in one line without repeating its value.
+//! This module is the loading every part stands on; it knows no section's meaning. One file
+//! serves every binary: [`Layers`] reads the file and the environment once and refuses any
+//! section or key the file format does not have ([`shape`], the one list of names, SPEC
+//! section 5). Each section is a type that lives beside the code that reads it (`[amqp]` in
+//! `common::queue`, `[jst]` in the `jst` client, `[mapping]` in the transformer …) and
+//! implements [`Section`]: its name, its defaults (`Default`), and its own checks. A stage
+//! takes out the sections it uses ([`Layers::section`]) into its own config type
+//! ([`FromLayers`]); the worker harness builds that type before anything starts.
 //!
-//! Invariant: a value given as text in the environment stays text (`JST2KD_MAPPING__ORG=0100`
-//! is the string `"0100"`); numeric keys parse their own text (see [`lenient`]).
+//! Secrets are [`Secret`]s (never printed). Every secret key `k` of the shape may instead be
+//! given as `k_file`, a file holding the value (Kubernetes secrets): [`Layers::section`]
+//! reads it, for every section alike, so section types carry only the secret itself.
+//!
+//! Invariants: an error names the key at fault in one line and never repeats its value; a
+//! value given as text in the environment stays text (`JST2KD_MAPPING__ORG=0100` is the
+//! string `"0100"`), numeric keys parse their own text (see [`lenient`]).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-
-use crate::telemetry::Stage;
+use figment::value::{Dict, Value};
+use serde::de::DeserializeOwned;
 
 mod env;
-mod sections;
+pub mod shape;
 mod values;
 
 use env::env_dict;
-pub use sections::*;
 pub use values::*;
 
 /// Prefix of the environment variables this configuration reads.
@@ -33,11 +41,38 @@ pub const ENV_PREFIX: &str = "JST2KD_";
 pub struct ConfigError(pub String);
 
 impl ConfigError {
-    fn key(key: &str, problem: impl fmt::Display) -> Self {
+    /// "`key` problem".
+    pub fn key(key: &str, problem: impl fmt::Display) -> Self {
         Self(format!("`{key}` {problem}"))
     }
 }
-impl Config {
+
+/// A section of the configuration file: `[NAME]`, with its defaults and its own checks.
+pub trait Section: DeserializeOwned {
+    /// The section's name in the file and in `JST2KD_<NAME>__…`.
+    const NAME: &'static str;
+
+    /// Checks that hold whoever reads the section (values in range, well-formed URLs).
+    /// What a particular stage requires on top (a credential it needs) its config type checks.
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// A stage's whole configuration, taken out of the layers section by section.
+pub trait FromLayers: Sized {
+    /// Takes out and checks the sections this stage reads.
+    fn from_layers(layers: &Layers) -> Result<Self, ConfigError>;
+}
+
+/// The file and the environment, merged and checked against the file's [`shape`]; sections
+/// are typed only when a part takes them out.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    root: Dict,
+}
+
+impl Layers {
     /// Loads defaults < `file` (when given) < the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())
@@ -58,7 +93,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        Self::extract(figment, env)
+        Self::merge(figment, env)
     }
 
     /// Loads defaults < TOML `text` < the given environment (the demo's built-in file).
@@ -66,236 +101,72 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        Self::extract(Figment::new().merge(Toml::string(text)), env)
+        Self::merge(Figment::new().merge(Toml::string(text)), env)
     }
 
-    fn extract(
+    fn merge(
         figment: Figment,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let figment = figment.merge(Serialized::defaults(env_dict(env)));
-        let mut config: Config = figment.extract().map_err(|e| describe(&e))?;
-        config.resolve_secrets()?;
-        config.check_common()?;
-        Ok(config)
+        let root: Dict = figment.extract().map_err(|e| describe(None, &e))?;
+        shape::check_names(&root)?;
+        Ok(Self { root })
     }
 
-    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
-        resolve(&mut self.amqp.url, &mut self.amqp.url_file, "amqp.url")?;
-        let j = &mut self.jst;
-        resolve(&mut j.app_key, &mut j.app_key_file, "jst.app_key")?;
-        resolve(&mut j.app_secret, &mut j.app_secret_file, "jst.app_secret")?;
-        resolve(
-            &mut j.access_token,
-            &mut j.access_token_file,
-            "jst.access_token",
-        )?;
-        resolve(
-            &mut j.refresh_token,
-            &mut j.refresh_token_file,
-            "jst.refresh_token",
-        )?;
-        let k = &mut self.kingdee;
-        resolve(&mut k.acct_id, &mut k.acct_id_file, "kingdee.acct_id")?;
-        resolve(&mut k.user_name, &mut k.user_name_file, "kingdee.user_name")?;
-        resolve(&mut k.app_id, &mut k.app_id_file, "kingdee.app_id")?;
-        resolve(
-            &mut k.app_secret,
-            &mut k.app_secret_file,
-            "kingdee.app_secret",
-        )?;
-        resolve(&mut k.password, &mut k.password_file, "kingdee.password")?;
-        Ok(())
-    }
-
-    /// Checks that hold for every binary.
-    fn check_common(&self) -> Result<(), ConfigError> {
-        let url = self.amqp.url.expose();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::key(
-                "amqp.url",
-                "must start with amqp:// or amqps://",
-            ));
+    /// Takes out section `T`: its keys over its defaults, secrets read from their `*_file`
+    /// keys, then `T`'s own checks.
+    pub fn section<T: Section>(&self) -> Result<T, ConfigError> {
+        let name = T::NAME;
+        let mut dict = match self.root.get(name) {
+            None => Dict::new(),
+            Some(Value::Dict(_, dict)) => dict.clone(),
+            Some(_) => return Err(ConfigError::key(name, "must be a table of keys")),
+        };
+        for secret in shape::secrets_of(name) {
+            read_secret_file(&mut dict, name, secret)?;
         }
-        if !crate::queue::rabbit::is_valid_url(url) {
-            // Caught here, it is a configuration error (exit 2), not an endless "cannot reach".
-            return Err(ConfigError::key(
-                "amqp.url",
-                "is not a valid AMQP URL (amqp://user:password@host:port/vhost?heartbeat=10)",
-            ));
-        }
-        let prefix = &self.amqp.prefix;
-        if prefix.is_empty()
-            || !prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(ConfigError::key(
-                "amqp.prefix",
-                "must be non-empty letters, digits, '-', '_' or '.'",
-            ));
-        }
-        if self.amqp.prefetch == 0 {
-            return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
-        }
-        if !(64 * 1024..=128 * 1024 * 1024).contains(&self.amqp.max_message_bytes) {
-            return Err(ConfigError::key(
-                "amqp.max_message_bytes",
-                "must be 65536 (64 KiB) to 134217728 (128 MiB, the broker's own limit)",
-            ));
-        }
-        if self.amqp.delivery_limit == 0 {
-            // 0 would dead-letter every message the first time it is requeued.
-            return Err(ConfigError::key(
-                "amqp.delivery_limit",
-                "must be at least 1",
-            ));
-        }
-        if self.amqp.retry_delays.is_empty() {
-            return Err(ConfigError::key(
-                "amqp.retry_delays",
-                "must hold at least one delay (a transient failure needs a tier to wait in)",
-            ));
-        }
-        if self.runtime.shutdown_timeout.0.is_zero() {
-            return Err(ConfigError::key(
-                "runtime.shutdown_timeout",
-                "must be more than 0 (in-flight work needs time to finish)",
-            ));
-        }
-        if self.amqp.retry_delays.iter().any(|d| d.0.as_secs() == 0) {
-            return Err(ConfigError::key(
-                "amqp.retry_delays",
-                "must hold delays of at least 1s",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks the sections `stage` uses: each binary checks only what it reads.
-    pub fn validate(&self, stage: Stage) -> Result<(), ConfigError> {
-        match stage {
-            Stage::Producer => self.validate_producer(),
-            Stage::Transformer => self.validate_mapping(),
-            Stage::Loader => self.validate_kingdee(),
-        }
-    }
-
-    fn validate_producer(&self) -> Result<(), ConfigError> {
-        let j = &self.jst;
-        require_url(&j.base_url, "jst.base_url")?;
-        // The access token may be left out: the producer then asks for one (getInitToken).
-        for (value, key) in [
-            (&j.app_key, "jst.app_key"),
-            (&j.app_secret, "jst.app_secret"),
-        ] {
-            if value.is_empty() {
-                return Err(ConfigError::key(key, "is required by the producer"));
-            }
-        }
-        if !(1..=50).contains(&j.page_size) {
-            return Err(ConfigError::key("jst.page_size", "must be 1 to 50"));
-        }
-        if self.producer.statuses.is_empty() {
-            return Err(ConfigError::key(
-                "producer.statuses",
-                "must name at least one status",
-            ));
-        }
-        if self.producer.poll_interval.0.is_zero() {
-            return Err(ConfigError::key(
-                "producer.poll_interval",
-                "must be more than 0",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_mapping(&self) -> Result<(), ConfigError> {
-        let m = &self.mapping;
-        if m.org.trim().is_empty() {
-            return Err(ConfigError::key(
-                "mapping.org",
-                "is required: the Kingdee organisation number",
-            ));
-        }
-        if m.warehouses.is_empty() {
-            return Err(ConfigError::key(
-                "mapping.warehouses",
-                "is required: map each JST warehouse to a Kingdee stock number",
-            ));
-        }
-        for (template, key) in [
-            (&m.bill_no_template, "mapping.bill_no_template"),
-            (&m.gain_bill_no_template, "mapping.gain_bill_no_template"),
-        ] {
-            if !template.contains("{io_id}") {
-                return Err(ConfigError::key(key, "must contain {io_id}"));
-            }
-        }
-        if m.gains == Gains::MiscIn
-            && m.bill_no_template.replace("{io_id}", "")
-                == m.gain_bill_no_template.replace("{io_id}", "")
-        {
-            return Err(ConfigError::key(
-                "mapping.gain_bill_no_template",
-                "must differ from mapping.bill_no_template (two bills of one document need two numbers)",
-            ));
-        }
-        if !(1..=10_000).contains(&m.max_entries) {
-            return Err(ConfigError::key(
-                "mapping.max_entries",
-                "must be 1 to 10000",
-            ));
-        }
-        if m.statuses.is_empty() {
-            return Err(ConfigError::key(
-                "mapping.statuses",
-                "must name at least one status",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_kingdee(&self) -> Result<(), ConfigError> {
-        let k = &self.kingdee;
-        require_url(&k.base_url, "kingdee.base_url")?;
-        let mut required = vec![
-            (&k.acct_id, "kingdee.acct_id"),
-            (&k.user_name, "kingdee.user_name"),
-        ];
-        match k.auth {
-            KingdeeAuth::Password => required.push((&k.password, "kingdee.password")),
-            KingdeeAuth::Signature | KingdeeAuth::LoginBySign => {
-                required.push((&k.app_id, "kingdee.app_id"));
-                required.push((&k.app_secret, "kingdee.app_secret"));
-            }
-        }
-        for (value, key) in required {
-            if value.is_empty() {
-                return Err(ConfigError::key(
-                    key,
-                    "is required by the loader with this kingdee.auth",
-                ));
-            }
-        }
-        if k.auth != KingdeeAuth::Password && !k.app_id.expose().contains('_') {
-            return Err(ConfigError::key(
-                "kingdee.app_id",
-                "must look like 123456_xxxxxxxx (the id Kingdee issued)",
-            ));
-        }
-        if self.loader.batch_size == 0 || self.loader.batch_size > 1000 {
-            return Err(ConfigError::key("loader.batch_size", "must be 1 to 1000"));
-        }
-        if self.loader.concurrency == 0 {
-            return Err(ConfigError::key("loader.concurrency", "must be at least 1"));
-        }
-        Ok(())
+        let section: T = Figment::from(Serialized::defaults(dict))
+            .extract()
+            .map_err(|e| describe(Some(name), &e))?;
+        section.check()?;
+        Ok(section)
     }
 }
 
-fn require_url(value: &str, key: &str) -> Result<(), ConfigError> {
+/// Takes secret `key` of section `section` from its `*_file` key when that is given; both at
+/// once is an error.
+fn read_secret_file(dict: &mut Dict, section: &str, key: &str) -> Result<(), ConfigError> {
+    let file_key = format!("{key}_file");
+    let Some(path) = dict.remove(&file_key) else {
+        return Ok(());
+    };
+    let full = format!("{section}.{key}");
+    let Some(path) = path.as_str() else {
+        return Err(ConfigError::key(
+            &format!("{full}_file"),
+            "must be a file path",
+        ));
+    };
+    if dict
+        .get(key)
+        .is_some_and(|v| v.as_str().is_none_or(|s| !s.is_empty()))
+    {
+        return Err(ConfigError(format!(
+            "set either `{full}` or `{full}_file`, not both"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("`{full}_file`: cannot read {path}: {}", e.kind())))?;
+    dict.insert(
+        key.to_string(),
+        Value::from(text.trim_end_matches(['\r', '\n']).to_string()),
+    );
+    Ok(())
+}
+
+/// Checks that `value` is an `http://` or `https://` URL; `key` names it in the error.
+pub fn require_url(value: &str, key: &str) -> Result<(), ConfigError> {
     if value.is_empty() {
         return Err(ConfigError::key(key, "is required"));
     }
@@ -305,40 +176,14 @@ fn require_url(value: &str, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Takes a secret from its `*_file` key when that is given; both at once is an error.
-fn resolve(value: &mut Secret, file: &mut Option<PathBuf>, key: &str) -> Result<(), ConfigError> {
-    let Some(path) = file.take() else {
-        return Ok(());
-    };
-    if !value.is_empty() && Some(value.expose()) != default_secret(key) {
-        return Err(ConfigError(format!(
-            "set either `{key}` or `{key}_file`, not both"
-        )));
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        ConfigError(format!(
-            "`{key}_file`: cannot read {}: {}",
-            path.display(),
-            e.kind()
-        ))
-    })?;
-    *value = Secret::new(text.trim_end_matches(['\r', '\n']));
-    Ok(())
-}
-
-/// The built-in default of a secret key, which a `*_file` may replace without conflict.
-fn default_secret(key: &str) -> Option<&'static str> {
-    (key == "amqp.url").then_some("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10")
-}
-
 /// Turns figment's error into one line that names the key and never shows the value.
-fn describe(err: &figment::Error) -> ConfigError {
+fn describe(section: Option<&str>, err: &figment::Error) -> ConfigError {
     use figment::error::Kind;
-    let mut key = err.path.join(".");
+    let mut path = err.path.join(".");
     let problem = match &err.kind {
         // A parse error of the file: its first line names line and column; the lines after it
         // quote the file, which may hold a secret.
-        Kind::Message(m) if key.is_empty() => {
+        Kind::Message(m) if path.is_empty() && section.is_none() => {
             m.lines().next().unwrap_or("cannot be read").to_string()
         }
         Kind::Message(m) => m.clone(),
@@ -349,14 +194,19 @@ fn describe(err: &figment::Error) -> ConfigError {
             format!("must be one of: {}", expected.join(", "))
         }
         Kind::UnknownField(field, _) => {
-            if key.is_empty() {
-                key = field.clone();
+            if path.is_empty() {
+                path.clone_from(field);
             }
             "is not a known configuration key".to_string()
         }
         Kind::MissingField(field) => format!("misses `{field}`"),
         Kind::DuplicateField(field) => format!("sets `{field}` twice"),
         other => format!("cannot be read ({})", kind_name(other)),
+    };
+    let key = match (section, path.is_empty()) {
+        (Some(section), true) => section.to_string(),
+        (Some(section), false) => format!("{section}.{path}"),
+        (None, _) => path,
     };
     if key.is_empty() {
         ConfigError(problem)
@@ -374,67 +224,102 @@ fn kind_name(kind: &figment::error::Kind) -> &'static str {
     }
 }
 
+/// A tiny self-deleting file, so configuration tests (here and in the crates that own a
+/// section) exercise the real file provider.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::{ConfigError, Layers};
+
+    static N: AtomicU32 = AtomicU32::new(0);
+
+    /// A temporary file holding `text`, deleted on drop.
+    pub struct TempFile(pub PathBuf);
+
+    impl TempFile {
+        /// Writes `text` to a fresh file.
+        pub fn new(text: &str) -> Self {
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "jst2kd-config-test-{}-{n}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).ok();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            std::fs::remove_file(&self.0).ok();
+        }
+    }
+
+    /// Loads defaults < the given environment pairs.
+    pub fn env(pairs: &[(&str, &str)]) -> Result<Layers, ConfigError> {
+        Layers::load_from(
+            None,
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{TempFile, env};
     use super::*;
-    use std::time::Duration;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// A stand-in for `[amqp]` (whose real type lives in `common::queue`), with the names the
+    /// shape registers for it.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Amqp {
+        url: Secret,
+        prefix: String,
+        #[serde(deserialize_with = "lenient::number")]
+        prefetch: u16,
+        #[serde(deserialize_with = "lenient::number")]
+        delivery_limit: u32,
+        #[serde(deserialize_with = "lenient::list")]
+        retry_delays: Vec<Dur>,
+        #[serde(deserialize_with = "lenient::number")]
+        max_message_bytes: u64,
     }
-
-    fn toml(text: &str) -> tempfile_like::TempToml {
-        tempfile_like::TempToml::new(text)
-    }
-
-    /// A tiny self-deleting TOML file, so config tests exercise the real file provider.
-    mod tempfile_like {
-        use std::path::PathBuf;
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        pub struct TempToml(pub PathBuf);
-        impl TempToml {
-            pub fn new(text: &str) -> Self {
-                let n = N.fetch_add(1, Ordering::Relaxed);
-                let path = std::env::temp_dir().join(format!(
-                    "jst2kd-config-test-{}-{n}.toml",
-                    std::process::id()
-                ));
-                std::fs::write(&path, text).ok();
-                Self(path)
+    impl Section for Amqp {
+        const NAME: &'static str = "amqp";
+        fn check(&self) -> Result<(), ConfigError> {
+            if self.prefetch > 1000 {
+                return Err(ConfigError::key("amqp.prefetch", "is too large"));
             }
-        }
-        impl Drop for TempToml {
-            fn drop(&mut self) {
-                std::fs::remove_file(&self.0).ok();
-            }
+            Ok(())
         }
     }
 
-    #[test]
-    fn defaults_match_the_spec() {
-        let c = Config::load_from(None, env(&[])).expect("defaults load");
-        assert_eq!(c.amqp.prefix, "jst2kd");
-        assert_eq!(c.amqp.prefetch, 100);
-        assert_eq!(c.amqp.delivery_limit, 20);
-        let delays: Vec<u64> = c.amqp.retry_delays.iter().map(|d| d.0.as_secs()).collect();
-        assert_eq!(delays, vec![5, 30, 120, 600]);
-        assert_eq!(c.loader.batch_size, 50);
-        assert_eq!(c.loader.linger, Dur::millis(200));
-        assert_eq!(c.mapping.bill_no_template, "JSTPD{io_id}");
-        assert_eq!(c.producer.statuses, vec!["Confirmed", "Archive"]);
-        assert_eq!(c.runtime.shutdown_timeout, Dur::secs(30));
+    /// A stand-in for `[mapping]`, with three of its keys.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct Mapping {
+        org: String,
+        warehouses: BTreeMap<String, String>,
+        skus: BTreeMap<String, String>,
+    }
+    impl Section for Mapping {
+        const NAME: &'static str = "mapping";
     }
 
     #[test]
     fn env_overrides_file_and_keeps_text_as_text() {
-        let f = toml("[mapping]\norg = \"1\"\n[amqp]\nprefetch = 7\n");
-        let c = Config::load_from(
+        let f = TempFile::new("[mapping]\norg = \"1\"\n[amqp]\nprefetch = 7\n");
+        let layers = Layers::load_from(
             Some(&f.0),
-            env(&[
+            [
                 ("JST2KD_MAPPING__ORG", "0100"),
                 ("JST2KD_MAPPING__WAREHOUSES__1", "0020002"),
                 ("JST2KD_MAPPING__SKUS__Abc-RED", "MAT-1"),
@@ -442,255 +327,90 @@ mod tests {
                 ("JST2KD_AMQP__RETRY_DELAYS", "1s, 2m"),
                 ("JST2KD_PRODUCER_SERVICE_HOST", "10.0.0.1"),
                 ("JST2KD_CONFIG", "/nowhere.toml"),
-            ]),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
         )
         .expect("loads");
-        assert_eq!(c.mapping.org, "0100");
-        assert_eq!(
-            c.mapping.warehouses.get("1").map(String::as_str),
-            Some("0020002")
-        );
-        assert_eq!(c.amqp.prefetch, 12);
-        assert_eq!(
-            c.mapping.skus.get("Abc-RED").map(String::as_str),
-            Some("MAT-1")
-        );
-        assert_eq!(c.amqp.retry_delays, vec![Dur::secs(1), Dur::secs(120)]);
+        let m: Mapping = layers.section().expect("mapping");
+        assert_eq!(m.org, "0100");
+        assert_eq!(m.warehouses.get("1").map(String::as_str), Some("0020002"));
+        assert_eq!(m.skus.get("Abc-RED").map(String::as_str), Some("MAT-1"));
+        let a: Amqp = layers.section().expect("amqp");
+        assert_eq!(a.prefetch, 12);
+        assert_eq!(a.retry_delays, vec![Dur::secs(1), Dur::secs(120)]);
     }
 
     #[test]
     fn unknown_keys_and_sections_are_refused_by_name() {
-        let f = toml("[amqp]\nprefixx = \"a\"\n");
-        let e = Config::load_from(Some(&f.0), env(&[])).expect_err("refused");
+        let f = TempFile::new("[amqp]\nprefixx = \"a\"\n");
+        let e = Layers::load_from(Some(&f.0), Vec::new()).expect_err("refused");
         assert!(e.to_string().contains("`amqp.prefixx`"), "{e}");
-        let e = Config::load_from(None, env(&[("JST2KD_NOPE__X", "1")])).expect_err("refused");
+        // A section no binary reads is checked all the same: one file serves every binary.
+        let e = env(&[("JST2KD_LOADER__LINGERR", "1s")]).expect_err("refused");
+        assert!(e.to_string().contains("`loader.lingerr`"), "{e}");
+        let e = env(&[("JST2KD_NOPE__X", "1")]).expect_err("refused");
         assert!(e.to_string().contains("nope"), "{e}");
+        let f = TempFile::new("amqp = 3\n");
+        let e = Layers::load_from(Some(&f.0), Vec::new())
+            .and_then(|l| l.section::<Amqp>())
+            .expect_err("refused");
+        assert!(e.to_string().contains("`amqp`"), "{e}");
     }
 
     #[test]
     fn a_bad_value_is_named_without_repeating_it() {
-        let e = Config::load_from(None, env(&[("JST2KD_AMQP__PREFETCH", "lots-of-secret")]))
+        let e = env(&[("JST2KD_AMQP__PREFETCH", "lots-of-secret")])
+            .and_then(|l| l.section::<Amqp>())
             .expect_err("refused");
         let line = e.to_string();
-        assert!(line.contains("amqp.prefetch"), "{line}");
+        assert!(line.contains("`amqp.prefetch`"), "{line}");
         assert!(!line.contains("lots-of-secret"), "{line}");
         assert!(!line.contains('\n'));
-        let e = Config::load_from(None, env(&[("JST2KD_LOADER__LINGER", "5 parsecs")]))
-            .expect_err("refused");
-        assert!(e.to_string().contains("loader.linger"), "{e}");
+        let e = env(&[("JST2KD_AMQP__PREFETCH", "1001")])
+            .and_then(|l| l.section::<Amqp>())
+            .expect_err("the section's own check runs");
+        assert!(e.to_string().contains("amqp.prefetch"), "{e}");
     }
 
     #[test]
     fn a_toml_syntax_error_does_not_quote_the_file() {
-        let f = toml("[amqp]\nurl = \"amqp://u:hunter2\\q@h\"\n");
-        let e = Config::load_from(Some(&f.0), env(&[])).expect_err("bad escape");
+        let f = TempFile::new("[amqp]\nurl = \"amqp://u:hunter2\\q@h\"\n");
+        let e = Layers::load_from(Some(&f.0), Vec::new()).expect_err("bad escape");
         let line = e.to_string();
         assert!(!line.contains("hunter2"), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]
-    fn an_unparseable_amqp_url_is_refused_without_repeating_it() {
-        let e = Config::load_from(
-            None,
-            env(&[("JST2KD_AMQP__URL", "amqp://u:hunter2@host:notaport/%2f")]),
-        )
-        .expect_err("refused");
-        assert!(e.to_string().contains("amqp.url"), "{e}");
-        assert!(!e.to_string().contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn secrets_never_show_in_debug() {
-        let c = Config::load_from(
-            None,
-            env(&[
-                ("JST2KD_JST__APP_SECRET", "s3cr3t-value"),
-                ("JST2KD_AMQP__URL", "amqp://u:hunter2@h:5672/%2f"),
-            ]),
-        )
-        .expect("loads");
-        let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cr3t-value"));
-        assert!(!debug.contains("hunter2"));
-    }
-
-    #[test]
     fn secrets_come_from_files_but_not_from_both() {
-        let secret = toml("from-a-file\n");
+        let secret = TempFile::new("amqp://from-a-file\n");
         let path = secret.0.display().to_string();
-        let c =
-            Config::load_from(None, env(&[("JST2KD_JST__APP_SECRET_FILE", &path)])).expect("loads");
-        assert_eq!(c.jst.app_secret.expose(), "from-a-file");
-        let e = Config::load_from(
-            None,
-            env(&[
-                ("JST2KD_JST__APP_SECRET_FILE", &path),
-                ("JST2KD_JST__APP_SECRET", "x"),
-            ]),
-        )
-        .expect_err("both");
+        let a: Amqp = env(&[("JST2KD_AMQP__URL_FILE", &path)])
+            .and_then(|l| l.section())
+            .expect("loads");
+        assert_eq!(a.url.expose(), "amqp://from-a-file");
+        let e = env(&[("JST2KD_AMQP__URL_FILE", &path), ("JST2KD_AMQP__URL", "x")])
+            .and_then(|l| l.section::<Amqp>())
+            .expect_err("both");
         assert!(e.to_string().contains("not both"), "{e}");
-        let e = Config::load_from(None, env(&[("JST2KD_JST__APP_SECRET_FILE", "/no/such")]))
+        let e = env(&[("JST2KD_AMQP__URL_FILE", "/no/such")])
+            .and_then(|l| l.section::<Amqp>())
             .expect_err("missing file");
-        assert!(e.to_string().contains("jst.app_secret_file"), "{e}");
-    }
-
-    /// Reads back the secret a `*_file` key fills.
-    type SecretOf = fn(&Config) -> &Secret;
-
-    /// Every `*_file` key, and how to read back the secret it fills.
-    fn secret_keys() -> Vec<(&'static str, SecretOf)> {
-        vec![
-            ("amqp.url", |c| &c.amqp.url),
-            ("jst.app_key", |c| &c.jst.app_key),
-            ("jst.app_secret", |c| &c.jst.app_secret),
-            ("jst.access_token", |c| &c.jst.access_token),
-            ("jst.refresh_token", |c| &c.jst.refresh_token),
-            ("kingdee.acct_id", |c| &c.kingdee.acct_id),
-            ("kingdee.user_name", |c| &c.kingdee.user_name),
-            ("kingdee.app_id", |c| &c.kingdee.app_id),
-            ("kingdee.app_secret", |c| &c.kingdee.app_secret),
-            ("kingdee.password", |c| &c.kingdee.password),
-        ]
-    }
-
-    #[test]
-    fn every_secret_file_key_is_read_and_a_missing_file_is_named() {
-        let keys = secret_keys();
-        // The list above covers every `*_file` field this module declares.
-        let declared = include_str!("sections.rs")
-            .matches(concat!("_file: Option<", "PathBuf>"))
-            .count();
-        assert_eq!(
-            declared,
-            keys.len(),
-            "a *_file key is missing from the test"
-        );
-        let dir = std::env::temp_dir().join(format!("jst2kd-secret-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        for (key, read) in keys {
-            let (section, name) = key.split_once('.').expect("dotted");
-            let var = format!(
-                "JST2KD_{}__{}_FILE",
-                section.to_uppercase(),
-                name.to_uppercase()
-            );
-            let value = if key == "amqp.url" {
-                "amqp://u:from-file@127.0.0.1:5672/%2f".to_string()
-            } else {
-                format!("{key}-from-file")
-            };
-            let path = dir.join(key);
-            std::fs::write(&path, format!("{value}\n")).expect("write");
-            let config = Config::load_from(None, env(&[(&var, path.to_str().expect("utf-8"))]))
-                .unwrap_or_else(|e| panic!("{key}: {e}"));
-            assert_eq!(read(&config).expose(), value, "{key}_file is not read");
-            let missing = dir.join("nonexistent");
-            let e = Config::load_from(None, env(&[(&var, missing.to_str().expect("utf-8"))]))
-                .expect_err("a missing file is refused");
-            assert!(e.to_string().contains(&format!("{key}_file")), "{key}: {e}");
-        }
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn durations_that_would_overflow_and_values_that_break_a_worker_are_refused() {
-        for (var, value, key) in [
-            (
-                "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
-                "99999999999999999999d",
-                "runtime.shutdown_timeout",
-            ),
-            (
-                "JST2KD_RUNTIME__SHUTDOWN_TIMEOUT",
-                "0s",
-                "runtime.shutdown_timeout",
-            ),
-            (
-                "JST2KD_LOADER__LINGER",
-                "99999999999999999999d",
-                "loader.linger",
-            ),
-            (
-                "JST2KD_LOADER__LINGER",
-                "18446744073709551615",
-                "loader.linger",
-            ),
-            (
-                "JST2KD_PRODUCER__POLL_INTERVAL",
-                "1e30s",
-                "producer.poll_interval",
-            ),
-            ("JST2KD_AMQP__DELIVERY_LIMIT", "0", "amqp.delivery_limit"),
-            ("JST2KD_AMQP__RETRY_DELAYS", "[]", "amqp.retry_delays"),
-        ] {
-            let e = Config::load_from(None, env(&[(var, value)]))
-                .expect_err(&format!("{var}={value} is refused"));
-            assert!(e.to_string().contains(key), "{var}={value}: {e}");
-        }
-        let e =
-            Config::load_from_str("[amqp]\nretry_delays = []\n", env(&[])).expect_err("no tier");
-        assert!(e.to_string().contains("amqp.retry_delays"), "{e}");
-        assert!(parse_duration("3650d").is_ok());
-        assert!(parse_duration("3651d").is_err());
-    }
-
-    #[test]
-    fn roles_check_their_sections() {
-        let c = Config::load_from(None, env(&[])).expect("loads");
-        let e = c.validate(Stage::Transformer).expect_err("no org");
-        assert!(e.to_string().contains("mapping.org"));
-        let e = c.validate(Stage::Loader).expect_err("no url");
-        assert!(e.to_string().contains("kingdee.base_url"));
-        let e = c.validate(Stage::Producer).expect_err("no key");
-        assert!(e.to_string().contains("jst.app_key"));
-        let c = Config::load_from(
-            None,
-            env(&[
-                ("JST2KD_JST__APP_KEY", "k"),
-                ("JST2KD_JST__APP_SECRET", "s"),
-            ]),
-        )
-        .expect("loads");
-        c.validate(Stage::Producer)
-            .expect("no access token needed: getInitToken");
-        let e = Config::load_from(
-            None,
-            env(&[
-                ("JST2KD_JST__APP_KEY", "k"),
-                ("JST2KD_JST__APP_SECRET", "s"),
-                ("JST2KD_JST__PAGE_SIZE", "51"),
-            ]),
-        )
-        .expect("loads")
-        .validate(Stage::Producer)
-        .expect_err("page size");
-        assert!(e.to_string().contains("jst.page_size"), "{e}");
-    }
-
-    #[test]
-    fn start_at_takes_a_time_or_a_duration() {
-        let c = Config::load_from(
-            None,
-            env(&[("JST2KD_PRODUCER__START_AT", "2026-01-02 03:04:05")]),
-        )
-        .expect("loads");
-        assert!(matches!(c.producer.start_at, StartAt::At(_)));
-        let c =
-            Config::load_from(None, env(&[("JST2KD_PRODUCER__START_AT", "31d")])).expect("loads");
-        assert_eq!(
-            c.producer.start_at,
-            StartAt::Ago(Duration::from_secs(31 * 86400))
-        );
+        assert!(e.to_string().contains("amqp.url_file"), "{e}");
+        // Only secrets have a `*_file` form.
+        let e = env(&[("JST2KD_AMQP__PREFIX_FILE", &path)]).expect_err("not a secret");
+        assert!(e.to_string().contains("amqp.prefix_file"), "{e}");
     }
 
     #[test]
     fn durations_parse() {
+        use std::time::Duration;
         assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("3650d").is_ok());
+        assert!(parse_duration("3651d").is_err());
     }
 }

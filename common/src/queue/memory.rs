@@ -291,7 +291,7 @@ impl MemoryConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AmqpConfig;
+    use crate::queue::AmqpConfig;
     use std::time::Duration;
 
     fn broker(limit: u32) -> MemoryBroker {

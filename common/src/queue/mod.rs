@@ -11,13 +11,15 @@
 //! - Work queues send a message that was delivered more than `delivery_limit` times to the
 //!   dead-letter queue (a safety net against crash loops).
 
+mod config;
 pub mod memory;
 pub mod rabbit;
 
 use std::time::Duration;
 
-use crate::config::AmqpConfig;
 use crate::messages::Headers;
+
+pub use config::AmqpConfig;
 
 /// A logical work queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,173 @@
+//! `[amqp]`: the broker connection and the topology every worker declares alike.
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Dur, Secret, Section, lenient};
+
+/// `[amqp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Broker URL (`amqp://` or `amqps://`); a secret, since it carries a password.
+    pub url: Secret,
+    /// Prefix of every exchange and queue name.
+    pub prefix: String,
+    /// Unacknowledged deliveries per consumer.
+    #[serde(deserialize_with = "lenient::number")]
+    pub prefetch: u16,
+    /// `x-delivery-limit` of the work queues: a safety net against crash loops.
+    #[serde(deserialize_with = "lenient::number")]
+    pub delivery_limit: u32,
+    /// One retry tier per delay.
+    #[serde(deserialize_with = "lenient::list")]
+    pub retry_delays: Vec<Dur>,
+    /// Largest message body a worker reads, in bytes; a larger one is dead-lettered
+    /// `too_large` without being parsed.
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_message_bytes: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"),
+            prefix: "jst2kd".into(),
+            prefetch: 100,
+            delivery_limit: 20,
+            retry_delays: vec![Dur::secs(5), Dur::secs(30), Dur::secs(120), Dur::secs(600)],
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Section for AmqpConfig {
+    const NAME: &'static str = "amqp";
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = self.url.expose();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::key(
+                "amqp.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if !super::rabbit::is_valid_url(url) {
+            // Caught here, it is a configuration error (exit 2), not an endless "cannot reach".
+            return Err(ConfigError::key(
+                "amqp.url",
+                "is not a valid AMQP URL (amqp://user:password@host:port/vhost?heartbeat=10)",
+            ));
+        }
+        let prefix = &self.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::key(
+                "amqp.prefix",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
+        }
+        if !(64 * 1024..=128 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(ConfigError::key(
+                "amqp.max_message_bytes",
+                "must be 65536 (64 KiB) to 134217728 (128 MiB, the broker's own limit)",
+            ));
+        }
+        if self.delivery_limit == 0 {
+            // 0 would dead-letter every message the first time it is requeued.
+            return Err(ConfigError::key(
+                "amqp.delivery_limit",
+                "must be at least 1",
+            ));
+        }
+        if self.retry_delays.is_empty() {
+            return Err(ConfigError::key(
+                "amqp.retry_delays",
+                "must hold at least one delay (a transient failure needs a tier to wait in)",
+            ));
+        }
+        if self.retry_delays.iter().any(|d| d.0.as_secs() == 0) {
+            return Err(ConfigError::key(
+                "amqp.retry_delays",
+                "must hold delays of at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::shape;
+    use crate::config::testing::env;
+
+    fn amqp(pairs: &[(&str, &str)]) -> Result<AmqpConfig, ConfigError> {
+        env(pairs).and_then(|l| l.section())
+    }
+
+    #[test]
+    fn the_type_has_the_registered_keys() {
+        shape::registered::<AmqpConfig>("amqp").expect("matches");
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let a = amqp(&[]).expect("defaults");
+        assert_eq!(a.prefix, "jst2kd");
+        assert_eq!(a.prefetch, 100);
+        assert_eq!(a.delivery_limit, 20);
+        let delays: Vec<u64> = a.retry_delays.iter().map(|d| d.0.as_secs()).collect();
+        assert_eq!(delays, vec![5, 30, 120, 600]);
+        assert_eq!(
+            a.url.expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        );
+    }
+
+    #[test]
+    fn the_url_comes_from_a_file_instead_of_the_default() {
+        let file = crate::config::testing::TempFile::new("amqp://u:from-file@127.0.0.1:5672/%2f\n");
+        let a = amqp(&[("JST2KD_AMQP__URL_FILE", file.0.to_str().expect("utf-8"))])
+            .expect("a file replaces the default without conflict");
+        assert_eq!(a.url.expose(), "amqp://u:from-file@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn an_unparseable_url_is_refused_without_repeating_it() {
+        let e = amqp(&[("JST2KD_AMQP__URL", "amqp://u:hunter2@host:notaport/%2f")])
+            .expect_err("refused");
+        assert!(e.to_string().contains("amqp.url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let a = amqp(&[("JST2KD_AMQP__URL", "amqp://u:hunter2@h:5672/%2f")]).expect("loads");
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn values_that_would_break_a_worker_are_refused() {
+        for (var, value, key) in [
+            ("JST2KD_AMQP__DELIVERY_LIMIT", "0", "amqp.delivery_limit"),
+            ("JST2KD_AMQP__RETRY_DELAYS", "[]", "amqp.retry_delays"),
+            ("JST2KD_AMQP__RETRY_DELAYS", "0s", "amqp.retry_delays"),
+            ("JST2KD_AMQP__PREFETCH", "0", "amqp.prefetch"),
+            ("JST2KD_AMQP__PREFIX", "a b", "amqp.prefix"),
+            (
+                "JST2KD_AMQP__MAX_MESSAGE_BYTES",
+                "10",
+                "amqp.max_message_bytes",
+            ),
+        ] {
+            let e = amqp(&[(var, value)]).expect_err(&format!("{var}={value} is refused"));
+            assert!(e.to_string().contains(key), "{var}={value}: {e}");
+        }
+        let e = crate::config::Layers::load_from_str("[amqp]\nretry_delays = []\n", Vec::new())
+            .and_then(|l| l.section::<AmqpConfig>())
+            .expect_err("no tier");
+        assert!(e.to_string().contains("amqp.retry_delays"), "{e}");
+    }
+}

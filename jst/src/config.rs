@@ -1,0 +1,134 @@
+//! `[jst]`: the Jushuitan open platform, as this client reads it.
+
+use common::config::{ConfigError, Dur, Secret, Section, lenient, require_url};
+use serde::Deserialize;
+
+/// `[jst]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JstConfig {
+    /// Open platform host, no path.
+    pub base_url: String,
+    /// The app's key.
+    pub app_key: Secret,
+    /// The app's secret (signs every call).
+    pub app_secret: Secret,
+    /// The merchant's access token.
+    pub access_token: Secret,
+    /// The merchant's refresh token.
+    pub refresh_token: Secret,
+    /// Documents per page, at most 50.
+    #[serde(deserialize_with = "lenient::number")]
+    pub page_size: u32,
+    /// Most calls in any sliding second (0: no pacing).
+    #[serde(deserialize_with = "lenient::number")]
+    pub rate_per_second: u32,
+    /// Most calls in any sliding minute (0: no pacing).
+    #[serde(deserialize_with = "lenient::number")]
+    pub rate_per_minute: u32,
+    /// Timeout of one HTTP call.
+    pub timeout: Dur,
+}
+
+impl Default for JstConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://openapi.jushuitan.com".into(),
+            app_key: Secret::default(),
+            app_secret: Secret::default(),
+            access_token: Secret::default(),
+            refresh_token: Secret::default(),
+            page_size: 50,
+            rate_per_second: 5,
+            rate_per_minute: 100,
+            timeout: Dur::secs(30),
+        }
+    }
+}
+
+impl Section for JstConfig {
+    const NAME: &'static str = "jst";
+
+    fn check(&self) -> Result<(), ConfigError> {
+        require_url(&self.base_url, "jst.base_url")?;
+        if !(1..=50).contains(&self.page_size) {
+            return Err(ConfigError::key("jst.page_size", "must be 1 to 50"));
+        }
+        Ok(())
+    }
+}
+
+impl JstConfig {
+    /// What a client that calls needs on top: the app's key and secret. The access token may
+    /// be left out: the client then asks for one (`getInitToken`).
+    pub fn check_credentials(&self) -> Result<(), ConfigError> {
+        for (value, key) in [
+            (&self.app_key, "jst.app_key"),
+            (&self.app_secret, "jst.app_secret"),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::key(key, "is required by the producer"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::config::shape;
+    use common::config::testing::{TempFile, env};
+
+    fn jst(pairs: &[(&str, &str)]) -> Result<JstConfig, ConfigError> {
+        env(pairs).and_then(|l| l.section())
+    }
+
+    #[test]
+    fn the_type_has_the_registered_keys() {
+        shape::registered::<JstConfig>("jst").expect("matches");
+    }
+
+    #[test]
+    fn credentials_are_required_but_not_the_access_token() {
+        let e = jst(&[])
+            .and_then(|c| c.check_credentials())
+            .expect_err("no key");
+        assert!(e.to_string().contains("jst.app_key"), "{e}");
+        jst(&[
+            ("JST2KD_JST__APP_KEY", "k"),
+            ("JST2KD_JST__APP_SECRET", "s"),
+        ])
+        .and_then(|c| c.check_credentials())
+        .expect("no access token needed: getInitToken");
+        let e = jst(&[("JST2KD_JST__PAGE_SIZE", "51")]).expect_err("page size");
+        assert!(e.to_string().contains("jst.page_size"), "{e}");
+        let e = jst(&[("JST2KD_JST__BASE_URL", "ftp://x")]).expect_err("url");
+        assert!(e.to_string().contains("jst.base_url"), "{e}");
+    }
+
+    #[test]
+    fn every_secret_comes_from_its_file() {
+        for (key, read) in [
+            (
+                "APP_KEY",
+                (|c: &JstConfig| c.app_key.clone()) as fn(&JstConfig) -> Secret,
+            ),
+            ("APP_SECRET", |c| c.app_secret.clone()),
+            ("ACCESS_TOKEN", |c| c.access_token.clone()),
+            ("REFRESH_TOKEN", |c| c.refresh_token.clone()),
+        ] {
+            let file = TempFile::new(&format!("{key}-from-file\n"));
+            let var = format!("JST2KD_JST__{key}_FILE");
+            let c = jst(&[(&var, file.0.to_str().expect("utf-8"))]).expect(key);
+            assert_eq!(read(&c).expose(), format!("{key}-from-file"));
+            assert!(!format!("{c:?}").contains("from-file"), "{key} printed");
+            let e = jst(&[(&var, "/no/such/file")]).expect_err("missing");
+            assert!(
+                e.to_string()
+                    .contains(&format!("jst.{}_file", key.to_lowercase())),
+                "{e}"
+            );
+        }
+    }
+}
