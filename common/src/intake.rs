@@ -8,9 +8,9 @@
 //! (what could not settle is redelivered by the broker).
 
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::http::escape;
+use crate::events::StageEvents;
 use crate::queue::{Broker, Consumer, Delivery, QueueError, Work};
 use crate::settle::Settler;
 use crate::telemetry::Stage;
@@ -36,7 +36,7 @@ impl Intake {
         ctx: &Context,
     ) -> Result<Self, QueueError> {
         let consumer = broker.consume(work, prefetch).await?;
-        let settler = Settler::new(broker.clone(), ctx.metrics.clone(), stage, work);
+        let settler = Settler::new(broker.clone(), StageEvents::new(&ctx.metrics, stage), work);
         info!(stage = stage.as_str(), queue = %broker.topology().work_queue(work), prefetch, "Consuming.");
         Ok(Self {
             consumer,
@@ -71,13 +71,8 @@ impl Intake {
     /// `amqp.max_message_bytes` is dead-lettered `too_large` here, unread, and `None` returned.
     pub async fn admit(&self, delivery: Delivery) -> Option<(Delivery, InFlight)> {
         let in_flight = InFlight::start(&self.ctx);
-        self.ctx
-            .metrics
-            .consumed
-            .with_label_values(&[self.stage.as_str()])
-            .inc();
+        self.settler.events().consumed();
         if let Some(reason) = self.settler.oversized(&delivery) {
-            warn!(stage = self.stage.as_str(), message_id = %escape(delivery.message_id.as_deref().unwrap_or("")), error = %reason.error, "Message too large; dead-lettering it unread.");
             self.settler.dead_letter(delivery, reason).await.ok();
             return None;
         }

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod events;
 pub mod files;
 pub mod http;
 pub mod intake;

@@ -10,11 +10,11 @@
 //! can neither stop a worker nor churn the connection under innocent messages.
 
 use serde_json::Value;
-use tracing::warn;
 
+use crate::events::StageEvents;
 use crate::messages::{Headers, header, header_int};
 use crate::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
-use crate::telemetry::{DeadKind, Metrics, Stage};
+use crate::telemetry::DeadKind;
 use crate::time::rfc3339_now;
 
 /// Longest `jst2kd-error`.
@@ -150,25 +150,23 @@ impl DeadReason {
 #[derive(Clone)]
 pub struct Settler {
     broker: Broker,
-    metrics: std::sync::Arc<Metrics>,
-    stage: Stage,
+    events: StageEvents,
     origin: Work,
 }
 
 impl Settler {
-    /// For `stage`, which consumes `origin`.
-    pub fn new(
-        broker: Broker,
-        metrics: std::sync::Arc<Metrics>,
-        stage: Stage,
-        origin: Work,
-    ) -> Self {
+    /// For the stage of `events`, which consumes `origin`.
+    pub fn new(broker: Broker, events: StageEvents, origin: Work) -> Self {
         Self {
             broker,
-            metrics,
-            stage,
+            events,
             origin,
         }
+    }
+
+    /// The stage's intake, retry and dead-letter events.
+    pub fn events(&self) -> &StageEvents {
+        &self.events
     }
 
     /// Why a delivery must be dead-lettered unread: its body is over `amqp.max_message_bytes`.
@@ -190,7 +188,7 @@ impl Settler {
     pub fn dead_message(&self, delivery: &Delivery, reason: &DeadReason) -> Outgoing {
         let topology = self.broker.topology();
         let mut headers: Headers = bounded_headers(&delivery.headers);
-        headers.insert(header::STAGE.into(), self.stage.as_str().into());
+        headers.insert(header::STAGE.into(), self.events.stage().as_str().into());
         headers.insert(header::ERROR_KIND.into(), reason.kind.as_str().into());
         headers.insert(
             header::ERROR.into(),
@@ -245,16 +243,13 @@ impl Settler {
         }
         match published {
             Ok(()) => {
-                let s = self.stage.as_str();
-                self.metrics.published.with_label_values(&[s, "dead"]).inc();
-                self.metrics
-                    .dead_lettered
-                    .with_label_values(&[s, reason.kind.as_str()])
-                    .inc();
+                let id = delivery.message_id.as_deref().unwrap_or("");
+                self.events.dead_lettered(reason.kind, id, &reason.error);
                 delivery.ack().await
             }
             Err(err) => {
-                warn!(message_id = delivery.message_id.as_deref().unwrap_or(""), error = %err, "Cannot dead-letter; the message goes back to its queue.");
+                let id = delivery.message_id.as_deref().unwrap_or("");
+                self.events.not_settled(id, &err);
                 delivery
                     .requeue_after(crate::settle::REQUEUE_PAUSE)
                     .await
@@ -287,18 +282,15 @@ impl Settler {
                     body: delivery.body.clone(),
                 };
                 if let Err(err) = self.broker.publish(message).await {
+                    let id = delivery.message_id.as_deref().unwrap_or("");
+                    self.events.not_settled(id, &err);
                     delivery
                         .requeue_after(crate::settle::REQUEUE_PAUSE)
                         .await
                         .ok();
                     return Err(err);
                 }
-                let s = self.stage.as_str();
-                self.metrics
-                    .published
-                    .with_label_values(&[s, "retry"])
-                    .inc();
-                self.metrics.retried.with_label_values(&[s]).inc();
+                self.events.retried();
                 delivery.ack().await?;
             }
         }

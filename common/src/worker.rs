@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Dur, FromLayers, Layers, Section};
+use crate::events::BrokerEvents;
 use crate::queue::rabbit::RabbitBroker;
 use crate::queue::{AmqpConfig, Broker, QueueError, Topology, Work};
 use crate::telemetry::{self, Health, LogFormat, Metrics, Stage};
@@ -193,26 +194,21 @@ pub async fn connect_rabbit(
     let broker = Broker::Rabbit(rabbit);
     let watched = broker.clone();
     let ctx2 = ctx.clone();
+    let events = BrokerEvents::new(&ctx.metrics, consumes);
     ctx.tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let ready = watched.is_ready();
-            ctx2.metrics.amqp_connected.set(i64::from(ready));
+            events.connected(ready);
             ctx2.health.set_ready(ready);
             if let (Some(work), true) = (consumes, ready) {
-                let gauge = |queue: &str, depth: u64| {
-                    ctx2.metrics
-                        .queue_messages
-                        .with_label_values(&[queue])
-                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
-                };
                 if let Ok(depth) = watched.depth(work).await {
-                    gauge(work.key(), depth);
+                    events.depth(work.key(), depth);
                 }
                 // Dead letters wait for a person: their count drives an alert that stays on
                 // until they are replayed or purged.
                 if let Ok(depth) = watched.dead_depth().await {
-                    gauge("dead", depth);
+                    events.depth("dead", depth);
                 }
             }
             tokio::select! {

@@ -9,6 +9,7 @@
 //! bytes of the body, never a panic.
 
 mod config;
+pub mod events;
 pub mod pace;
 pub mod sign;
 mod token;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use common::config::Secret;
 use common::messages::int_field;
 use common::telemetry::Metrics;
+use events::{JstEvents, Outcome};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -88,16 +90,6 @@ impl JstError {
     pub fn is_protocol(&self) -> bool {
         matches!(self, JstError::Protocol(_))
     }
-
-    fn outcome(&self) -> &'static str {
-        match self {
-            JstError::Api {
-                code: 199 | 200, ..
-            } => "rate_limited",
-            JstError::Api { code: 100, .. } => "token_expired",
-            _ => "error",
-        }
-    }
 }
 
 /// One page of the count query.
@@ -139,7 +131,7 @@ pub struct JstClient {
     tokens: Arc<tokio::sync::Mutex<TokenPair>>,
     token_file: Option<PathBuf>,
     may_refresh: bool,
-    metrics: Option<Arc<Metrics>>,
+    events: Option<JstEvents>,
 }
 
 impl std::fmt::Debug for JstClient {
@@ -179,7 +171,7 @@ impl JstClient {
             tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
             token_file: None,
             may_refresh: true,
-            metrics,
+            events: metrics.as_deref().map(JstEvents::new),
         })
     }
 
@@ -271,11 +263,8 @@ impl JstClient {
         let started = Instant::now();
         let timestamp = i64::try_from(common::http::unix_now()).unwrap_or(0);
         let result = self.post_once(path, &params(timestamp)).await;
-        if let Some(m) = &self.metrics {
-            m.jst_request_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let outcome = result.as_ref().map_or_else(JstError::outcome, |_| "ok");
-            m.jst_requests.with_label_values(&[outcome]).inc();
+        if let Some(events) = &self.events {
+            events.call(started, Outcome::of(&result));
         }
         result
     }

@@ -160,10 +160,10 @@ impl JstClient {
     }
 
     pub(crate) fn observe_expiry_now(&self) {
-        if let (Some(m), Ok(tokens)) = (&self.metrics, self.tokens.try_lock())
+        if let (Some(events), Ok(tokens)) = (&self.events, self.tokens.try_lock())
             && let Some(at) = tokens.expires_at
         {
-            m.jst_token_expiry.set(at.timestamp() as f64);
+            events.token_expires(&at);
         }
     }
 
@@ -253,8 +253,8 @@ impl JstClient {
                 tracing::error!(file = %file.display(), error = %e, "Cannot keep the renewed Jushuitan token on disk; a restart would fall back to the older pair.");
             }
         }
-        if let (Some(m), Some(at)) = (&self.metrics, pair.expires_at) {
-            m.jst_token_expiry.set(at.timestamp() as f64);
+        if let (Some(events), Some(at)) = (&self.events, pair.expires_at) {
+            events.token_expires(&at);
         }
         info!(expires_at = ?pair.expires_at, "Jushuitan access token renewed.");
         Ok(pair.access_token)

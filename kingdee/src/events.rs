@@ -4,8 +4,7 @@
 
 use std::time::Instant;
 
-use common::telemetry::{KINGDEE_OPS, KINGDEE_OUTCOMES, Metrics};
-use prometheus::{Histogram, IntCounter};
+use common::telemetry::{Histogram, IntCounter, KINGDEE_OPS, KINGDEE_OUTCOMES, Metrics};
 
 use crate::{BillResult, KingdeeError};
 

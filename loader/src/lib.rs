@@ -10,6 +10,7 @@
 
 mod config;
 pub mod decide;
+pub mod events;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,10 +26,11 @@ use kingdee::{AfterSave, BillError, KingdeeClient, Operation};
 
 pub use config::{Config, LoaderConfig};
 pub use decide::{Entry, Settlement};
+use events::{LoaderEvents, Settled};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 /// A bill read from its delivery.
 struct Pending {
@@ -67,6 +69,7 @@ pub async fn run(
         .saturating_mul(config.concurrency.saturating_add(1));
     let prefetch = prefetch.max(u16::try_from(wanted).unwrap_or(u16::MAX));
     let mut intake = Intake::open(&broker, Stage::Loader, Work::Bills, prefetch, &ctx).await?;
+    let events = LoaderEvents::new(&ctx.metrics);
     let settler = intake.settler().clone();
     let tasks = intake.tasks().clone();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -88,7 +91,7 @@ pub async fn run(
         };
         tokio::select! {
             () = linger_over => {
-                flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
+                flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
                 deadline = None;
                 batch_entries = 0;
             }
@@ -104,14 +107,13 @@ pub async fn run(
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
                     }
                     Err(e) => {
-                        warn!(message_id = %common::http::escape(delivery.message_id.as_deref().unwrap_or("")), error = %e, "Not a valid bill; dead-lettering it.");
                         let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
                         settler.dead_letter(delivery, reason).await.ok();
                         drop(in_flight);
                     }
                 }
                 if batch.len() >= config.batch_size || batch_entries >= MAX_CALL_ENTRIES {
-                    flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
+                    flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
                     deadline = None;
                     batch_entries = 0;
                 }
@@ -119,7 +121,7 @@ pub async fn run(
         }
     }
     intake.stop().await;
-    flush(&mut batch, &slots, &tasks, &client, &settler, &ctx).await;
+    flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
     intake.finish().await
 }
 
@@ -130,7 +132,7 @@ async fn flush(
     tasks: &TaskTracker,
     client: &KingdeeClient,
     settler: &Settler,
-    ctx: &Context,
+    events: &LoaderEvents,
 ) {
     if batch.is_empty() {
         return;
@@ -139,9 +141,9 @@ async fn flush(
         return;
     };
     let bills = std::mem::take(batch);
-    let (client, settler, ctx) = (client.clone(), settler.clone(), ctx.clone());
+    let (client, settler, events) = (client.clone(), settler.clone(), events.clone());
     tasks.spawn(async move {
-        save_batch(bills, &client, &settler, &ctx).await;
+        save_batch(bills, &client, &settler, &events).await;
         drop(permit);
     });
 }
@@ -175,7 +177,12 @@ fn by_entries(bills: Vec<Pending>) -> Vec<Vec<Pending>> {
 
 /// One BatchSave per form (and per [`MAX_CALL_ENTRIES`]); every bill settled by its own
 /// result.
-async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settler, ctx: &Context) {
+async fn save_batch(
+    bills: Vec<Pending>,
+    client: &KingdeeClient,
+    settler: &Settler,
+    events: &LoaderEvents,
+) {
     let mut by_form: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
     for p in bills {
         by_form.entry(p.bill.form_id.clone()).or_default().push(p);
@@ -189,7 +196,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
         })
         .collect();
     while let Some((form, group)) = calls.pop_front() {
-        ctx.metrics.loader_batch_size.observe(group.len() as f64);
+        events.batch(group.len());
         let models: Vec<&serde_json::Value> = group.iter().map(|p| &p.bill.model).collect();
         match client.batch_save(&form, &models).await {
             Ok(results) => {
@@ -203,7 +210,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 }
                 settled.extend(check_duplicates(&form, duplicates, client).await);
                 for (pending, settlement) in after_save(&form, settled, client).await {
-                    apply(pending, settlement, settler, ctx).await;
+                    apply(pending, settlement, settler, events).await;
                 }
             }
             Err(err) if err.is_transient() => {
@@ -212,7 +219,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                 warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; checking which bills Kingdee committed before retrying the others.");
                 let checked = check_saved(&form, group, client, &err.to_string()).await;
                 for (pending, settlement) in after_save(&form, checked, client).await {
-                    apply(pending, settlement, settler, ctx).await;
+                    apply(pending, settlement, settler, events).await;
                 }
             }
             Err(kingdee::KingdeeError::Http(kingdee::HTTP_TOO_LARGE)) if group.len() > 1 => {
@@ -236,7 +243,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
                         pending,
                         Settlement::Rejected(vec![refused.clone()]),
                         settler,
-                        ctx,
+                        events,
                     )
                     .await;
                 }
@@ -244,7 +251,7 @@ async fn save_batch(bills: Vec<Pending>, client: &KingdeeClient, settler: &Settl
             Err(err) => {
                 error!(form = %form, bills = group.len(), error = %err, "Kingdee refused the call; check the kingdee section of the configuration. The bills go to a retry tier.");
                 for pending in group {
-                    apply(pending, Settlement::Retry(err.to_string()), settler, ctx).await;
+                    apply(pending, Settlement::Retry(err.to_string()), settler, events).await;
                 }
             }
         }
@@ -354,22 +361,25 @@ async fn after_save(
     settled
 }
 
-async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx: &Context) {
+async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, events: &LoaderEvents) {
     let Pending {
         delivery,
         bill,
         _in_flight,
     } = pending;
     let (io_id, bill_no) = (bill.source.io_id, bill.bill_no.as_str());
-    let count = |result: &str| ctx.metrics.loader_bills.with_label_values(&[result]).inc();
     match settlement {
         Settlement::Created | Settlement::Duplicate => {
             let created = settlement == Settlement::Created;
-            if let Err(e) = delivery_ack(delivery, ctx, created).await {
+            if let Err(e) = delivery_ack(delivery, events, created).await {
                 warn!(io_id, bill_no, error = %e, "Saved but not acked; the redelivery will be seen as a duplicate.");
             }
-            count(if created { "created" } else { "duplicate" });
-            debug!(io_id, bill_no, created, "Bill settled.");
+            let result = if created {
+                Settled::Created
+            } else {
+                Settled::Duplicate
+            };
+            events.settled(result, io_id, bill_no);
         }
         Settlement::Rejected(errors) => {
             let text = errors
@@ -377,7 +387,6 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
                 .map(|e| e.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            warn!(io_id, bill_no, error = %text, "Kingdee rejected the bill; dead-lettering it.");
             let reason = DeadReason {
                 kingdee_errors: Some(json!(errors)),
                 ..DeadReason::new(
@@ -386,16 +395,11 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
                 )
             };
             if settler.dead_letter(delivery, reason).await.is_ok() {
-                count("rejected");
+                events.settled(Settled::Rejected, io_id, bill_no);
             }
         }
         Settlement::Conflict(existing) => {
             let new = decide::entries_of_model(&bill.model);
-            warn!(
-                io_id,
-                bill_no,
-                "The bill number exists in Kingdee with other content; dead-lettering it as a conflict for a person to decide."
-            );
             let reason = DeadReason {
                 existing: Some(json!(existing)),
                 ..DeadReason::new(
@@ -408,11 +412,13 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
                 )
             };
             if settler.dead_letter(delivery, reason).await.is_ok() {
-                count("conflict");
+                events.settled(Settled::Conflict, io_id, bill_no);
             }
         }
         Settlement::Retry(why) => match settler.retry(delivery, why).await {
-            Ok(common::settle::NextTry::Exhausted) => count("exhausted"),
+            Ok(common::settle::NextTry::Exhausted) => {
+                events.settled(Settled::Exhausted, io_id, bill_no);
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(io_id, bill_no, error = %e, "Cannot schedule the retry; the bill goes back to its queue.")
@@ -422,13 +428,17 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, ctx:
 }
 
 /// Acks and records the end-to-end latency of a created bill.
-async fn delivery_ack(delivery: Delivery, ctx: &Context, created: bool) -> Result<(), QueueError> {
+async fn delivery_ack(
+    delivery: Delivery,
+    events: &LoaderEvents,
+    created: bool,
+) -> Result<(), QueueError> {
     if created
         && let Some(at) = header_text(&delivery.headers, header::PUBLISHED_AT)
         && let Ok(at) = chrono::DateTime::parse_from_rfc3339(at)
     {
         let secs = (chrono::Utc::now() - at.to_utc()).num_milliseconds() as f64 / 1000.0;
-        ctx.metrics.end_to_end_seconds.observe(secs.max(0.0));
+        events.end_to_end(secs);
     }
     delivery.ack().await
 }

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod events;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,13 +18,15 @@ use common::config::{ConfigError, Secret};
 use common::messages::{self, Headers, header};
 use common::queue::rabbit::{LockError, ProducerLock};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
-use common::telemetry::{Health, Metrics, Stage};
+use common::telemetry::{Health, Metrics};
 use common::time::{format_beijing, now_beijing, rfc3339_now};
 use common::worker::{self, Context, WorkerError};
 use jst::{CountQuery, JstClient, JstError, Paging};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+use events::ProducerEvents;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use config::{Config, ProducerConfig, StartAt};
@@ -121,7 +124,7 @@ pub struct Producer {
     client: JstClient,
     broker: Broker,
     config: ProducerConfig,
-    metrics: std::sync::Arc<Metrics>,
+    events: ProducerEvents,
     started: DateTime<FixedOffset>,
     recent: Mutex<Recent>,
 }
@@ -157,7 +160,7 @@ impl Producer {
             client,
             broker,
             config,
-            metrics,
+            events: ProducerEvents::new(&metrics),
             started: now_beijing(),
             recent: Mutex::new(Recent::new(RECENT_CAPACITY)),
         }
@@ -178,9 +181,7 @@ impl Producer {
         let path = &self.config.checkpoint;
         let from = match checkpoint::load(path)? {
             Some(cp) => {
-                self.metrics
-                    .checkpoint_timestamp
-                    .set(cp.until.timestamp() as f64);
+                self.events.checkpoint_read(&cp.until);
                 cp.until - chrono::Duration::from_std(self.config.overlap.0).unwrap_or_default()
             }
             None => self.first_start(),
@@ -190,10 +191,7 @@ impl Producer {
         for (begin, end) in windows(from, to, MAX_WINDOW) {
             let (fetched, published) = self.publish_window(begin, end, true).await?;
             checkpoint::save(path, &Checkpoint { until: end })?;
-            self.metrics
-                .checkpoint_timestamp
-                .set(end.timestamp() as f64);
-            debug!(from = %format_beijing(&begin), to = %format_beijing(&end), fetched, published, "Window published; checkpoint advanced.");
+            self.events.window_done(&begin, &end, fetched, published);
             report.windows += 1;
             report.fetched += fetched;
             report.published += published;
@@ -257,10 +255,7 @@ impl Producer {
                             .filter(|(id, _)| !(skip_recent && recent.contains(id)))
                             .collect()
                     };
-                    self.metrics
-                        .skipped
-                        .with_label_values(&[Stage::Producer.as_str(), "already_published"])
-                        .inc_by((new_count - docs.len()) as u64);
+                    self.events.already_published(new_count - docs.len());
                     published += docs.len();
                     self.publish(docs).await?;
                     if last {
@@ -293,7 +288,7 @@ impl Producer {
             return Ok(());
         }
         let published_at = rfc3339_now();
-        let count = docs.len() as u64;
+        let count = docs.len();
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
         let messages: Vec<Outgoing> = docs
             .into_iter()
@@ -316,10 +311,7 @@ impl Producer {
             })
             .collect();
         self.broker.publish_all(messages).await?;
-        self.metrics
-            .published
-            .with_label_values(&[Stage::Producer.as_str(), "counts"])
-            .inc_by(count);
+        self.events.published(count);
         let mut recent = self
             .recent
             .lock()

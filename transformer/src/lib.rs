@@ -7,9 +7,9 @@
 //! which the loader recognises as duplicates.
 
 mod config;
+pub mod events;
 pub mod mapping;
 
-use common::http::escape;
 use common::intake::Intake;
 use common::messages::{self, CountDoc, header};
 use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
@@ -20,6 +20,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 pub use config::{Config, Gains, LossSign, MappingConfig};
+use events::TransformerEvents;
 pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
 /// The transformer process: connects to RabbitMQ, runs the stage, closes the connection.
@@ -37,18 +38,19 @@ pub async fn run(config: &MappingConfig, broker: Broker, ctx: Context) -> Result
     let prefetch = broker.topology().prefetch;
     let mut intake =
         Intake::open(&broker, Stage::Transformer, Work::Counts, prefetch, &ctx).await?;
+    let events = TransformerEvents::new(&ctx.metrics);
     while let Some(delivery) = intake.next().await {
         let Some((delivery, in_flight)) = intake.admit(delivery).await else {
             continue;
         };
-        let (broker, settler, config, ctx2) = (
+        let (broker, settler, config, events) = (
             broker.clone(),
             intake.settler().clone(),
             config.clone(),
-            ctx.clone(),
+            events.clone(),
         );
         intake.tasks().spawn(async move {
-            handle(delivery, &config, &broker, &settler, &ctx2).await;
+            handle(delivery, &config, &broker, &settler, &events).await;
             drop(in_flight);
         });
     }
@@ -61,12 +63,11 @@ async fn handle(
     config: &MappingConfig,
     broker: &Broker,
     settler: &Settler,
-    ctx: &Context,
+    events: &TransformerEvents,
 ) {
     let raw: Value = match serde_json::from_slice(&delivery.body) {
         Ok(v) => v,
         Err(e) => {
-            warn!(message_id = %escape(delivery.message_id.as_deref().unwrap_or("")), error = %e, "Unreadable count document; dead-lettering it.");
             let reason = DeadReason::new(DeadKind::Malformed, format!("body is not JSON: {e}"));
             settler.dead_letter(delivery, reason).await.ok();
             return;
@@ -75,8 +76,6 @@ async fn handle(
     let doc = match CountDoc::from_value(&raw) {
         Ok(doc) => doc,
         Err(e) => {
-            let io_id = messages::int_field(raw.get("io_id")).unwrap_or_default();
-            warn!(io_id, kind = DeadKind::Malformed.as_str(), error = %e, "Document cannot be mapped; dead-lettering it.");
             let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
             settler.dead_letter(delivery, reason).await.ok();
             return;
@@ -87,23 +86,18 @@ async fn handle(
     let io_id = doc.io_id;
     match mapping::plan(&doc, config) {
         Ok(Plan::Skipped(reason)) => {
-            debug!(io_id, reason = reason.as_str(), "Document skipped.");
             if delivery.ack().await.is_ok() {
-                ctx.metrics
-                    .skipped
-                    .with_label_values(&[Stage::Transformer.as_str(), reason.as_str()])
-                    .inc();
+                events.skipped(io_id, reason);
             }
         }
         Ok(Plan::Bills(parts)) => {
-            publish_bills(delivery, parts, broker, settler, ctx, io_id).await;
+            publish_bills(delivery, parts, broker, settler, events, io_id).await;
         }
         Err(err) => {
             let kind = match err {
                 MapError::Malformed(_) => DeadKind::Malformed,
                 MapError::Mapping(_) => DeadKind::Mapping,
             };
-            warn!(io_id, kind = kind.as_str(), error = %err, "Document cannot be mapped; dead-lettering it.");
             let reason = DeadReason::new(kind, err.to_string());
             settler.dead_letter(delivery, reason).await.ok();
         }
@@ -122,7 +116,7 @@ async fn publish_bills(
     parts: Parts<'_>,
     broker: &Broker,
     settler: &Settler,
-    ctx: &Context,
+    events: &TransformerEvents,
     io_id: i64,
 ) {
     let mut copied = messages::Headers::new();
@@ -164,18 +158,12 @@ async fn publish_bills(
         if chunk_bytes < PUBLISH_CHUNK_BYTES && parts.peek().is_some() {
             continue;
         }
-        let count = chunk.len() as u64;
+        let count = chunk.len();
         chunk_bytes = 0;
         match broker.publish_all(std::mem::take(&mut chunk)).await {
-            Ok(()) => {
-                ctx.metrics
-                    .published
-                    .with_label_values(&[Stage::Transformer.as_str(), "bills"])
-                    .inc_by(count);
-            }
+            Ok(()) => events.bills_published(count),
             Err(e @ QueueError::TooLarge { .. }) => {
                 // Publishing it again would fail again: dead-letter it, once.
-                warn!(io_id, error = %e, "A bill is too large to publish; dead-lettering the document.");
                 let reason = DeadReason::new(DeadKind::TooLarge, e.to_string());
                 settler.dead_letter(delivery, reason).await.ok();
                 return;

@@ -27,6 +27,9 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every reason.
+    pub const ALL: [SkipReason; 2] = [SkipReason::Status, SkipReason::NoLines];
+
     /// Label of `jst2kd_skipped_total{reason}`.
     pub fn as_str(self) -> &'static str {
         match self {

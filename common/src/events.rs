@@ -1,0 +1,203 @@
+//! The named events of what every consuming stage shares (intake, retries, dead letters) and
+//! of the broker connection: each is one method that logs and counts together, with labels
+//! from enums and the metric handles resolved once, when the stage starts.
+//!
+//! Each crate has its own events beside its code (`jst::events`, `kingdee::events`,
+//! `producer::events`, `transformer::events`, `loader::events`); [`crate::telemetry`] defines
+//! the metrics themselves (SPEC section 7).
+
+use prometheus::{IntCounter, IntGauge};
+use tracing::warn;
+
+use crate::http::escape;
+use crate::queue::Work;
+use crate::telemetry::{DeadKind, Metrics, Stage};
+
+/// Where a stage published a message, as the `queue` label of `jst2kd_published_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishedTo {
+    /// A work queue (`counts`, `bills`).
+    Work(Work),
+    /// A retry tier.
+    Retry,
+    /// The dead letters.
+    Dead,
+}
+
+impl PublishedTo {
+    /// Label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishedTo::Work(work) => work.key(),
+            PublishedTo::Retry => "retry",
+            PublishedTo::Dead => "dead",
+        }
+    }
+}
+
+/// One stage's intake, retry and dead-letter events.
+#[derive(Clone)]
+pub struct StageEvents {
+    stage: Stage,
+    consumed: IntCounter,
+    retried: IntCounter,
+    published_retry: IntCounter,
+    published_dead: IntCounter,
+    dead: Vec<(DeadKind, IntCounter)>,
+}
+
+impl StageEvents {
+    /// Resolves the handles of `stage`.
+    pub fn new(metrics: &Metrics, stage: Stage) -> Self {
+        let s = stage.as_str();
+        let published = |to: PublishedTo| metrics.published.with_label_values(&[s, to.label()]);
+        Self {
+            stage,
+            consumed: metrics.consumed.with_label_values(&[s]),
+            retried: metrics.retried.with_label_values(&[s]),
+            published_retry: published(PublishedTo::Retry),
+            published_dead: published(PublishedTo::Dead),
+            dead: DeadKind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        *k,
+                        metrics.dead_lettered.with_label_values(&[s, k.as_str()]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The stage these events are of.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// A delivery was received.
+    pub fn consumed(&self) {
+        self.consumed.inc();
+    }
+
+    /// A copy went to a retry tier (confirmed) and the original was settled.
+    pub fn retried(&self) {
+        self.published_retry.inc();
+        self.retried.inc();
+    }
+
+    /// A dead letter was confirmed. `jst2kd_dead_lettered_total` drives the alert; the log
+    /// line says which message and why.
+    pub fn dead_lettered(&self, kind: DeadKind, message_id: &str, error: &str) {
+        self.published_dead.inc();
+        if let Some((_, counter)) = self.dead.iter().find(|(k, _)| *k == kind) {
+            counter.inc();
+        }
+        warn!(
+            stage = self.stage.as_str(),
+            kind = kind.as_str(),
+            message_id = %escape(message_id),
+            error = %escape(error),
+            "Dead-lettered: {}.",
+            what(kind)
+        );
+    }
+
+    /// A dead letter or retry copy could not be published: the delivery goes back to its
+    /// queue (the broker's delivery limit bounds the loop).
+    pub fn not_settled(&self, message_id: &str, error: &dyn std::fmt::Display) {
+        warn!(
+            stage = self.stage.as_str(),
+            message_id = %escape(message_id),
+            error = %error,
+            "Cannot publish the retry or dead-letter copy; the message goes back to its queue."
+        );
+    }
+}
+
+/// Why a message was dead-lettered, for a person reading the log.
+fn what(kind: DeadKind) -> &'static str {
+    match kind {
+        DeadKind::Malformed => "the message cannot be read",
+        DeadKind::Mapping => "the configuration has no mapping for it",
+        DeadKind::Rejected => "Kingdee refused the bill",
+        DeadKind::Conflict => {
+            "the bill number exists in Kingdee with other entries; a person must decide"
+        }
+        DeadKind::Exhausted => "transient failures outlasted the retry tiers",
+        DeadKind::TooLarge => "it is too large",
+    }
+}
+
+/// The broker connection as the metrics show it: `jst2kd_amqp_connected` and
+/// `jst2kd_queue_messages{queue}`.
+#[derive(Clone)]
+pub struct BrokerEvents {
+    connected: IntGauge,
+    depths: Vec<(&'static str, IntGauge)>,
+}
+
+impl BrokerEvents {
+    /// Resolves the handles; `consumes` is the work queue whose depth this process shows.
+    pub fn new(metrics: &Metrics, consumes: Option<Work>) -> Self {
+        let depths = consumes
+            .map(|w| w.key())
+            .into_iter()
+            .chain(consumes.map(|_| "dead"))
+            .map(|q| (q, metrics.queue_messages.with_label_values(&[q])))
+            .collect();
+        Self {
+            connected: metrics.amqp_connected.clone(),
+            depths,
+        }
+    }
+
+    /// Connected (and the topology declared) or not.
+    pub fn connected(&self, ready: bool) {
+        self.connected.set(i64::from(ready));
+    }
+
+    /// Messages ready in `queue` (`counts`, `bills` or `dead`).
+    pub fn depth(&self, queue: &str, depth: u64) {
+        if let Some((_, gauge)) = self.depths.iter().find(|(q, _)| *q == queue) {
+            gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_under_their_labels() {
+        let metrics = Metrics::new(&[Stage::Loader]);
+        let events = StageEvents::new(&metrics, Stage::Loader);
+        events.consumed();
+        events.retried();
+        events.dead_lettered(DeadKind::Conflict, "JSTPD1", "other entries");
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        for line in [
+            "jst2kd_consumed_total{stage=\"loader\"} 1",
+            "jst2kd_retried_total{stage=\"loader\"} 1",
+            "jst2kd_published_total{queue=\"retry\",stage=\"loader\"} 1",
+            "jst2kd_published_total{queue=\"dead\",stage=\"loader\"} 1",
+            "jst2kd_dead_lettered_total{kind=\"conflict\",stage=\"loader\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        let broker = BrokerEvents::new(&metrics, Some(Work::Bills));
+        broker.connected(true);
+        broker.depth("bills", 7);
+        broker.depth("dead", 2);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(text.contains("jst2kd_amqp_connected 1"), "{text}");
+        assert!(
+            text.contains("jst2kd_queue_messages{queue=\"bills\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jst2kd_queue_messages{queue=\"dead\"} 2"),
+            "{text}"
+        );
+    }
+}

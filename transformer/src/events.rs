@@ -1,0 +1,69 @@
+//! The transformer's named events: documents skipped by reason and bills published, each
+//! logging and counting in one place, with the handles resolved once. (Dead letters are the
+//! settler's events, `common::events`.)
+
+use common::events::PublishedTo;
+use common::queue::Work;
+use common::telemetry::{IntCounter, Metrics, Stage};
+use tracing::debug;
+
+use crate::SkipReason;
+
+/// The transformer's metric handles.
+#[derive(Clone)]
+pub struct TransformerEvents {
+    skipped: Vec<(SkipReason, IntCounter)>,
+    bills: IntCounter,
+}
+
+impl TransformerEvents {
+    /// Resolves the handles of `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let s = Stage::Transformer.as_str();
+        Self {
+            skipped: SkipReason::ALL
+                .iter()
+                .map(|r| (*r, metrics.skipped.with_label_values(&[s, r.as_str()])))
+                .collect(),
+            bills: metrics
+                .published
+                .with_label_values(&[s, PublishedTo::Work(Work::Bills).label()]),
+        }
+    }
+
+    /// Document `io_id` becomes no bill, for `reason`; it was acked.
+    pub fn skipped(&self, io_id: i64, reason: SkipReason) {
+        if let Some((_, counter)) = self.skipped.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+        }
+        debug!(io_id, reason = reason.as_str(), "Document skipped.");
+    }
+
+    /// `count` bills were published and confirmed.
+    pub fn bills_published(&self, count: usize) {
+        self.bills.inc_by(count as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_under_their_labels() {
+        let metrics = Metrics::new(&[Stage::Transformer]);
+        let events = TransformerEvents::new(&metrics);
+        events.skipped(1, SkipReason::Status);
+        events.skipped(2, SkipReason::NoLines);
+        events.skipped(3, SkipReason::NoLines);
+        events.bills_published(4);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        for line in [
+            "jst2kd_skipped_total{reason=\"status\",stage=\"transformer\"} 1",
+            "jst2kd_skipped_total{reason=\"no_lines\",stage=\"transformer\"} 2",
+            "jst2kd_published_total{queue=\"bills\",stage=\"transformer\"} 4",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+}
