@@ -361,6 +361,55 @@ pub struct Sims {
 }
 
 impl Sims {
+    /// The configuration file of the three workers against these simulators (with their
+    /// built-in credentials), on the local RabbitMQ under `prefix`: the producer keeps its
+    /// checkpoint at `checkpoint` and starts 31 days back, JST warehouses map as `warehouses`,
+    /// and `extra` adds sections the file does not set (such as `[loader]`).
+    pub fn worker_toml(
+        &self,
+        prefix: &str,
+        checkpoint: &Path,
+        warehouses: &[(&str, &str)],
+        extra: &str,
+    ) -> String {
+        let warehouses: String = warehouses
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+            .collect();
+        format!(
+            r#"[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5"
+prefix = "{prefix}"
+[runtime]
+shutdown_timeout = "20s"
+[jst]
+base_url = "{jst}"
+app_key = "local-app-key"
+app_secret = "local-app-secret"
+access_token = "local-access-token"
+[producer]
+poll_interval = "1s"
+start_at = "31d"
+lag = "0s"
+checkpoint = "{checkpoint}"
+[kingdee]
+base_url = "{kingdee}/k3cloud"
+acct_id = "local-acct"
+user_name = "local-user"
+app_id = "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY"
+app_secret = "0123456789abcdef0123456789abcdef"
+[mapping]
+org = "100"
+[mapping.warehouses]
+{warehouses}
+{extra}
+"#,
+            jst = self.jst,
+            kingdee = self.kingdee,
+            checkpoint = checkpoint.display(),
+        )
+    }
+
     /// Starts both, logging into `dir`, and waits until each answers.
     pub async fn start(dir: &Path, jst_args: &[&str]) -> Self {
         let (jp, kp) = (free_port(), free_port());

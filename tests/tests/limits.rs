@@ -42,35 +42,12 @@ impl Setup {
         let data = dir.path("docs.json");
         std::fs::write(&data, serde_json::to_vec(docs).unwrap()).unwrap();
         let sims = Sims::start(&dir.0, &["--data", data.to_str().unwrap()]).await;
-        let (jst, kingdee) = (sims.jst.clone(), sims.kingdee.clone());
-        let config = format!(
-            r#"[amqp]
-url = "{URL}"
-prefix = "{prefix}"
-[runtime]
-shutdown_timeout = "10s"
-[jst]
-base_url = "{jst}"
-app_key = "local-app-key"
-app_secret = "local-app-secret"
-access_token = "local-access-token"
-[producer]
-poll_interval = "1s"
-start_at = "2d"
-lag = "0s"
-checkpoint = "{cp}"
-[kingdee]
-base_url = "{kingdee}/k3cloud"
-acct_id = "local-acct"
-user_name = "local-user"
-app_id = "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY"
-app_secret = "0123456789abcdef0123456789abcdef"
-[mapping]
-org = "100"
-[mapping.warehouses]
-"1" = "CK001"
-"#,
-            cp = dir.path("producer.checkpoint.json").display(),
+        let kingdee = sims.kingdee.clone();
+        let config = sims.worker_toml(
+            &prefix,
+            &dir.path("producer.checkpoint.json"),
+            &[("1", "CK001")],
+            "",
         );
         let path = dir.path("config.toml");
         std::fs::write(&path, config).unwrap();

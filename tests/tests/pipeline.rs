@@ -121,40 +121,11 @@ impl Pipeline {
         )
         .await;
         let (jst, kingdee) = (sims.jst.clone(), sims.kingdee.clone());
-        let warehouses: String = WAREHOUSES
-            .iter()
-            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
-            .collect();
-        let config = format!(
-            r#"[amqp]
-url = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5"
-prefix = "{prefix}"
-[runtime]
-shutdown_timeout = "20s"
-[jst]
-base_url = "{jst}"
-app_key = "local-app-key"
-app_secret = "local-app-secret"
-access_token = "local-access-token"
-[producer]
-poll_interval = "1s"
-start_at = "31d"
-lag = "0s"
-checkpoint = "{cp}"
-[kingdee]
-base_url = "{kingdee}/k3cloud"
-acct_id = "local-acct"
-user_name = "local-user"
-app_id = "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY"
-app_secret = "0123456789abcdef0123456789abcdef"
-[mapping]
-org = "100"
-[mapping.warehouses]
-{warehouses}
-[loader]
-{loader}
-"#,
-            cp = dir.path("producer.checkpoint.json").display(),
+        let config = sims.worker_toml(
+            &prefix,
+            &dir.path("producer.checkpoint.json"),
+            &WAREHOUSES,
+            &format!("[loader]\n{loader}\n"),
         );
         let path = dir.path("config.toml");
         std::fs::write(&path, config).expect("config");
