@@ -79,11 +79,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     produce.producer.start_at = StartAt::Ago(Duration::from_secs(31 * 86_400));
 
     let ctx = Context::new(&[Stage::Producer, Stage::Transformer, Stage::Loader]);
-    let (broker, queue_name) = match &args.amqp {
-        None => (
-            Broker::Memory(MemoryBroker::new(Topology::from_config(&amqp))),
-            "the in-process queue".to_string(),
-        ),
+    // The demo builds the queue, so it keeps the concrete one for what only it has: the
+    // in-process queue's dead letters, the demo prefix to delete on RabbitMQ.
+    let (broker, queue) = match &args.amqp {
+        None => {
+            let memory = MemoryBroker::new(Topology::from_config(&amqp));
+            (Broker::Memory(memory.clone()), DemoQueue::Memory(memory))
+        }
         Some(url) => {
             amqp.url = Secret::new(url.clone());
             amqp.prefix = format!("jst2kd-demo-{}", std::process::id());
@@ -99,8 +101,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .await
             .context("RabbitMQ did not answer within 30 s")??;
             (
-                Broker::Rabbit(rabbit),
-                format!("RabbitMQ (prefix {})", amqp.prefix),
+                Broker::Rabbit(rabbit.clone()),
+                DemoQueue::Rabbit(rabbit, amqp.prefix.clone()),
             )
         }
     };
@@ -137,8 +139,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     transformer.await.context("transformer task")??;
     loader.await.context("loader task")??;
     let elapsed = started.elapsed();
-    let dead = dead_letter_reasons(&broker);
-    if let Broker::Rabbit(rabbit) = &broker {
+    let dead = queue.dead_letter_reasons();
+    if let DemoQueue::Rabbit(rabbit, _) = &queue {
         rabbit.delete_topology().await.ok();
         rabbit.close().await;
     }
@@ -148,7 +150,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the pipeline did not drain within {} s", args.timeout_secs);
     }
     let outcome = Outcome {
-        queue: queue_name,
+        queue: queue.describe(),
         statuses: produce.producer.statuses.clone(),
         fetched: report.published,
         in_kingdee: kingdee_sim.bills().len(),
@@ -210,11 +212,29 @@ async fn wait_until_drained(broker: &Broker, ctx: &Context, timeout: Duration) -
     false
 }
 
-/// The first reason of each dead letter kind (in-process queue only; RabbitMQ keeps them in
-/// its dead-letter queue, deleted with the demo's prefix).
-fn dead_letter_reasons(broker: &Broker) -> Vec<(String, String)> {
-    match broker {
-        Broker::Memory(m) => m
+/// The queue the demo built, kept concrete for what only the demo does with it.
+enum DemoQueue {
+    /// The in-process queue.
+    Memory(MemoryBroker),
+    /// RabbitMQ, under the demo's own prefix.
+    Rabbit(RabbitBroker, String),
+}
+
+impl DemoQueue {
+    fn describe(&self) -> String {
+        match self {
+            DemoQueue::Memory(_) => "the in-process queue".to_string(),
+            DemoQueue::Rabbit(_, prefix) => format!("RabbitMQ (prefix {prefix})"),
+        }
+    }
+
+    /// The first reason of each dead letter kind (in-process queue only; RabbitMQ keeps them
+    /// in its dead-letter queue, deleted with the demo's prefix).
+    fn dead_letter_reasons(&self) -> Vec<(String, String)> {
+        let DemoQueue::Memory(memory) = self else {
+            return Vec::new();
+        };
+        memory
             .dead_letters()
             .into_iter()
             .map(|d| {
@@ -227,8 +247,7 @@ fn dead_letter_reasons(broker: &Broker) -> Vec<(String, String)> {
                         .to_string(),
                 )
             })
-            .collect(),
-        Broker::Rabbit(_) => Vec::new(),
+            .collect()
     }
 }
 
