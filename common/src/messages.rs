@@ -100,22 +100,32 @@ pub struct CountDoc {
     pub items: Vec<CountItem>,
 }
 
-/// One line of a count document.
+/// One line of a count document. Read leniently: what a line lacks matters only when the line
+/// becomes an entry (the mapping decides), so a line that books nothing is never an error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CountItem {
     /// Line id.
     pub ioi_id: Option<i64>,
-    /// 商品编码.
+    /// 商品编码; empty when the line has none (its batches may carry it).
     pub sku_id: String,
-    /// Count difference: negative loss, positive gain (JST's convention).
-    pub qty: f64,
+    /// Count difference: negative loss, positive gain (JST's convention). Absent or empty
+    /// counts as 0; `None` when it is there but not a number.
+    pub qty: Option<f64>,
     /// Batches, when batch management is on.
     pub batchs: Vec<CountBatch>,
+    /// A lot given on the line itself (`batch_id`, lines without `batchs`).
+    pub batch_id: Option<String>,
+    /// The line lot's production date, as JST wrote it.
+    pub product_date: Option<String>,
+    /// The line lot's expiry date, as JST wrote it.
+    pub expiration_date: Option<String>,
 }
 
 /// One batch of a line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CountBatch {
+    /// The batch's own 商品编码, used when the line has none.
+    pub sku_id: Option<String>,
     /// Lot number.
     pub batch_no: String,
     /// Quantity (same sign convention as the line).
@@ -171,12 +181,12 @@ impl CountItem {
         let obj = v
             .as_object()
             .ok_or_else(|| DocError(format!("line {} is not an object", index + 1)))?;
-        let sku_id = text_field(obj.get("sku_id"))
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| DocError(format!("line {} has no sku_id", index + 1)))?;
-        let qty = num_field(obj.get("qty")).ok_or_else(|| {
-            DocError(format!("line {} ({sku_id}) has no readable qty", index + 1))
-        })?;
+        let sku_id = text_field(obj.get("sku_id")).unwrap_or_default();
+        let qty = match obj.get("qty") {
+            None | Some(Value::Null) => Some(0.0),
+            Some(Value::String(s)) if s.trim().is_empty() => Some(0.0),
+            present => num_field(present).filter(|q| q.is_finite()),
+        };
         let batchs = match obj.get("batchs") {
             Some(Value::Array(bs)) => bs
                 .iter()
@@ -185,11 +195,15 @@ impl CountItem {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => Vec::new(),
         };
+        let text = |key: &str| text_field(obj.get(key)).filter(|s| !s.is_empty());
         Ok(Self {
             ioi_id: int_field(obj.get("ioi_id")),
             sku_id,
             qty,
             batchs,
+            batch_id: text("batch_id"),
+            product_date: text("product_date"),
+            expiration_date: text("expiration_date"),
         })
     }
 }
@@ -211,6 +225,7 @@ impl CountBatch {
                 .ok_or_else(|| DocError(format!("{} has an unreadable qty", at())))?,
         };
         Ok(Self {
+            sku_id: text_field(b.get("sku_id")).filter(|s| !s.is_empty()),
             batch_no: text_field(b.get("batch_no")).unwrap_or_default(),
             qty,
             product_date: text_field(b.get("product_date")).filter(|s| !s.is_empty()),
@@ -387,7 +402,7 @@ mod tests {
         assert_eq!(doc.io_id, 9_007_199_254_740_993);
         assert_eq!(doc.wh_id, 1);
         assert_eq!(doc.wms_co_id, 0);
-        assert_eq!(doc.items[0].qty, -2.0);
+        assert_eq!(doc.items[0].qty, Some(-2.0));
         assert_eq!(doc.items[0].batchs[0].product_date, None);
         assert_eq!(doc.items[1].sku_id, "1234");
         assert_eq!(doc.items[1].ioi_id, None);
@@ -401,11 +416,30 @@ mod tests {
             json!({"status": "Confirmed"}),
             json!({"io_id": "abc"}),
             json!({"io_id": 1, "items": {"a": 1}}),
-            json!({"io_id": 1, "items": [{"sku_id": "A", "qty": "many"}]}),
-            json!({"io_id": 1, "items": [{"qty": 1}]}),
+            json!({"io_id": 1, "items": ["a line"]}),
         ] {
             assert!(CountDoc::from_value(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_line_is_read_leniently_and_the_mapping_decides_what_it_lacks() {
+        let raw = json!({"io_id": 1, "items": [
+            {"sku_id": "A", "qty": "many"},
+            {"qty": 1},
+            {"sku_id": "C"},
+            {"sku_id": "D", "qty": -1, "batch_id": "L9", "product_date": "2026-01-01", "expiration_date": ""},
+            {"qty": -2, "batchs": [{"sku_id": "E", "qty": -2, "batch_no": "L1"}]}
+        ]});
+        let doc = CountDoc::from_value(&raw).expect("readable");
+        let i = &doc.items;
+        assert_eq!(i[0].qty, None, "there but not a number");
+        assert_eq!((i[1].sku_id.as_str(), i[1].qty), ("", Some(1.0)));
+        assert_eq!(i[2].qty, Some(0.0), "absent counts as 0");
+        assert_eq!(i[3].batch_id.as_deref(), Some("L9"));
+        assert_eq!(i[3].product_date.as_deref(), Some("2026-01-01"));
+        assert_eq!(i[3].expiration_date, None);
+        assert_eq!(i[4].batchs[0].sku_id.as_deref(), Some("E"));
     }
 
     #[test]

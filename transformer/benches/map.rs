@@ -23,7 +23,7 @@ use common::worker::Context;
 use e2e::bench_arg as arg;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use transformer::MappingConfig;
+use transformer::{MappingConfig, Warehouse};
 
 fn document(io_id: i64) -> Value {
     let items: Vec<Value> = (0..20)
@@ -49,7 +49,7 @@ fn mapping() -> MappingConfig {
         org: "100".into(),
         ..MappingConfig::default()
     };
-    m.warehouses.insert("1".into(), "CK001".into());
+    m.warehouses.insert("1".into(), Warehouse::stock("CK001"));
     m
 }
 

@@ -46,6 +46,77 @@ pub enum Gains {
     MiscIn,
 }
 
+/// Where a JST warehouse is booked in Kingdee: `"CK001"`, or
+/// `{ stock = "CK101", org = "200", location = "A-01", dept = "BM02" }`. A missing `org` or
+/// `dept` falls back to `mapping.org` / `mapping.dept`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Warehouse {
+    /// The stock number (`FStockId`).
+    pub stock: String,
+    /// The organisation that books the whole bill (stock, pick, owner, keeper).
+    pub org: Option<String>,
+    /// The stock location (`FStockLocId`), for a stock that manages locations.
+    pub location: Option<String>,
+    /// The department of the bill (`FDeptId`).
+    pub dept: Option<String>,
+}
+
+impl Warehouse {
+    /// A stock of `mapping.org`, without location.
+    pub fn stock(number: impl Into<String>) -> Self {
+        Self {
+            stock: number.into(),
+            ..Self::default()
+        }
+    }
+}
+
+const WAREHOUSE_KEYS: &[&str] = &["stock", "org", "location", "dept"];
+
+impl<'de> Deserialize<'de> for Warehouse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Warehouse;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a stock number, or a table with stock, org, location, dept")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Warehouse, E> {
+                Ok(Warehouse::stock(v.trim()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Warehouse, A::Error> {
+                let mut w = Warehouse::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    let value = value.trim().to_string();
+                    // Environment keys arrive in capitals (`…__WAREHOUSES__2__STOCK`).
+                    let slot = match key.to_ascii_lowercase().as_str() {
+                        "stock" => {
+                            w.stock = value;
+                            continue;
+                        }
+                        "org" => &mut w.org,
+                        "location" => &mut w.location,
+                        "dept" => &mut w.dept,
+                        _ => {
+                            return Err(serde::de::Error::unknown_field(&key, WAREHOUSE_KEYS));
+                        }
+                    };
+                    *slot = Some(value).filter(|v| !v.is_empty());
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// `[mapping]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,10 +140,16 @@ pub struct MappingConfig {
     pub org: String,
     /// Department number, when the account wants one.
     pub dept: Option<String>,
-    /// Unit number of every entry.
+    /// Unit number of an entry whose material is not in `units`.
     pub unit: String,
-    /// `"{wms_co_id}:{wh_id}"` or `"{wh_id}"` → Kingdee stock number (required).
-    pub warehouses: BTreeMap<String, String>,
+    /// Kingdee material number → its unit number (`FUnitID`, and `FBaseUnitId` on losses).
+    pub units: BTreeMap<String, String>,
+    /// The account's stock-location flex dimension (e.g. `FF100001`), when a warehouse
+    /// names a `location`.
+    pub location_field: Option<String>,
+    /// `"{wms_co_id}:{wh_id}"` or `"{wh_id}"` → a Kingdee stock (required): its number, or a
+    /// table with the organisation, location and department that book it.
+    pub warehouses: BTreeMap<String, Warehouse>,
     /// JST `sku_id` → Kingdee material number, where they differ.
     pub skus: BTreeMap<String, String>,
     /// An SKU absent from `skus` is a mapping error instead of passing through.
@@ -97,6 +174,8 @@ impl Default for MappingConfig {
             org: String::new(),
             dept: None,
             unit: "Pcs".into(),
+            units: BTreeMap::new(),
+            location_field: None,
             warehouses: BTreeMap::new(),
             skus: BTreeMap::new(),
             require_sku_mapping: false,
@@ -119,6 +198,31 @@ impl Section for MappingConfig {
             return Err(ConfigError::key(
                 "mapping.warehouses",
                 "is required: map each JST warehouse to a Kingdee stock number",
+            ));
+        }
+        let field = self.location_field.as_deref().unwrap_or("").trim();
+        for (key, w) in &self.warehouses {
+            let at = format!("mapping.warehouses.\"{key}\"");
+            if w.stock.is_empty() {
+                return Err(ConfigError::key(&at, "needs a stock number"));
+            }
+            if w.location.is_some() && field.is_empty() {
+                return Err(ConfigError::key(
+                    &format!("{at}.location"),
+                    "needs mapping.location_field: the account's stock-location flex dimension, such as FF100001",
+                ));
+            }
+        }
+        if !field.is_empty() && !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ConfigError::key(
+                "mapping.location_field",
+                "must be a field key such as FF100001",
+            ));
+        }
+        if let Some((material, _)) = self.units.iter().find(|(_, u)| u.trim().is_empty()) {
+            return Err(ConfigError::key(
+                &format!("mapping.units.\"{material}\""),
+                "needs a unit number",
             ));
         }
         for (template, key) in [
@@ -210,5 +314,56 @@ mod tests {
         ]);
         let e = mapping(&pairs).expect_err("same numbers");
         assert!(e.to_string().contains("gain_bill_no_template"), "{e}");
+    }
+
+    #[test]
+    fn a_warehouse_is_a_stock_number_or_a_table() {
+        let layers = common::config::Layers::load_from_str(
+            r#"[mapping]
+org = "100"
+location_field = "FF100001"
+[mapping.units]
+"MAT-0002" = "Box"
+[mapping.warehouses]
+"1" = "CK001"
+"10001:1" = { stock = "CK101", org = "200" }
+"2" = { stock = "CK002", location = "A-01", dept = "BM02" }
+"#,
+            [
+                ("JST2KD_MAPPING__WAREHOUSES__3__STOCK", "CK003"),
+                ("JST2KD_MAPPING__WAREHOUSES__3__ORG", "300"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .expect("loads");
+        let m: MappingConfig = layers.section().expect("valid");
+        assert_eq!(m.warehouses["1"], Warehouse::stock("CK001"));
+        assert_eq!(m.warehouses["10001:1"].org.as_deref(), Some("200"));
+        assert_eq!(m.warehouses["2"].location.as_deref(), Some("A-01"));
+        assert_eq!(m.warehouses["2"].dept.as_deref(), Some("BM02"));
+        assert_eq!(m.warehouses["3"].stock, "CK003", "from the environment");
+        assert_eq!(m.warehouses["3"].org.as_deref(), Some("300"));
+        assert_eq!(m.units["MAT-0002"], "Box");
+    }
+
+    #[test]
+    fn a_warehouse_table_names_what_is_wrong_with_it() {
+        let load = |text: &str| {
+            common::config::Layers::load_from_str(text, Vec::new())
+                .and_then(|l| l.section::<MappingConfig>())
+        };
+        let e = load("[mapping]\norg = \"1\"\n[mapping.warehouses]\n\"2\" = { stock = \"CK2\", shelf = \"A\" }\n")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("shelf"), "{e}");
+        let e = load("[mapping]\norg = \"1\"\n[mapping.warehouses]\n\"2\" = { stock = \"CK2\", location = \"A\" }\n")
+            .expect_err("no location_field");
+        assert!(e.to_string().contains("mapping.location_field"), "{e}");
+        assert!(e.to_string().contains("\"2\""), "{e}");
+        let e = load("[mapping]\norg = \"1\"\n[mapping.warehouses]\n\"2\" = { org = \"200\" }\n")
+            .expect_err("no stock");
+        assert!(e.to_string().contains("stock"), "{e}");
+        let e = load("[mapping]\norg = \"1\"\nlocation_field = \"FF 1\"\n[mapping.warehouses]\n\"1\" = \"CK1\"\n")
+            .expect_err("bad field");
+        assert!(e.to_string().contains("mapping.location_field"), "{e}");
     }
 }

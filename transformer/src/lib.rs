@@ -19,7 +19,7 @@ use common::worker::{self, Context, WorkerError};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-pub use config::{Config, Gains, LossSign, MappingConfig};
+pub use config::{Config, Gains, LossSign, MappingConfig, Warehouse};
 use events::TransformerEvents;
 pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 

@@ -3,7 +3,7 @@
 //! Pure: no I/O, the same input always gives the same bills, and the bill number depends only
 //! on `io_id` — which is what makes a re-sent document a harmless duplicate in Kingdee.
 
-use crate::config::{Gains, LossSign, MappingConfig};
+use crate::config::{Gains, LossSign, MappingConfig, Warehouse};
 use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem, DocError};
 use common::time::date_part;
 use serde_json::{Map, Value, json};
@@ -88,6 +88,7 @@ pub enum Plan<'a> {
 pub struct Parts<'a> {
     doc: &'a CountDoc,
     config: &'a MappingConfig,
+    warehouse: &'a Warehouse,
     date: String,
     /// The loss bill, then the gain bill: each its entries as specs.
     bills: Vec<(Kind, Vec<Spec<'a>>)>,
@@ -95,12 +96,41 @@ pub struct Parts<'a> {
     next: (usize, usize),
 }
 
-/// One entry to build: a line, or one batch of it.
+/// One entry to build: a line, or one batch of it, with its own sign.
 #[derive(Debug)]
 struct Spec<'a> {
     line: &'a CountItem,
-    batch: Option<&'a CountBatch>,
-    stock: &'a str,
+    /// The line's SKU, else its batch's.
+    sku: &'a str,
+    /// As JST wrote it (signed).
+    qty: f64,
+    lot: Option<Lot<'a>>,
+}
+
+/// A lot: a batch of the line, or the lot the line itself names (`batch_id`).
+#[derive(Debug)]
+struct Lot<'a> {
+    number: &'a str,
+    produced: Option<&'a str>,
+    expires: Option<&'a str>,
+}
+
+impl<'a> Lot<'a> {
+    fn of_batch(b: &'a CountBatch) -> Self {
+        Self {
+            number: &b.batch_no,
+            produced: b.product_date.as_deref(),
+            expires: b.expiration_date.as_deref(),
+        }
+    }
+
+    fn of_line(line: &'a CountItem) -> Option<Self> {
+        line.batch_id.as_deref().map(|number| Self {
+            number,
+            produced: line.product_date.as_deref(),
+            expires: line.expiration_date.as_deref(),
+        })
+    }
 }
 
 impl Parts<'_> {
@@ -128,19 +158,17 @@ impl Iterator for Parts<'_> {
                 continue;
             }
             self.next = (which, part + 1);
+            let books = Books::of(self.config, self.warehouse);
             let entries = specs
                 .iter()
                 .skip(part * size)
                 .take(size)
-                .map(|s| {
-                    let material = material(s.line, self.config);
-                    let qty = s.batch.map_or(s.line.qty, |b| b.qty);
-                    entry(s.line, &material, s.stock, self.config, *kind, qty, s.batch)
-                })
+                .map(|s| entry(s, &books, self.config, *kind))
                 .collect();
             return Some(bill(
                 self.doc,
                 self.config,
+                &books,
                 *kind,
                 entries,
                 &self.date,
@@ -150,46 +178,136 @@ impl Iterator for Parts<'_> {
     }
 }
 
+/// Where a document is booked: the warehouse's stock, organisation, location, department.
+struct Books<'a> {
+    stock: &'a str,
+    org: &'a str,
+    dept: Option<&'a str>,
+    location: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Books<'a> {
+    fn of(config: &'a MappingConfig, w: &'a Warehouse) -> Self {
+        let nonempty = |s: &'a Option<String>| s.as_deref().filter(|v| !v.is_empty());
+        Self {
+            stock: &w.stock,
+            org: nonempty(&w.org).unwrap_or(&config.org),
+            dept: nonempty(&w.dept).or_else(|| nonempty(&config.dept)),
+            location: nonempty(&w.location)
+                .zip(nonempty(&config.location_field))
+                .map(|(loc, field)| (field, loc)),
+        }
+    }
+}
+
 /// Decides what a document becomes (skip, mapping error, or its bills), building no entry yet.
+///
+/// Each line becomes entries by its own sign: a line with non-zero `batchs` by each batch's
+/// sign (its own `qty` is then not used), otherwise by its `qty`, with the lot it names
+/// itself (`batch_id`). A line that becomes no entry is never an error, whatever it lacks.
 pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>, MapError> {
     if !config.statuses.iter().any(|s| s == &doc.status) {
         return Ok(Plan::Skipped(SkipReason::Status));
     }
-    let is_loss = |qty: f64| match config.loss_sign {
-        LossSign::Negative => qty < 0.0,
-        LossSign::Positive => qty > 0.0,
+    let kind_of = |qty: f64| -> Option<Kind> {
+        let loss = match config.loss_sign {
+            LossSign::Negative => qty < 0.0,
+            LossSign::Positive => qty > 0.0,
+        };
+        if loss {
+            Some(Kind::Loss)
+        } else if qty != 0.0 && config.gains == Gains::MiscIn {
+            Some(Kind::Gain)
+        } else {
+            None
+        }
     };
-    let losses: Vec<&CountItem> = doc.items.iter().filter(|i| is_loss(i.qty)).collect();
-    let gains: Vec<&CountItem> = match config.gains {
-        Gains::Ignore => Vec::new(),
-        Gains::MiscIn => doc
-            .items
-            .iter()
-            .filter(|i| i.qty != 0.0 && !is_loss(i.qty))
-            .collect(),
-    };
+    let (mut losses, mut gains) = (Vec::new(), Vec::new());
+    for (index, line) in doc.items.iter().enumerate() {
+        let batches: Vec<&CountBatch> = line.batchs.iter().filter(|b| b.qty != 0.0).collect();
+        let specs: Vec<(Kind, Spec<'a>)> = if batches.is_empty() {
+            let Some(qty) = line.qty else {
+                return Err(MapError::Malformed(DocError(format!(
+                    "document {}: line {} ({}) has an unreadable qty",
+                    doc.io_id,
+                    index + 1,
+                    line.sku_id
+                ))));
+            };
+            kind_of(qty)
+                .map(|kind| {
+                    // A line without a SKU takes its batches' (all of them zero here).
+                    let sku = if line.sku_id.is_empty() {
+                        line.batchs
+                            .iter()
+                            .find_map(|b| b.sku_id.as_deref())
+                            .unwrap_or("")
+                    } else {
+                        &line.sku_id
+                    };
+                    let spec = Spec {
+                        line,
+                        sku,
+                        qty,
+                        lot: Lot::of_line(line),
+                    };
+                    (kind, spec)
+                })
+                .into_iter()
+                .collect()
+        } else {
+            batches
+                .into_iter()
+                .filter_map(|b| {
+                    let sku = if line.sku_id.is_empty() {
+                        b.sku_id.as_deref().unwrap_or("")
+                    } else {
+                        &line.sku_id
+                    };
+                    let spec = Spec {
+                        line,
+                        sku,
+                        qty: b.qty,
+                        lot: Some(Lot::of_batch(b)),
+                    };
+                    kind_of(b.qty).map(|kind| (kind, spec))
+                })
+                .collect()
+        };
+        for (kind, spec) in specs {
+            if spec.sku.is_empty() {
+                return Err(MapError::Malformed(DocError(format!(
+                    "document {}: line {} books {} but has no sku_id, nor has its batch",
+                    doc.io_id,
+                    index + 1,
+                    spec.qty
+                ))));
+            }
+            match kind {
+                Kind::Loss => losses.push(spec),
+                Kind::Gain => gains.push(spec),
+            }
+        }
+    }
     if losses.is_empty() && gains.is_empty() {
         return Ok(Plan::Skipped(SkipReason::NoLines));
     }
     // Only lines that become entries need a mapping.
     let mut missing = Vec::new();
-    let stock = match warehouse(doc, config) {
-        Some(s) => s,
-        None => {
-            missing.push(format!(
-                "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add \"{}:{}\" or \"{}\" under [mapping.warehouses]",
-                doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
-            ));
-            ""
-        }
-    };
+    let found = warehouse(doc, config);
+    if found.is_none() {
+        missing.push(format!(
+            "no Kingdee stock for JST warehouse wms_co_id={} wh_id={}: add \"{}:{}\" or \"{}\" under [mapping.warehouses]",
+            doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
+        ));
+    }
     let mut unmapped_skus: Vec<&str> = Vec::new();
-    for line in losses.iter().chain(&gains) {
+    for spec in losses.iter().chain(&gains) {
         if config.require_sku_mapping
-            && !config.skus.contains_key(&line.sku_id)
-            && !unmapped_skus.contains(&line.sku_id.as_str())
+            && !config.skus.contains_key(spec.sku)
+            && !unmapped_skus.contains(&spec.sku)
         {
-            unmapped_skus.push(&line.sku_id);
+            unmapped_skus.push(spec.sku);
         }
     }
     if !unmapped_skus.is_empty() {
@@ -203,13 +321,13 @@ pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>
             keys.join(", ")
         ));
     }
-    if !missing.is_empty() {
+    let Some(warehouse) = found.filter(|_| missing.is_empty()) else {
         return Err(MapError::Mapping(format!(
             "document {}: {}",
             doc.io_id,
             missing.join("; ")
         )));
-    }
+    };
     let date = date_part(&doc.io_date)
         .or_else(|| date_part(&doc.modified))
         .ok_or_else(|| {
@@ -218,41 +336,17 @@ pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>
                 doc.io_id
             ))
         })?;
-    let specs = |lines: &[&'a CountItem]| -> Vec<Spec<'a>> {
-        lines
-            .iter()
-            .flat_map(|line| {
-                let batches: Vec<&CountBatch> =
-                    line.batchs.iter().filter(|b| b.qty != 0.0).collect();
-                if batches.is_empty() {
-                    vec![Spec {
-                        line,
-                        batch: None,
-                        stock,
-                    }]
-                } else {
-                    batches
-                        .into_iter()
-                        .map(|b| Spec {
-                            line,
-                            batch: Some(b),
-                            stock,
-                        })
-                        .collect()
-                }
-            })
-            .collect()
-    };
     let mut bills = Vec::new();
     if !losses.is_empty() {
-        bills.push((Kind::Loss, specs(&losses)));
+        bills.push((Kind::Loss, losses));
     }
     if !gains.is_empty() {
-        bills.push((Kind::Gain, specs(&gains)));
+        bills.push((Kind::Gain, gains));
     }
     Ok(Plan::Bills(Parts {
         doc,
         config,
+        warehouse,
         date,
         bills,
         next: (0, 0),
@@ -269,10 +363,12 @@ pub fn part_number(bill_no: &str, part: usize) -> String {
     }
 }
 
-/// One bill (part `part.0` of `part.1`) of a document: the loss bill or the gain bill.
+/// One bill (part `part.0` of `part.1`) of a document: the loss bill or the gain bill, booked
+/// in the organisation (and department) of its warehouse.
 fn bill(
     doc: &CountDoc,
     config: &MappingConfig,
+    books: &Books<'_>,
     kind: Kind,
     entries: Vec<Value>,
     date: &str,
@@ -291,7 +387,7 @@ fn bill(
         ),
     };
     let bill_no = part_number(&template.replace("{io_id}", &doc.io_id.to_string()), part);
-    let org = reference(&config.org);
+    let org = reference(books.org);
     let mut model = Map::new();
     model.insert("FID".into(), json!(0));
     model.insert("FBillNo".into(), json!(bill_no));
@@ -302,7 +398,7 @@ fn bill(
     }
     model.insert("FStockDirect".into(), json!("GENERAL"));
     model.insert("FDate".into(), json!(date));
-    if let Some(dept) = config.dept.as_deref().filter(|d| !d.is_empty()) {
+    if let Some(dept) = books.dept {
         model.insert("FDeptId".into(), reference(dept));
     }
     model.insert("FOwnerTypeIdHead".into(), json!("BD_OwnerOrg"));
@@ -326,13 +422,12 @@ fn bill(
 }
 
 /// `"{wms_co_id}:{wh_id}"` first, then `"{wh_id}"`.
-fn warehouse<'a>(doc: &CountDoc, config: &'a MappingConfig) -> Option<&'a str> {
+fn warehouse<'a>(doc: &CountDoc, config: &'a MappingConfig) -> Option<&'a Warehouse> {
     config
         .warehouses
         .get(&format!("{}:{}", doc.wms_co_id, doc.wh_id))
         .or_else(|| config.warehouses.get(&doc.wh_id.to_string()))
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
+        .filter(|w| !w.stock.is_empty())
 }
 
 fn reference(number: &str) -> Value {
@@ -347,38 +442,43 @@ fn note(doc: &CountDoc) -> String {
     }
 }
 
-/// The Kingdee material of a line: `mapping.skus`, else the SKU itself.
-fn material(line: &CountItem, config: &MappingConfig) -> String {
-    config
-        .skus
-        .get(&line.sku_id)
-        .cloned()
-        .unwrap_or_else(|| line.sku_id.clone())
+/// The Kingdee material of a SKU: `mapping.skus`, else the SKU itself.
+fn material<'a>(sku: &'a str, config: &'a MappingConfig) -> &'a str {
+    config.skus.get(sku).map_or(sku, String::as_str)
 }
 
-fn entry(
-    line: &CountItem,
-    material: &str,
-    stock: &str,
-    config: &MappingConfig,
-    kind: Kind,
-    qty: f64,
-    batch: Option<&CountBatch>,
-) -> Value {
-    let org = reference(&config.org);
+/// The unit of a material: `mapping.units`, else `mapping.unit`.
+fn unit<'a>(material: &str, config: &'a MappingConfig) -> &'a str {
+    config
+        .units
+        .get(material)
+        .map_or(config.unit.as_str(), String::as_str)
+}
+
+fn entry(spec: &Spec<'_>, books: &Books<'_>, config: &MappingConfig, kind: Kind) -> Value {
+    let org = reference(books.org);
+    let material = material(spec.sku, config);
+    let unit = reference(unit(material, config));
     let mut e = Map::new();
     if kind == Kind::Gain {
         // 合格 (qualified) stock-in.
         e.insert("FInStockType".into(), json!("1"));
     }
     e.insert("FMaterialId".into(), reference(material));
-    e.insert("FUnitID".into(), reference(&config.unit));
+    e.insert("FUnitID".into(), unit.clone());
     if kind == Kind::Loss {
         // The gain form has no base unit field: it follows from the material.
-        e.insert("FBaseUnitId".into(), reference(&config.unit));
+        e.insert("FBaseUnitId".into(), unit);
     }
-    e.insert("FQty".into(), json!(qty.abs()));
-    e.insert("FStockId".into(), reference(stock));
+    e.insert("FQty".into(), json!(spec.qty.abs()));
+    e.insert("FStockId".into(), reference(books.stock));
+    if let Some((field, location)) = books.location {
+        // A flex field: the key names the account's stock-location dimension.
+        e.insert(
+            "FStockLocId".into(),
+            json!({ format!("FSTOCKLOCID__{field}"): reference(location) }),
+        );
+    }
     e.insert("FStockStatusId".into(), reference("KCZT01_SYS"));
     e.insert("FOwnerTypeId".into(), json!("BD_OwnerOrg"));
     e.insert("FOwnerId".into(), org.clone());
@@ -386,16 +486,16 @@ fn entry(
     e.insert("FKeeperId".into(), org);
     e.insert(
         "FEntryNote".into(),
-        json!(line.ioi_id.map(|i| i.to_string()).unwrap_or_default()),
+        json!(spec.line.ioi_id.map(|i| i.to_string()).unwrap_or_default()),
     );
-    if let Some(b) = batch {
-        if !b.batch_no.is_empty() {
-            e.insert("FLot".into(), reference(&b.batch_no));
+    if let Some(lot) = &spec.lot {
+        if !lot.number.is_empty() {
+            e.insert("FLot".into(), reference(lot.number));
         }
-        if let Some(d) = b.product_date.as_deref().and_then(date_part) {
+        if let Some(d) = lot.produced.and_then(date_part) {
             e.insert("FProduceDate".into(), json!(d));
         }
-        if let Some(d) = b.expiration_date.as_deref().and_then(date_part) {
+        if let Some(d) = lot.expires.and_then(date_part) {
             e.insert("FExpiryDate".into(), json!(d));
         }
     }
@@ -411,8 +511,9 @@ mod tests {
             org: "100".into(),
             ..MappingConfig::default()
         };
-        c.warehouses.insert("1".into(), "CK001".into());
-        c.warehouses.insert("10001:1".into(), "CK101".into());
+        c.warehouses.insert("1".into(), Warehouse::stock("CK001"));
+        c.warehouses
+            .insert("10001:1".into(), Warehouse::stock("CK101"));
         c
     }
 
@@ -600,6 +701,7 @@ mod tests {
 mod gain_tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn config(gains: Gains) -> MappingConfig {
         let mut c = MappingConfig {
@@ -607,7 +709,7 @@ mod gain_tests {
             gains,
             ..MappingConfig::default()
         };
-        c.warehouses.insert("1".into(), "CK001".into());
+        c.warehouses.insert("1".into(), Warehouse::stock("CK001"));
         c
     }
 
@@ -654,15 +756,24 @@ mod gain_tests {
             0..4u8,
             -20i64..20,
             proptest::collection::vec(-10i64..10, 0..3),
+            any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(sku, qty, batches)| {
-                let mut l = json!({"sku_id": format!("S{sku}"), "qty": qty});
+            .prop_map(|(sku, qty, batches, sku_on_batches, line_lot)| {
+                let sku = format!("S{sku}");
+                let mut l = json!({"qty": qty});
+                if batches.is_empty() || !sku_on_batches {
+                    l["sku_id"] = json!(sku);
+                }
+                if batches.is_empty() && line_lot {
+                    l["batch_id"] = json!("LL");
+                }
                 if !batches.is_empty() {
                     l["batchs"] = Value::Array(
                         batches
                             .iter()
                             .enumerate()
-                            .map(|(i, q)| json!({"batch_no": format!("L{i}"), "qty": q}))
+                            .map(|(i, q)| json!({"sku_id": sku, "batch_no": format!("L{i}"), "qty": q}))
                             .collect(),
                     );
                 }
@@ -670,22 +781,68 @@ mod gain_tests {
             })
     }
 
-    /// What a line contributes: the non-zero batches, or the line when there are none.
-    fn effective(l: &Value) -> f64 {
-        let batches: Vec<f64> = l["batchs"]
-            .as_array()
-            .map(|b| {
-                b.iter()
-                    .filter_map(|x| x["qty"].as_f64())
-                    .filter(|q| *q != 0.0)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if batches.is_empty() {
-            l["qty"].as_f64().unwrap_or(0.0).abs()
-        } else {
-            batches.iter().map(|q| q.abs()).sum()
+    /// What the document should book, read from the raw JSON by this test's own reading of
+    /// the rules: `(form, SKU, lot)` → quantity. A line with non-zero batches books each batch
+    /// by its own sign; otherwise the line books its `qty`.
+    fn expected(lines: &[Value]) -> BTreeMap<(&'static str, String, String), f64> {
+        let mut out = BTreeMap::new();
+        for l in lines {
+            // The line's SKU, else its batches'.
+            let sku = l["sku_id"]
+                .as_str()
+                .or_else(|| l["batchs"][0]["sku_id"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let batches: Vec<(String, f64)> = l["batchs"]
+                .as_array()
+                .map(|b| {
+                    b.iter()
+                        .map(|x| {
+                            let lot = x["batch_no"].as_str().unwrap_or("").to_string();
+                            (lot, x["qty"].as_f64().unwrap_or(0.0))
+                        })
+                        .filter(|(_, q)| *q != 0.0)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let booked = if batches.is_empty() {
+                let lot = l["batch_id"].as_str().unwrap_or("").to_string();
+                vec![(lot, l["qty"].as_f64().unwrap_or(0.0))]
+            } else {
+                batches
+            };
+            for (lot, q) in booked.into_iter().filter(|(_, q)| *q != 0.0) {
+                let form = if q < 0.0 {
+                    FORM_MIS_DELIVERY
+                } else {
+                    FORM_MISCELLANEOUS
+                };
+                *out.entry((form, sku.clone(), lot)).or_insert(0.0) += q.abs();
+            }
         }
+        out
+    }
+
+    /// What the bills book: `(form, material, lot)` → quantity.
+    fn booked(bills: &[BillMessage]) -> BTreeMap<(&'static str, String, String), f64> {
+        let mut out = BTreeMap::new();
+        for b in bills {
+            let form = if b.form_id == FORM_MIS_DELIVERY {
+                FORM_MIS_DELIVERY
+            } else {
+                FORM_MISCELLANEOUS
+            };
+            for e in b.model["FEntity"].as_array().cloned().unwrap_or_default() {
+                let material = e["FMaterialId"]["FNumber"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let lot = e["FLot"]["FNumber"].as_str().unwrap_or("").to_string();
+                *out.entry((form, material, lot)).or_insert(0.0) +=
+                    e["FQty"].as_f64().unwrap_or(0.0);
+            }
+        }
+        out
     }
 
     proptest! {
@@ -699,28 +856,212 @@ mod gain_tests {
             let c = config(Gains::MiscIn);
             let first = map_document(&raw, &c).expect("maps");
             prop_assert_eq!(&first, &map_document(&raw, &c).expect("maps"));
-            let want = |loss: bool| -> f64 {
-                lines.iter().filter(|l| {
-                    let q = l["qty"].as_f64().unwrap_or(0.0);
-                    if loss { q < 0.0 } else { q > 0.0 }
-                }).map(effective).sum()
-            };
-            let got = |form: &str, bills: &[BillMessage]| -> f64 {
-                bills.iter().filter(|b| b.form_id == form)
-                    .flat_map(|b| b.model["FEntity"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|e| e["FQty"].as_f64()).sum()
-            };
+            let want = expected(&lines);
             match first {
-                Mapped::Skipped(_) => prop_assert!(lines.iter().all(|l| l["qty"] == 0), "skipped with eligible lines"),
+                Mapped::Skipped(_) => prop_assert!(want.is_empty(), "skipped with eligible lines"),
                 Mapped::Bills(bills) => {
-                    prop_assert!((got(FORM_MIS_DELIVERY, &bills) - want(true)).abs() < 1e-9);
-                    prop_assert!((got(FORM_MISCELLANEOUS, &bills) - want(false)).abs() < 1e-9);
+                    let got = booked(&bills);
+                    prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+                    for (key, q) in &want {
+                        prop_assert!((got[key] - q).abs() < 1e-9, "{:?}: {} vs {}", key, got[key], q);
+                    }
                     for b in &bills {
                         prop_assert!(b.bill_no.ends_with(&io_id.to_string()));
                         prop_assert!(b.model["FEntity"].as_array().is_some_and(|e| !e.is_empty()));
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    //! The rules a real Kingdee account needs: units per material, organisation, location and
+    //! department per warehouse, lots by their own sign.
+    use super::*;
+
+    fn config() -> MappingConfig {
+        let mut c = MappingConfig {
+            org: "100".into(),
+            dept: Some("BM01".into()),
+            gains: Gains::MiscIn,
+            location_field: Some("FF100001".into()),
+            ..MappingConfig::default()
+        };
+        c.units.insert("MAT-2".into(), "Box".into());
+        c.skus.insert("S2".into(), "MAT-2".into());
+        c.warehouses.insert("1".into(), Warehouse::stock("CK001"));
+        c.warehouses.insert(
+            "10001:1".into(),
+            Warehouse {
+                stock: "CK101".into(),
+                org: Some("200".into()),
+                ..Warehouse::default()
+            },
+        );
+        c.warehouses.insert(
+            "2".into(),
+            Warehouse {
+                stock: "CK002".into(),
+                location: Some("A-01".into()),
+                dept: Some("BM02".into()),
+                ..Warehouse::default()
+            },
+        );
+        c
+    }
+
+    fn bills(wms_co_id: i64, wh_id: i64, items: Value) -> Vec<BillMessage> {
+        let raw = json!({"io_id": 5, "status": "Confirmed", "io_date": "2026-03-01 10:00:00",
+            "modified": "2026-03-01 10:00:00", "wh_id": wh_id, "wms_co_id": wms_co_id, "items": items});
+        match map_document(&raw, &config()).expect("maps") {
+            Mapped::Bills(b) => b,
+            other => panic!("bills expected, got {other:?}"),
+        }
+    }
+
+    fn entries(bill: &BillMessage) -> &Vec<Value> {
+        bill.model["FEntity"].as_array().expect("entries")
+    }
+
+    #[test]
+    fn each_material_carries_its_own_unit() {
+        let b = bills(
+            0,
+            1,
+            json!([{"sku_id": "S1", "qty": -1}, {"sku_id": "S2", "qty": -2}]),
+        );
+        let e = entries(&b[0]);
+        assert_eq!(e[0]["FUnitID"], json!({"FNumber": "Pcs"}));
+        assert_eq!(e[0]["FBaseUnitId"], json!({"FNumber": "Pcs"}));
+        assert_eq!(e[1]["FMaterialId"], json!({"FNumber": "MAT-2"}));
+        assert_eq!(e[1]["FUnitID"], json!({"FNumber": "Box"}));
+        assert_eq!(e[1]["FBaseUnitId"], json!({"FNumber": "Box"}));
+    }
+
+    #[test]
+    fn a_branch_warehouse_books_the_whole_bill_in_its_organisation() {
+        let b = bills(
+            10001,
+            1,
+            json!([{"sku_id": "S1", "qty": -1}, {"sku_id": "S1", "qty": 2}]),
+        );
+        for bill in &b {
+            for key in ["FStockOrgId", "FOwnerIdHead"] {
+                assert_eq!(bill.model[key], json!({"FNumber": "200"}), "{key}");
+            }
+            assert_eq!(
+                bill.model["FDeptId"],
+                json!({"FNumber": "BM01"}),
+                "falls back"
+            );
+            for e in entries(bill) {
+                assert_eq!(e["FOwnerId"], json!({"FNumber": "200"}));
+                assert_eq!(e["FKeeperId"], json!({"FNumber": "200"}));
+                assert_eq!(e["FStockId"], json!({"FNumber": "CK101"}));
+                assert!(e.get("FStockLocId").is_none());
+            }
+        }
+        assert_eq!(b[0].model["FPickOrgId"], json!({"FNumber": "200"}));
+        let main = bills(0, 1, json!([{"sku_id": "S1", "qty": -1}]));
+        assert_eq!(main[0].model["FStockOrgId"], json!({"FNumber": "100"}));
+    }
+
+    #[test]
+    fn a_warehouse_with_a_location_and_a_department_puts_them_on_every_entry() {
+        let b = bills(
+            0,
+            2,
+            json!([{"sku_id": "S1", "qty": -1}, {"sku_id": "S3", "qty": 4}]),
+        );
+        for bill in &b {
+            assert_eq!(bill.model["FDeptId"], json!({"FNumber": "BM02"}));
+            assert_eq!(bill.model["FStockOrgId"], json!({"FNumber": "100"}));
+            for e in entries(bill) {
+                assert_eq!(
+                    e["FStockLocId"],
+                    json!({"FSTOCKLOCID__FF100001": {"FNumber": "A-01"}})
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batches_are_booked_by_their_own_sign() {
+        let b = bills(
+            0,
+            1,
+            json!([{"ioi_id": 1, "sku_id": "S1", "qty": 1, "batchs": [
+                {"batch_no": "L1", "qty": -3, "product_date": "2026-01-01 00:00:00"},
+                {"batch_no": "L2", "qty": 4},
+                {"batch_no": "L3", "qty": 0}
+            ]}]),
+        );
+        assert_eq!(b.len(), 2);
+        let loss = entries(&b[0]);
+        assert_eq!(loss.len(), 1);
+        assert_eq!(loss[0]["FLot"], json!({"FNumber": "L1"}));
+        assert_eq!(loss[0]["FQty"], 3.0);
+        assert_eq!(loss[0]["FProduceDate"], "2026-01-01");
+        let gain = entries(&b[1]);
+        assert_eq!(gain.len(), 1);
+        assert_eq!(gain[0]["FLot"], json!({"FNumber": "L2"}));
+        assert_eq!(gain[0]["FQty"], 4.0);
+        // With gains ignored, the gain batch books nothing.
+        let mut c = config();
+        c.gains = Gains::Ignore;
+        let raw = json!({"io_id": 5, "status": "Confirmed", "io_date": "2026-03-01", "wh_id": 1,
+            "items": [{"sku_id": "S1", "qty": 1, "batchs": [{"batch_no": "L1", "qty": -3}, {"batch_no": "L2", "qty": 4}]}]});
+        let Ok(Mapped::Bills(only)) = map_document(&raw, &c) else {
+            panic!("bills expected")
+        };
+        assert_eq!(only.len(), 1);
+        assert_eq!(entries(&only[0]).len(), 1);
+    }
+
+    #[test]
+    fn a_line_names_its_own_lot_and_a_batch_its_own_sku() {
+        let b = bills(
+            0,
+            1,
+            json!([
+                {"sku_id": "S1", "qty": -2, "batch_id": "LOT9", "product_date": "2026-01-02", "expiration_date": "2027-01-02 00:00:00"},
+                {"qty": -1, "batchs": [{"sku_id": "S2", "batch_no": "L5", "qty": -1}]}
+            ]),
+        );
+        let e = entries(&b[0]);
+        assert_eq!(e[0]["FLot"], json!({"FNumber": "LOT9"}));
+        assert_eq!(e[0]["FProduceDate"], "2026-01-02");
+        assert_eq!(e[0]["FExpiryDate"], "2027-01-02");
+        assert_eq!(e[1]["FMaterialId"], json!({"FNumber": "MAT-2"}));
+        assert_eq!(e[1]["FUnitID"], json!({"FNumber": "Box"}));
+    }
+
+    #[test]
+    fn a_line_that_books_nothing_is_never_an_error() {
+        let b = bills(
+            0,
+            1,
+            json!([
+                {"sku_id": "S1", "qty": -1},
+                {"qty": 0},
+                {"sku_id": "S2"},
+                {"qty": "many", "batchs": [{"sku_id": "S2", "batch_no": "L1", "qty": -1}]},
+                {"batchs": [{"batch_no": "L1", "qty": 0}]}
+            ]),
+        );
+        assert_eq!(entries(&b[0]).len(), 2);
+        let raw = |items: Value| json!({"io_id": 5, "status": "Confirmed", "io_date": "2026-03-01", "wh_id": 1, "items": items});
+        for (items, says) in [
+            (json!([{"qty": -1}]), "no sku_id"),
+            (json!([{"sku_id": "S1", "qty": "many"}]), "unreadable qty"),
+        ] {
+            let err = map_document(&raw(items.clone()), &config()).expect_err("malformed");
+            assert!(
+                matches!(&err, MapError::Malformed(_)) && err.to_string().contains(says),
+                "{items}: {err}"
+            );
         }
     }
 }

@@ -12,7 +12,7 @@ use common::queue::{Broker, Destination, Outgoing, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use common::worker::Context;
 use serde_json::json;
-use transformer::MappingConfig;
+use transformer::{MappingConfig, Warehouse};
 
 fn doc(io_id: i64, status: &str, wh_id: i64, qty: i64) -> Outgoing {
     let mut headers = Headers::new();
@@ -42,7 +42,9 @@ async fn every_document_ends_as_a_bill_a_skip_or_a_dead_letter() {
         org: "100".into(),
         ..MappingConfig::default()
     };
-    mapping.warehouses.insert("1".into(), "CK001".into());
+    mapping
+        .warehouses
+        .insert("1".into(), Warehouse::stock("CK001"));
     for m in [
         doc(1, "Confirmed", 1, -2),
         doc(2, "WaitConfirm", 1, -2),

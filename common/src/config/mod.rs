@@ -196,6 +196,9 @@ fn describe(section: Option<&str>, err: &figment::Error) -> ConfigError {
         Kind::UnknownField(field, _) => {
             if path.is_empty() {
                 path.clone_from(field);
+            } else if !path.ends_with(field.as_str()) {
+                // An unknown key of a table inside a section (a warehouse's).
+                path = format!("{path}.{field}");
             }
             "is not a known configuration key".to_string()
         }

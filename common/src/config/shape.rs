@@ -104,6 +104,8 @@ pub const FILE: &[Shape] = &[
             "org",
             "dept",
             "unit",
+            "units",
+            "location_field",
             "warehouses",
             "skus",
             "require_sku_mapping",
