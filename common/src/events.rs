@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::http::escape;
 use crate::queue::Work;
+use crate::settle::DeadReason;
 use crate::telemetry::{DeadKind, Metrics, Stage};
 
 /// Where a stage published a message, as the `queue` label of `jst2kd_published_total`.
@@ -86,30 +87,50 @@ impl StageEvents {
     }
 
     /// A dead letter was confirmed. `jst2kd_dead_lettered_total` drives the alert; the log
-    /// line says which message and why.
-    pub fn dead_lettered(&self, kind: DeadKind, message_id: &str, error: &str) {
+    /// line says which message (and document, and bill, when known) and why.
+    pub fn dead_lettered(&self, message_id: &str, reason: &DeadReason) {
         self.published_dead.inc();
-        if let Some((_, counter)) = self.dead.iter().find(|(k, _)| *k == kind) {
+        if let Some((_, counter)) = self.dead.iter().find(|(k, _)| *k == reason.kind) {
             counter.inc();
         }
         warn!(
             stage = self.stage.as_str(),
-            kind = kind.as_str(),
+            kind = reason.kind.as_str(),
             message_id = %escape(message_id),
-            error = %escape(error),
+            io_id = reason.io_id,
+            bill_no = reason.bill_no.as_deref().map(escape),
+            error = %escape(&reason.error),
             "Dead-lettered: {}.",
-            what(kind)
+            what(reason.kind)
         );
     }
 
-    /// A dead letter or retry copy could not be published: the delivery goes back to its
-    /// queue (the broker's delivery limit bounds the loop).
-    pub fn not_settled(&self, message_id: &str, error: &dyn std::fmt::Display) {
+    /// A dead letter (of `kind`) or a retry copy (`None`) could not be published: the
+    /// delivery goes back to its queue (the broker's delivery limit bounds the loop).
+    pub fn not_settled(
+        &self,
+        message_id: &str,
+        kind: Option<DeadKind>,
+        error: &dyn std::fmt::Display,
+    ) {
+        warn!(
+            stage = self.stage.as_str(),
+            message_id = %escape(message_id),
+            kind = kind.map(DeadKind::as_str),
+            error = %error,
+            "Cannot publish the {}; the message goes back to its queue.",
+            if kind.is_some() { "dead letter" } else { "retry copy" }
+        );
+    }
+
+    /// A retry copy was confirmed but the original could not be acked: it comes again (and
+    /// is retried twice, harmlessly: bill numbers make the second a duplicate).
+    pub fn retry_not_acked(&self, message_id: &str, error: &dyn std::fmt::Display) {
         warn!(
             stage = self.stage.as_str(),
             message_id = %escape(message_id),
             error = %error,
-            "Cannot publish the retry or dead-letter copy; the message goes back to its queue."
+            "The retry copy is published but the original could not be acked; it will come again."
         );
     }
 }
@@ -174,7 +195,10 @@ mod tests {
         let events = StageEvents::new(&metrics, Stage::Loader);
         events.consumed();
         events.retried();
-        events.dead_lettered(DeadKind::Conflict, "JSTPD1", "other entries");
+        events.dead_lettered(
+            "JSTPD1",
+            &DeadReason::new(DeadKind::Conflict, "other entries").of_bill(1, "JSTPD1"),
+        );
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for line in [
             "jst2kd_consumed_total{stage=\"loader\"} 1",

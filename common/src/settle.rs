@@ -132,6 +132,10 @@ pub struct DeadReason {
     pub kingdee_errors: Option<Value>,
     /// `jst2kd-kingdee-existing`: what Kingdee holds under the same bill number (conflicts).
     pub existing: Option<Value>,
+    /// The document concerned, when known (logged with the dead letter).
+    pub io_id: Option<i64>,
+    /// The bill concerned, when known (logged with the dead letter).
+    pub bill_no: Option<String>,
 }
 
 impl DeadReason {
@@ -142,7 +146,22 @@ impl DeadReason {
             error: error.into(),
             kingdee_errors: None,
             existing: None,
+            io_id: None,
+            bill_no: None,
         }
+    }
+
+    /// Of document `io_id`.
+    pub fn of_document(mut self, io_id: i64) -> Self {
+        self.io_id = Some(io_id);
+        self
+    }
+
+    /// Of bill `bill_no` of document `io_id`.
+    pub fn of_bill(mut self, io_id: i64, bill_no: &str) -> Self {
+        self.io_id = Some(io_id);
+        self.bill_no = Some(bill_no.to_string());
+        self
     }
 }
 
@@ -244,12 +263,12 @@ impl Settler {
         match published {
             Ok(()) => {
                 let id = delivery.message_id.as_deref().unwrap_or("");
-                self.events.dead_lettered(reason.kind, id, &reason.error);
+                self.events.dead_lettered(id, &reason);
                 delivery.ack().await
             }
             Err(err) => {
                 let id = delivery.message_id.as_deref().unwrap_or("");
-                self.events.not_settled(id, &err);
+                self.events.not_settled(id, Some(reason.kind), &err);
                 delivery
                     .requeue_after(crate::settle::REQUEUE_PAUSE)
                     .await
@@ -261,18 +280,29 @@ impl Settler {
 
     /// Sends a delivery that failed transiently to its next retry tier, or dead-letters it as
     /// `exhausted` when the tiers ran out.
-    pub async fn retry(&self, delivery: Delivery, error: String) -> Result<NextTry, QueueError> {
+    ///
+    /// `bill` names the bill (document and number) for the log of an `exhausted` dead letter.
+    pub async fn retry(
+        &self,
+        delivery: Delivery,
+        error: String,
+        bill: Option<(i64, &str)>,
+    ) -> Result<NextTry, QueueError> {
         let tiers = self.broker.topology().retry_delays.len();
         let next = next_try(header_int(&delivery.headers, header::ATTEMPT), tiers);
         match next {
             NextTry::Exhausted => {
-                let reason = DeadReason::new(
+                let mut reason = DeadReason::new(
                     DeadKind::Exhausted,
                     format!("gave up after {tiers} retries: {error}"),
                 );
+                if let Some((io_id, bill_no)) = bill {
+                    reason = reason.of_bill(io_id, bill_no);
+                }
                 self.dead_letter(delivery, reason).await?;
             }
             NextTry::Retry { tier, attempt } => {
+                let delivery_id = delivery.message_id.clone();
                 let mut headers = bounded_headers(&delivery.headers);
                 headers.insert(header::ATTEMPT.into(), attempt.into());
                 let message = Outgoing {
@@ -283,7 +313,7 @@ impl Settler {
                 };
                 if let Err(err) = self.broker.publish(message).await {
                     let id = delivery.message_id.as_deref().unwrap_or("");
-                    self.events.not_settled(id, &err);
+                    self.events.not_settled(id, None, &err);
                     delivery
                         .requeue_after(crate::settle::REQUEUE_PAUSE)
                         .await
@@ -291,7 +321,11 @@ impl Settler {
                     return Err(err);
                 }
                 self.events.retried();
-                delivery.ack().await?;
+                if let Err(err) = delivery.ack().await {
+                    let id = delivery_id.as_deref().unwrap_or("");
+                    self.events.retry_not_acked(id, &err);
+                    return Err(err);
+                }
             }
         }
         Ok(next)

@@ -51,6 +51,8 @@ fn loads<C: FromLayers>(layers: &Layers) -> Result<String, String> {
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let (process, layers) = worker::load_config(&args.worker)?;
     common::telemetry::init_logging_with(process.runtime.log_format, "error");
+    // Without a readable [amqp] nothing below can be checked: a configuration error (exit 2).
+    let amqp: AmqpConfig = layers.section()?;
     let mut ok = true;
     for (stage, result) in [
         (Stage::Producer, loads::<producer::Config>(&layers)),
@@ -59,11 +61,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     ] {
         ok &= line(&format!("config for the {}", stage.as_str()), result);
     }
-    // Each section as far as it can be read, for the checks below.
-    let amqp: AmqpConfig = layers.section()?;
-    let jst: JstConfig = layers.section()?;
-    let polling: ProducerConfig = layers.section()?;
-    let kingdee: KingdeeConfig = layers.section()?;
+    // The services whose sections are readable are checked; the others were reported above.
+    let jst = layers.section::<JstConfig>().ok();
+    let polling = layers.section::<ProducerConfig>().ok();
+    let kingdee = layers.section::<KingdeeConfig>().ok();
 
     let topology = Topology::from_config(&amqp);
     let rabbit = tokio::time::timeout(
@@ -86,11 +87,11 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     };
     ok &= line("rabbitmq", rabbit_result);
 
-    if jst.app_key.is_empty() {
-        println!("jushuitan: skipped (jst.app_key not set)");
-    } else {
+    if let (Some(jst), Some(polling)) = (&jst, &polling)
+        && !jst.app_key.is_empty()
+    {
         let result = async {
-            let client = JstClient::new(&jst, None)
+            let client = JstClient::new(jst, None)
                 .and_then(|c| c.with_token_file(jst::token_file_for(&polling.checkpoint)))
                 .map(JstClient::without_refresh)
                 .map_err(|e| e.to_string())?;
@@ -108,21 +109,34 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
         .await;
         ok &= line("jushuitan", result);
+    } else if jst.is_some() && polling.is_some() {
+        println!("jushuitan: skipped (jst.app_key not set)");
+    } else {
+        ok &= line(
+            "jushuitan",
+            Err("not checked: [jst] or [producer] is invalid".into()),
+        );
     }
 
-    if kingdee.base_url.is_empty() {
-        println!("kingdee: skipped (kingdee.base_url not set)");
-    } else {
-        let result = async {
-            let client = KingdeeClient::new(&kingdee, 1, None).map_err(|e| e.to_string())?;
-            client
-                .execute_bill_query("STK_MisDelivery", "FID", "FID=0")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(format!("bill query answered at {}", kingdee.base_url))
+    match &kingdee {
+        None => {
+            ok &= line("kingdee", Err("not checked: [kingdee] is invalid".into()));
         }
-        .await;
-        ok &= line("kingdee", result);
+        Some(k) if k.base_url.is_empty() => {
+            println!("kingdee: skipped (kingdee.base_url not set)");
+        }
+        Some(kingdee) => {
+            let result = async {
+                let client = KingdeeClient::new(kingdee, 1, None).map_err(|e| e.to_string())?;
+                client
+                    .execute_bill_query("STK_MisDelivery", "FID", "FID=0")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("bill query answered at {}", kingdee.base_url))
+            }
+            .await;
+            ok &= line("kingdee", result);
+        }
     }
     if ok {
         Ok(())

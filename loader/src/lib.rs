@@ -393,6 +393,7 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, even
                     DeadKind::Rejected,
                     format!("kingdee rejected bill {bill_no}: {text}"),
                 )
+                .of_bill(io_id, bill_no)
             };
             if settler.dead_letter(delivery, reason).await.is_ok() {
                 events.settled(Settled::Rejected, io_id, bill_no);
@@ -410,20 +411,20 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, even
                         json!(new)
                     ),
                 )
+                .of_bill(io_id, bill_no)
             };
             if settler.dead_letter(delivery, reason).await.is_ok() {
                 events.settled(Settled::Conflict, io_id, bill_no);
             }
         }
-        Settlement::Retry(why) => match settler.retry(delivery, why).await {
-            Ok(common::settle::NextTry::Exhausted) => {
+        Settlement::Retry(why) => {
+            // Anything but an exhausted bill is logged by the settler; the bill comes again.
+            if let Ok(common::settle::NextTry::Exhausted) =
+                settler.retry(delivery, why, Some((io_id, bill_no))).await
+            {
                 events.settled(Settled::Exhausted, io_id, bill_no);
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(io_id, bill_no, error = %e, "Cannot schedule the retry; the bill goes back to its queue.")
-            }
-        },
+        }
     }
 }
 

@@ -76,7 +76,10 @@ async fn handle(
     let doc = match CountDoc::from_value(&raw) {
         Ok(doc) => doc,
         Err(e) => {
-            let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
+            let mut reason = DeadReason::new(DeadKind::Malformed, e.to_string());
+            if let Some(io_id) = messages::int_field(raw.get("io_id")) {
+                reason = reason.of_document(io_id);
+            }
             settler.dead_letter(delivery, reason).await.ok();
             return;
         }
@@ -98,7 +101,7 @@ async fn handle(
                 MapError::Malformed(_) => DeadKind::Malformed,
                 MapError::Mapping(_) => DeadKind::Mapping,
             };
-            let reason = DeadReason::new(kind, err.to_string());
+            let reason = DeadReason::new(kind, err.to_string()).of_document(io_id);
             settler.dead_letter(delivery, reason).await.ok();
         }
     }
@@ -164,7 +167,7 @@ async fn publish_bills(
             Ok(()) => events.bills_published(count),
             Err(e @ QueueError::TooLarge { .. }) => {
                 // Publishing it again would fail again: dead-letter it, once.
-                let reason = DeadReason::new(DeadKind::TooLarge, e.to_string());
+                let reason = DeadReason::new(DeadKind::TooLarge, e.to_string()).of_document(io_id);
                 settler.dead_letter(delivery, reason).await.ok();
                 return;
             }

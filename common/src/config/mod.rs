@@ -52,6 +52,10 @@ pub trait Section: DeserializeOwned {
     /// The section's name in the file and in `JST2KD_<NAME>__…`.
     const NAME: &'static str;
 
+    /// Secret keys whose built-in default a file may also name: `*_file` then replaces the
+    /// value without counting as "both given" (`amqp.url`, which the shipped files spell out).
+    const SECRET_DEFAULTS: &'static [(&'static str, &'static str)] = &[];
+
     /// Checks that hold whoever reads the section (values in range, well-formed URLs).
     /// What a particular stage requires on top (a credential it needs) its config type checks.
     fn check(&self) -> Result<(), ConfigError> {
@@ -124,7 +128,11 @@ impl Layers {
             Some(_) => return Err(ConfigError::key(name, "must be a table of keys")),
         };
         for secret in shape::secrets_of(name) {
-            read_secret_file(&mut dict, name, secret)?;
+            let default = T::SECRET_DEFAULTS
+                .iter()
+                .find(|(k, _)| k == secret)
+                .map(|(_, v)| *v);
+            read_secret_file(&mut dict, name, secret, default)?;
         }
         let section: T = Figment::from(Serialized::defaults(dict))
             .extract()
@@ -135,8 +143,13 @@ impl Layers {
 }
 
 /// Takes secret `key` of section `section` from its `*_file` key when that is given; both at
-/// once is an error.
-fn read_secret_file(dict: &mut Dict, section: &str, key: &str) -> Result<(), ConfigError> {
+/// once is an error, unless the value given is empty or the built-in `default`.
+fn read_secret_file(
+    dict: &mut Dict,
+    section: &str,
+    key: &str,
+    default: Option<&str>,
+) -> Result<(), ConfigError> {
     let file_key = format!("{key}_file");
     let Some(path) = dict.remove(&file_key) else {
         return Ok(());
@@ -148,10 +161,10 @@ fn read_secret_file(dict: &mut Dict, section: &str, key: &str) -> Result<(), Con
             "must be a file path",
         ));
     };
-    if dict
-        .get(key)
-        .is_some_and(|v| v.as_str().is_none_or(|s| !s.is_empty()))
-    {
+    if dict.get(key).is_some_and(|v| {
+        v.as_str()
+            .is_none_or(|s| !s.is_empty() && Some(s) != default)
+    }) {
         return Err(ConfigError(format!(
             "set either `{full}` or `{full}_file`, not both"
         )));

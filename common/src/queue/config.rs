@@ -27,10 +27,13 @@ pub struct AmqpConfig {
     pub max_message_bytes: u64,
 }
 
+/// The built-in `amqp.url`.
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10";
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
-            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"),
+            url: Secret::new(DEFAULT_URL),
             prefix: "jst2kd".into(),
             prefetch: 100,
             delivery_limit: 20,
@@ -42,6 +45,7 @@ impl Default for AmqpConfig {
 
 impl Section for AmqpConfig {
     const NAME: &'static str = "amqp";
+    const SECRET_DEFAULTS: &'static [(&'static str, &'static str)] = &[("url", DEFAULT_URL)];
 
     fn check(&self) -> Result<(), ConfigError> {
         let url = self.url.expose();
@@ -136,6 +140,21 @@ mod tests {
         let a = amqp(&[("JST2KD_AMQP__URL_FILE", file.0.to_str().expect("utf-8"))])
             .expect("a file replaces the default without conflict");
         assert_eq!(a.url.expose(), "amqp://u:from-file@127.0.0.1:5672/%2f");
+        // The shipped files spell the default out; a file still replaces it.
+        let path = file.0.to_str().expect("utf-8");
+        let a = crate::config::Layers::load_from_str(
+            &format!("[amqp]\nurl = \"{DEFAULT_URL}\"\n"),
+            [("JST2KD_AMQP__URL_FILE".to_string(), path.to_string())],
+        )
+        .and_then(|l| l.section::<AmqpConfig>())
+        .expect("the default and a file are not both given");
+        assert_eq!(a.url.expose(), "amqp://u:from-file@127.0.0.1:5672/%2f");
+        let e = amqp(&[
+            ("JST2KD_AMQP__URL", "amqp://u:p@other:5672/%2f"),
+            ("JST2KD_AMQP__URL_FILE", path),
+        ])
+        .expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]
