@@ -55,7 +55,8 @@ pub enum SimCommand {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
-        /// Master data JSON: {"orgs":[…],"stocks":[…],"materials":[{"number","unit","lot"}],…}.
+        /// Master data JSON (see the README): {"orgs":[…],"stocks":["CK1",{"number","org","locations"}],
+        /// "materials":[{"number","unit","lot"}],"departments":[…],"allow_negative":true,"on_hand":{…}}.
         #[arg(long)]
         master_data: Option<PathBuf>,
         /// Accepted acct_id.

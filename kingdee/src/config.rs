@@ -54,7 +54,8 @@ pub struct KingdeeConfig {
     pub org_num: String,
     /// Timeout of one HTTP call.
     pub timeout: Dur,
-    /// Let stock go negative: BatchSave sends `STK_InvCheckResult`.
+    /// Let stock go negative: Audit (where the stock moves) and BatchSave send
+    /// `STK_InvCheckResult`.
     #[serde(deserialize_with = "lenient::boolean")]
     pub allow_negative_stock: bool,
     /// What follows a save: `none`, `submit`, or `audit` (submit, then audit; stock moves).

@@ -445,7 +445,13 @@ impl KingdeeClient {
         numbers: &[&str],
     ) -> Result<Vec<BillResult>, KingdeeError> {
         let started = Instant::now();
-        let data = json!({"Numbers": numbers, "Ids": ""});
+        // Stock moves at Audit: that is where Kingdee checks it, and where the flag that lets
+        // it go negative belongs (kingdee.md, Audit's parameter table).
+        let flags = match op {
+            Operation::Audit if self.allow_negative_stock => "STK_InvCheckResult",
+            _ => "",
+        };
+        let data = json!({"Numbers": numbers, "Ids": "", "InterationFlags": flags});
         let result = match self
             .post(op.service(), json!([form_id, data.to_string()]))
             .await

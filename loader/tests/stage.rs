@@ -233,11 +233,15 @@ async fn audit_after_save_and_negative_stock() {
         KingdeeCredentials::default(),
         Some(MasterData {
             orgs: vec!["100".into()],
-            stocks: vec!["CK001".into()],
+            stocks: vec![sim::kingdee::Stock {
+                number: "CK001".into(),
+                ..Default::default()
+            }],
             materials: vec![sim::kingdee::Material {
                 number: "SKU-1".into(),
                 unit: "Pcs".into(),
                 lot: false,
+                org: None,
             }],
             ..master
         }),
@@ -290,8 +294,33 @@ async fn audit_after_save_and_negative_stock() {
             .unwrap()
             .contains("AbstractInteractionResult")
     );
+    assert_eq!(
+        header_text(&dead[0].headers, header::ERROR_KIND),
+        Some("rejected")
+    );
+    assert!(
+        header_text(&dead[0].headers, header::ERROR)
+            .unwrap()
+            .contains("更新库存时出现可以忽略的异常数据"),
+        "Kingdee's own message"
+    );
+    // Stock moves at audit: both bills were saved, the second stays submitted, unaudited.
+    let statuses: Vec<(String, String)> = sim
+        .bills()
+        .into_iter()
+        .map(|b| (b.bill_no, b.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("N1".to_string(), "C".to_string()),
+            ("N2".to_string(), "B".to_string())
+        ]
+    );
     let lenient = KingdeeClient::new(&kingdee(true), 1, None).expect("client");
-    // N1 comes again (a redelivery): already saved and audited, so a duplicate that re-audits fine.
+    // The replay of N2 finds its number used and the same entries: the existing bill is
+    // audited (with the flag now), not just acked. N1 comes again too (a redelivery):
+    // already audited, a duplicate that re-audits fine.
     let dead = run(
         lenient,
         vec![

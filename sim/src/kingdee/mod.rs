@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Credentials the simulator accepts.
@@ -43,48 +42,6 @@ impl Default for KingdeeCredentials {
             password: "local-password".into(),
         }
     }
-}
-
-/// A material of the master data.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Material {
-    /// Material number.
-    pub number: String,
-    /// Its unit number.
-    #[serde(default = "default_unit")]
-    pub unit: String,
-    /// Lot-managed.
-    #[serde(default)]
-    pub lot: bool,
-}
-
-fn default_unit() -> String {
-    "Pcs".into()
-}
-
-/// `--master-data FILE`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MasterData {
-    /// Organisation numbers.
-    #[serde(default)]
-    pub orgs: Vec<String>,
-    /// Stock numbers.
-    #[serde(default)]
-    pub stocks: Vec<String>,
-    /// Materials.
-    #[serde(default)]
-    pub materials: Vec<Material>,
-    /// Department numbers.
-    #[serde(default)]
-    pub departments: Vec<String>,
-    /// The account requires a department or a customer on every bill.
-    #[serde(default)]
-    pub require_dept_or_cust: bool,
-    /// Stock on hand by `"{stock}:{material}"`; an outbound beyond it (when listed) raises
-    /// Kingdee's negative-stock warning unless the call allows it (`STK_InvCheckResult`).
-    #[serde(default)]
-    pub on_hand: BTreeMap<String, f64>,
 }
 
 /// A saved bill.
@@ -172,11 +129,14 @@ pub struct KingdeeSim {
 const MAX_SKEW_SECS: i64 = 900;
 
 mod forms;
+mod master;
 mod query;
 mod routes;
 
 use forms::*;
 use query::*;
+
+pub use master::{Department, MasterData, Material, Stock};
 use routes::*;
 
 impl KingdeeSim {
@@ -428,10 +388,6 @@ impl KingdeeSim {
         let Some(spec) = form_spec(form_id) else {
             return status_error(9, &format!("业务对象“{form_id}”不存在"));
         };
-        let allow_negative = data
-            .get("InterationFlags")
-            .and_then(Value::as_str)
-            .is_some_and(|f| f.split(';').any(|x| x.trim() == "STK_InvCheckResult"));
         let mut store = self.store();
         let mut numbers_in_batch = BTreeSet::new();
         let mut errors = Vec::new();
@@ -442,10 +398,8 @@ impl KingdeeSim {
                 .get("FBillNo")
                 .and_then(Value::as_str)
                 .map(str::to_string);
+            // Stock moves at audit, not at save: a save checks no stock.
             let mut problems = validate(spec, model, self.inner.master.as_ref());
-            if problems.is_empty() && !allow_negative && spec.outbound {
-                problems.extend(self.negative_stock(&store, model));
-            }
             if problems.is_empty()
                 && let Some(no) = &bill_no
                 && (store.numbers.contains(&(form_id.to_string(), no.clone()))
@@ -460,10 +414,6 @@ impl KingdeeSim {
             if problems.is_empty() {
                 let id = 100_001 + i64::try_from(store.bills.len()).unwrap_or(0);
                 let no = bill_no.unwrap_or_else(|| format!("QTCK{id:06}"));
-                let sign = if spec.outbound { 1.0 } else { -1.0 };
-                for (key, qty) in outbound(model) {
-                    *store.moved.entry(key).or_default() += sign * qty;
-                }
                 store.numbers.insert((form_id.to_string(), no.clone()));
                 store.bills.push(SavedBill {
                     form_id: form_id.to_string(),
@@ -502,20 +452,30 @@ impl KingdeeSim {
         json!({"Result": {"ResponseStatus": status, "NeedReturnData": need_return}})
     }
 
-    /// Kingdee's ignorable negative-stock warning, when the bill takes more than is on hand.
-    fn negative_stock(&self, store: &Store, model: &Value) -> Option<Problem> {
+    /// The audit's stock check (SPEC of the real service: stock moves at Audit). An outbound
+    /// bill that takes more than is on hand (for stocks listed in `on_hand`) is refused
+    /// outright when the account forbids negative stock, and otherwise meets the ignorable
+    /// interaction error (MsgCode 11, `AbstractInteractionResult`) unless the call carries
+    /// `InterationFlags: STK_InvCheckResult`. `None`: the stock may move.
+    fn negative_stock(&self, store: &Store, bill: &SavedBill, allowed: bool) -> Option<String> {
         let master = self.inner.master.as_ref()?;
-        outbound(model).into_iter().find_map(|(key, qty)| {
-            let on_hand = master.on_hand.get(&key)?;
-            let left = on_hand - store.moved.get(&key).copied().unwrap_or(0.0);
-            (qty > left).then(|| {
-                Problem::new(
-                    11,
-                    Some("AbstractInteractionResult"),
-                    "更新库存时出现可以忽略的异常数据，是否继续？".into(),
-                )
+        if !form_spec(&bill.form_id).is_some_and(|f| f.outbound) {
+            return None;
+        }
+        let (key, _) = outbound(&bill.model).into_iter().find(|(key, qty)| {
+            master.on_hand.get(key).is_some_and(|on_hand| {
+                *qty > on_hand - store.moved.get(key).copied().unwrap_or(0.0)
             })
-        })
+        })?;
+        if !master.allow_negative {
+            Some(format!(
+                "负库存限制 | 仓存参数不允许负库存：{key} 的即时库存不足"
+            ))
+        } else if allowed {
+            None
+        } else {
+            Some("更新库存时出现可以忽略的异常数据，是否继续？".into())
+        }
     }
 
     /// Submit (A → B) or Audit (B → C) by number; one result per number.
@@ -535,19 +495,24 @@ impl KingdeeSim {
         if numbers.is_empty() {
             return status_error(8, "参数Numbers不能为空");
         }
+        let allowed = data
+            .get("InterationFlags")
+            .and_then(Value::as_str)
+            .is_some_and(|f| f.split(';').any(|x| x.trim() == "STK_InvCheckResult"));
         let mut store = self.store();
         let mut saved = Vec::new();
         let mut errors = Vec::new();
         for (index, number) in numbers.iter().enumerate() {
-            let Some(bill) = store
+            let Some(at) = store
                 .bills
-                .iter_mut()
-                .find(|b| b.form_id == form_id && &b.bill_no == number)
+                .iter()
+                .position(|b| b.form_id == form_id && &b.bill_no == number)
             else {
                 errors.push(json!({"FieldName": null, "Message": format!("单据编号为“{number}”的单据不存在"), "DIndex": index}));
                 continue;
             };
-            let outcome = match (audit, bill.status.as_str()) {
+            let status = store.bills[at].status.clone();
+            let mut outcome = match (audit, status.as_str()) {
                 (false, "A") => Ok("B"),
                 (false, "B") => Err(format!("单据“{number}”已经提交，不能重复提交")),
                 (false, _) => Err(format!("单据“{number}”已经审核，不能提交")),
@@ -555,13 +520,31 @@ impl KingdeeSim {
                 (true, "B") => Ok("C"),
                 (true, _) => Err("单据已经审核！".to_string()),
             };
+            if outcome == Ok("C") {
+                if let Some(refused) = self.negative_stock(&store, &store.bills[at], allowed) {
+                    outcome = Err(refused);
+                } else {
+                    let sign = if form_spec(form_id).is_some_and(|f| f.outbound) {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    for (key, qty) in outbound(&store.bills[at].model) {
+                        *store.moved.entry(key).or_default() += sign * qty;
+                    }
+                }
+            }
+            let bill = &mut store.bills[at];
             match outcome {
                 Ok(status) => {
                     bill.status = status.into();
                     saved.push(json!({"Id": bill.id, "Number": number, "DIndex": index}));
                 }
                 Err(message) => {
-                    errors.push(json!({"FieldName": null, "Message": message, "DIndex": index}))
+                    let field = message
+                        .starts_with("更新库存")
+                        .then_some("AbstractInteractionResult");
+                    errors.push(json!({"FieldName": field, "Message": message, "DIndex": index}))
                 }
             }
         }
@@ -600,6 +583,31 @@ impl KingdeeSim {
             return json!([[status_error(8, "FieldKeys不能为空")]]);
         };
         let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
+        let filter_text = data
+            .get("FilterString")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(master) = &self.inner.master {
+            let numbers: Option<Vec<String>> = if filter_text.trim().is_empty() {
+                None
+            } else {
+                match numbers_of("fnumber", filter_text) {
+                    Some(n) => Some(n.into_iter().collect()),
+                    None if form_id.to_ascii_uppercase().starts_with("BD_")
+                        || form_id.eq_ignore_ascii_case("ORG_Organizations") =>
+                    {
+                        return json!([[status_error(
+                            8,
+                            &format!("过滤条件不合法：{filter_text}")
+                        )]]);
+                    }
+                    None => None,
+                }
+            };
+            if let Some(rows) = master.query(form_id, &keys, numbers.as_deref()) {
+                return rows;
+            }
+        }
         for key in &keys {
             if !HEADER_KEYS
                 .iter()
@@ -664,25 +672,13 @@ mod tests {
     }
 
     fn master() -> MasterData {
-        MasterData {
-            orgs: vec!["100".into()],
-            stocks: vec!["CK001".into()],
-            materials: vec![
-                Material {
-                    number: "SKU-1".into(),
-                    unit: "Pcs".into(),
-                    lot: false,
-                },
-                Material {
-                    number: "LOT-1".into(),
-                    unit: "Pcs".into(),
-                    lot: true,
-                },
-            ],
-            departments: vec![],
-            require_dept_or_cust: false,
-            on_hand: BTreeMap::new(),
-        }
+        serde_json::from_value(json!({
+            "orgs": ["100", "200"],
+            "stocks": ["CK001", {"number": "CK002", "org": "100", "locations": ["A-01"]}],
+            "materials": [{"number": "SKU-1"}, {"number": "LOT-1", "lot": true}],
+            "on_hand": {"CK001:SKU-1": 3}
+        }))
+        .expect("master data")
     }
 
     #[test]
@@ -746,5 +742,122 @@ mod tests {
         assert_eq!(rows, json!([["B1"]]));
         let bad = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FNope"}));
         assert!(bad.to_string().contains("FNope"));
+    }
+
+    #[test]
+    fn a_stock_belongs_to_its_organisation_and_a_location_stock_needs_a_location() {
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
+        let in_org = |no: &str, org: &str, loc: Option<&str>| {
+            let mut b = bill(no);
+            for key in ["FStockOrgId", "FPickOrgId", "FOwnerIdHead"] {
+                b[key] = json!({"FNumber": org});
+            }
+            b["FEntity"][0]["FStockId"] = json!({"FNumber": "CK002"});
+            if let Some(l) = loc {
+                b["FEntity"][0]["FStockLocId"] = json!({"FSTOCKLOCID__FF100001": {"FNumber": l}});
+            }
+            b
+        };
+        let answer = sim.batch_save(
+            MIS_DELIVERY,
+            &json!({"Model": [
+                in_org("L1", "100", Some("A-01")),
+                in_org("L2", "200", Some("A-01")),
+                in_org("L3", "100", None),
+                in_org("L4", "100", Some("Z-9"))
+            ]}),
+        );
+        let status = &answer["Result"]["ResponseStatus"];
+        assert_eq!(status["SuccessEntitys"].as_array().map(Vec::len), Some(1));
+        let errors = status["Errors"].as_array().expect("errors");
+        let of = |i: i64| {
+            errors
+                .iter()
+                .filter(|e| e["DIndex"] == i)
+                .map(|e| e["Message"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(of(1).contains("“CK002”在系统中不存在"), "{}", of(1));
+        assert!(of(2).contains("启用了仓位管理"), "{}", of(2));
+        assert!(of(3).contains("“Z-9”在系统中不存在"), "{}", of(3));
+    }
+
+    #[test]
+    fn stock_moves_at_audit_where_negative_stock_is_checked() {
+        let audit = |sim: &KingdeeSim, no: &str, flag: bool| {
+            sim.operate(false, MIS_DELIVERY, &json!({"Numbers": [no]}));
+            let flags = if flag { "STK_InvCheckResult" } else { "" };
+            sim.operate(
+                true,
+                MIS_DELIVERY,
+                &json!({"Numbers": [no], "InterationFlags": flags}),
+            )
+        };
+        let big = |no: &str| {
+            let mut b = bill(no);
+            b["FEntity"][0]["FQty"] = json!(5.0);
+            b
+        };
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
+        // 5 out of 3 on hand: the save takes no stock, so it passes.
+        let saved = sim.batch_save(MIS_DELIVERY, &json!({"Model": [big("N1"), big("N2")]}));
+        assert_eq!(saved["Result"]["ResponseStatus"]["IsSuccess"], true);
+        let refused = audit(&sim, "N1", false);
+        let text = refused["Result"]["ResponseStatus"].to_string();
+        assert!(
+            text.contains("AbstractInteractionResult") && text.contains("可以忽略"),
+            "{text}"
+        );
+        assert_eq!(
+            sim.bills()[0].status,
+            "B",
+            "the saved bill stays, submitted"
+        );
+        let allowed = audit(&sim, "N1", true);
+        assert_eq!(allowed["Result"]["ResponseStatus"]["IsSuccess"], true);
+        assert_eq!(sim.bills()[0].status, "C");
+        // An account that forbids negative stock refuses it whatever the flag.
+        let mut strict = master();
+        strict.allow_negative = false;
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(strict));
+        sim.batch_save(MIS_DELIVERY, &json!({"Model": [big("N1"), bill("N3")]}));
+        let refused = audit(&sim, "N1", true);
+        assert!(
+            refused.to_string().contains("仓存参数不允许负库存"),
+            "{refused}"
+        );
+        // 2 of 3 on hand: audited, and the stock moved.
+        assert_eq!(
+            audit(&sim, "N3", false)["Result"]["ResponseStatus"]["IsSuccess"],
+            true
+        );
+        let mut more = bill("N4");
+        more["FEntity"][0]["FQty"] = json!(2.0);
+        sim.batch_save(MIS_DELIVERY, &json!({"Model": [more]}));
+        assert!(
+            audit(&sim, "N4", true)
+                .to_string()
+                .contains("仓存参数不允许负库存"),
+            "only 1 left"
+        );
+    }
+
+    #[test]
+    fn base_data_answers_the_preflight_queries() {
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
+        let rows = sim.query(
+            &json!({"FormId": "BD_STOCK", "FieldKeys": "FNumber,FUseOrgId.FNumber,FIsOpenLocation",
+            "FilterString": "FNumber in ('CK002','CK404')"}),
+        );
+        assert_eq!(rows, json!([["CK002", "100", true]]));
+        let rows = sim.query(&json!({"FormId": "BD_MATERIAL", "FieldKeys": "FNumber,FBaseUnitId.FNumber,FIsBatchManage",
+            "FilterString": "FNumber='LOT-1'"}));
+        assert_eq!(
+            rows,
+            json!([["LOT-1", "Pcs", true], ["LOT-1", "Pcs", true]])
+        );
+        let bad = sim.query(&json!({"FormId": "BD_STOCK", "FieldKeys": "FNumber", "FilterString": "FName like 'x%'"}));
+        assert!(bad.to_string().contains("过滤条件不合法"), "{bad}");
     }
 }

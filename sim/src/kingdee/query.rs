@@ -67,6 +67,35 @@ pub(super) fn field(bill: &SavedBill, entry: Option<&Value>, key: &str) -> Value
     }
 }
 
+/// The numbers of a FilterString `{field}='X'` or `{field} in ('A','B')` (case-insensitive
+/// field name), as base-data and bill queries are written.
+pub(super) fn numbers_of(field: &str, text: &str) -> Option<BTreeSet<String>> {
+    let text = text.trim();
+    if !text.to_ascii_lowercase().starts_with(field) {
+        return None;
+    }
+    let original = text[field.len()..].trim();
+    let list = if let Some(v) = original.strip_prefix('=') {
+        v.trim().to_string()
+    } else if original.to_ascii_lowercase().starts_with("in") {
+        original[2..]
+            .trim()
+            .strip_prefix('(')?
+            .strip_suffix(')')?
+            .to_string()
+    } else {
+        return None;
+    };
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .strip_prefix('\'')
+                .and_then(|s| s.strip_suffix('\''))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The FilterString forms the simulator understands: `FBillNo='X'`, `FBillNo in ('A','B')`,
 /// `FID=1`, or nothing.
 pub(super) enum Filter {
@@ -91,30 +120,7 @@ impl Filter {
                 .ok()
                 .map(Filter::Id);
         }
-        let rest = lower.strip_prefix("fbillno")?;
-        let original = &text[text.len() - rest.len()..];
-        let original = original.trim();
-        let list = if let Some(v) = original.strip_prefix('=') {
-            v.trim().to_string()
-        } else if original.to_ascii_lowercase().starts_with("in") {
-            original[2..]
-                .trim()
-                .strip_prefix('(')?
-                .strip_suffix(')')?
-                .to_string()
-        } else {
-            return None;
-        };
-        let numbers = list
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .strip_prefix('\'')
-                    .and_then(|s| s.strip_suffix('\''))
-                    .map(str::to_string)
-            })
-            .collect::<Option<BTreeSet<String>>>()?;
-        Some(Filter::BillNo(numbers))
+        numbers_of("fbillno", text).map(Filter::BillNo)
     }
 
     pub(super) fn matches(&self, bill: &SavedBill) -> bool {
