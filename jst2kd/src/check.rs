@@ -13,12 +13,29 @@ use common::worker::{self, WorkerArgs};
 use jst::{CountQuery, JstClient, JstConfig};
 use kingdee::{KingdeeClient, KingdeeConfig};
 use producer::ProducerConfig;
+
+use crate::preflight;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    /// Run the base-data preflight instead: every organisation, stock, department, material
+    /// and unit the configuration and the recent Jushuitan documents would book, checked in
+    /// Kingdee (read-only). Exit 0 when nothing is wrong, 1 when something is, 2 when it
+    /// could not ask.
+    #[arg(long)]
+    mapping: bool,
+    /// With --mapping: days of Jushuitan count documents to read.
+    #[arg(long, default_value_t = 7, requires = "mapping")]
+    days: u32,
+    /// With --mapping: text (one line per problem) or json.
+    #[arg(long, value_enum, default_value = "text", requires = "mapping")]
+    format: preflight::Format,
+    /// With --mapping: also print a [mapping.units] block built from Kingdee's units.
+    #[arg(long, requires = "mapping")]
+    write_units: bool,
 }
 
 fn line(what: &str, result: Result<String, String>) -> bool {
@@ -51,6 +68,18 @@ fn loads<C: FromLayers>(layers: &Layers) -> Result<String, String> {
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let (process, layers) = worker::load_config(&args.worker)?;
     common::telemetry::init_logging_with(process.runtime.log_format, "error");
+    if args.mapping {
+        let ask = preflight::Preflight {
+            days: args.days,
+            format: args.format,
+            write_units: args.write_units,
+        };
+        return if preflight::run(&layers, &ask).await? {
+            Ok(())
+        } else {
+            anyhow::bail!("the mapping has problems (see above)")
+        };
+    }
     // Without a readable [amqp] nothing below can be checked: a configuration error (exit 2).
     let amqp: AmqpConfig = layers.section()?;
     let mut ok = true;

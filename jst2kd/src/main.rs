@@ -7,6 +7,7 @@ mod backfill;
 mod check;
 mod demo;
 mod dlq;
+mod preflight;
 mod preview;
 mod simulators;
 
@@ -67,9 +68,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jst2kd: {e:#}");
-            let usage = e
-                .chain()
-                .any(|c| c.downcast_ref::<common::config::ConfigError>().is_some());
+            // A configuration error, or a preflight that could not ask a service.
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<common::config::ConfigError>().is_some()
+                    || c.downcast_ref::<preflight::CouldNotAsk>().is_some()
+            });
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

@@ -412,19 +412,21 @@ org = "100"
 
     /// Starts both, logging into `dir`, and waits until each answers.
     pub async fn start(dir: &Path, jst_args: &[&str]) -> Self {
+        Self::start_with(dir, jst_args, &[]).await
+    }
+
+    /// Starts both with arguments of their own (`--data`, `--master-data` …).
+    pub async fn start_with(dir: &Path, jst_args: &[&str], kingdee_args: &[&str]) -> Self {
         let (jp, kp) = (free_port(), free_port());
         let jst_listen = format!("127.0.0.1:{jp}");
         let mut args = vec!["sim", "jst", "--listen", &jst_listen];
         args.extend_from_slice(jst_args);
+        let kingdee_listen = format!("127.0.0.1:{kp}");
+        let mut kargs = vec!["sim", "kingdee", "--listen", &kingdee_listen];
+        kargs.extend_from_slice(kingdee_args);
         let procs = [
             Proc::start("sim-jst", "jst2kd", &args, &[], dir),
-            Proc::start(
-                "sim-kingdee",
-                "jst2kd",
-                &["sim", "kingdee", "--listen", &format!("127.0.0.1:{kp}")],
-                &[],
-                dir,
-            ),
+            Proc::start("sim-kingdee", "jst2kd", &kargs, &[], dir),
         ];
         let (jst, kingdee) = (
             format!("http://127.0.0.1:{jp}"),

@@ -92,11 +92,21 @@ impl<'de> Deserialize<'de> for Warehouse {
                 mut map: A,
             ) -> Result<Warehouse, A::Error> {
                 let mut w = Warehouse::default();
+                let mut given: Vec<String> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     let value: String = map.next_value()?;
                     let value = value.trim().to_string();
-                    // Environment keys arrive in capitals (`…__WAREHOUSES__2__STOCK`).
-                    let slot = match key.to_ascii_lowercase().as_str() {
+                    // Environment keys may arrive in capitals (`…__WAREHOUSES__2__STOCK`);
+                    // the same key twice (`stock` in the file, `STOCK` in the environment)
+                    // would leave it to chance which wins.
+                    let lower = key.to_ascii_lowercase();
+                    if given.contains(&lower) {
+                        return Err(serde::de::Error::custom(format!(
+                            "sets `{lower}` twice (in the file and in the environment? write the environment's key in lower case: …__{lower}=)"
+                        )));
+                    }
+                    given.push(lower.clone());
+                    let slot = match lower.as_str() {
                         "stock" => {
                             w.stock = value;
                             continue;
@@ -365,5 +375,26 @@ location_field = "FF100001"
         let e = load("[mapping]\norg = \"1\"\nlocation_field = \"FF 1\"\n[mapping.warehouses]\n\"1\" = \"CK1\"\n")
             .expect_err("bad field");
         assert!(e.to_string().contains("mapping.location_field"), "{e}");
+        // The file's `stock` and the environment's `STOCK`: which wins would be chance.
+        let e = common::config::Layers::load_from_str(
+            "[mapping]\norg = \"1\"\n[mapping.warehouses]\n\"2\" = { stock = \"CK2\" }\n",
+            [(
+                "JST2KD_MAPPING__WAREHOUSES__2__STOCK".to_string(),
+                "CK3".to_string(),
+            )],
+        )
+        .and_then(|l| l.section::<MappingConfig>())
+        .expect_err("twice");
+        assert!(e.to_string().contains("twice"), "{e}");
+        let m = common::config::Layers::load_from_str(
+            "[mapping]\norg = \"1\"\n[mapping.warehouses]\n\"2\" = { stock = \"CK2\" }\n",
+            [(
+                "JST2KD_MAPPING__WAREHOUSES__2__stock".to_string(),
+                "CK3".to_string(),
+            )],
+        )
+        .and_then(|l| l.section::<MappingConfig>())
+        .expect("lower case replaces");
+        assert_eq!(m.warehouses["2"].stock, "CK3");
     }
 }
