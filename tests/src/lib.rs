@@ -376,6 +376,19 @@ impl Sims {
             .iter()
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
+        let mapping = format!("org = \"100\"\n[mapping.warehouses]\n{warehouses}");
+        self.worker_toml_with(prefix, checkpoint, &mapping, extra)
+    }
+
+    /// [`Sims::worker_toml`] with the whole `[mapping]` section's body given (its keys, then
+    /// its sub-tables).
+    pub fn worker_toml_with(
+        &self,
+        prefix: &str,
+        checkpoint: &Path,
+        mapping: &str,
+        extra: &str,
+    ) -> String {
         format!(
             r#"[amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5"
@@ -399,9 +412,7 @@ user_name = "local-user"
 app_id = "123456_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY"
 app_secret = "0123456789abcdef0123456789abcdef"
 [mapping]
-org = "100"
-[mapping.warehouses]
-{warehouses}
+{mapping}
 {extra}
 "#,
             jst = self.jst,
