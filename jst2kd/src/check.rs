@@ -28,7 +28,8 @@ pub struct CheckArgs {
     #[arg(long)]
     mapping: bool,
     /// With --mapping: days of Jushuitan count documents to read.
-    #[arg(long, default_value_t = 7, requires = "mapping")]
+    #[arg(long, default_value_t = 7, requires = "mapping",
+        value_parser = clap::value_parser!(u32).range(1..=366))]
     days: u32,
     /// With --mapping: text (one line per problem) or json.
     #[arg(long, value_enum, default_value = "text", requires = "mapping")]

@@ -28,7 +28,8 @@ use kingdee::{KingdeeClient, KingdeeConfig};
 use producer::{MAX_WINDOW, ProducerConfig, windows};
 use serde::Serialize;
 use serde_json::{Value, json};
-use transformer::{Mapped, MappingConfig, map_count};
+use transformer::mapping::plan;
+use transformer::{MapError, MappingConfig, Plan};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,14 +87,44 @@ struct Seen {
 /// Rows of a base-data query: number → (use organisation, the other fields).
 type Rows = BTreeMap<String, Vec<(Option<String>, Vec<Value>)>>;
 
+/// What a base-data query found: the usable records, and why others are not.
+struct Found {
+    rows: Rows,
+    /// Numbers found only disabled (禁用) or not audited.
+    unusable: BTreeMap<String, &'static str>,
+}
+
+impl Found {
+    fn get(&self, number: &str) -> Option<&Vec<(Option<String>, Vec<Value>)>> {
+        self.rows.get(number)
+    }
+
+    fn contains_key(&self, number: &str) -> bool {
+        self.rows.contains_key(number)
+    }
+
+    /// Why `number` cannot be used: "does not exist in Kingdee", or what state it is in.
+    fn why(&self, number: &str) -> &'static str {
+        self.unusable
+            .get(number)
+            .copied()
+            .unwrap_or("does not exist in Kingdee")
+    }
+}
+
 /// Asks `form` for the `numbers`, 100 at a time; `keys` after `FNumber,FUseOrgId.FNumber`.
+/// Only audited (`FDocumentStatus` C), enabled (`FForbidStatus` not B) records count: a bill
+/// naming another is refused.
 async fn base_data(
     client: &KingdeeClient,
     form: &str,
     keys: &[&str],
     numbers: &BTreeSet<String>,
-) -> Result<Rows, CouldNotAsk> {
-    let mut rows: Rows = BTreeMap::new();
+) -> Result<Found, CouldNotAsk> {
+    let mut found = Found {
+        rows: BTreeMap::new(),
+        unusable: BTreeMap::new(),
+    };
     let numbers: Vec<&String> = numbers.iter().collect();
     let with_org = form != "ORG_Organizations";
     let mut fields = vec!["FNumber"];
@@ -101,6 +132,8 @@ async fn base_data(
         fields.push("FUseOrgId.FNumber");
     }
     fields.extend_from_slice(keys);
+    fields.extend_from_slice(&["FDocumentStatus", "FForbidStatus"]);
+    let skip = if with_org { 2 } else { 1 };
     for chunk in numbers.chunks(100) {
         // Quotes doubled, as SQL filter strings escape them.
         let list: Vec<String> = chunk
@@ -123,15 +156,31 @@ async fn base_data(
             let Some(number) = text(row.first()) else {
                 continue;
             };
-            let (org, rest) = if with_org {
-                (text(row.get(1)), row.iter().skip(2).cloned().collect())
-            } else {
-                (None, row.iter().skip(1).cloned().collect())
-            };
-            rows.entry(number).or_default().push((org, rest));
+            let status = text(row.get(skip + keys.len()));
+            let forbid = text(row.get(skip + keys.len() + 1));
+            if forbid.as_deref() == Some("B") {
+                found
+                    .unusable
+                    .entry(number)
+                    .or_insert("exists in Kingdee but is disabled (禁用): enable it");
+                continue;
+            }
+            if status.as_deref().is_some_and(|s| s != "C") {
+                found
+                    .unusable
+                    .entry(number)
+                    .or_insert("exists in Kingdee but is not audited: audit it");
+                continue;
+            }
+            let org = if with_org { text(row.get(1)) } else { None };
+            let rest = row.iter().skip(skip).take(keys.len()).cloned().collect();
+            found.rows.entry(number).or_default().push((org, rest));
         }
     }
-    Ok(rows)
+    for number in found.rows.keys() {
+        found.unusable.remove(number);
+    }
+    Ok(found)
 }
 
 /// Kingdee writes booleans as `true`, `1` or `"1"`.
@@ -169,7 +218,12 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
     // 1. What the Jushuitan documents of the window would book.
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut unmapped: BTreeMap<String, (usize, i64)> = BTreeMap::new();
-    let mut preview: Option<Vec<BillMessage>> = None;
+    let mut preview: Option<BillMessage> = None;
+    let sku_of: BTreeMap<&str, &str> = mapping
+        .skus
+        .iter()
+        .map(|(sku, m)| (m.as_str(), sku.as_str()))
+        .collect();
     let mut documents = 0;
     if jst_config.app_key.is_empty() {
         notes.push(
@@ -199,6 +253,7 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                     read_document(
                         &raw,
                         &mapping,
+                        &sku_of,
                         &mut seen,
                         &mut unmapped,
                         &mut preview,
@@ -253,7 +308,8 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                 key: key.clone(),
                 number: org.clone(),
                 message: format!(
-                    "organisation {org} ({key}) does not exist in Kingdee: fix the organisation number"
+                    "organisation {org} ({key}) {}: fix the organisation number",
+                    found.why(org)
                 ),
             });
         }
@@ -275,7 +331,8 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                 key,
                 number: stock.clone(),
                 message: format!(
-                    "stock {stock} ({k}) does not exist in Kingdee: fix the stock number of {k}"
+                    "stock {stock} ({k}) {}: fix the stock number of {k}",
+                    found.why(stock)
                 ),
             });
             continue;
@@ -339,7 +396,8 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                     key: key.clone(),
                     number: dept.clone(),
                     message: format!(
-                        "department {dept} ({key}) does not exist in organisation {org} in Kingdee: fix the department number"
+                        "department {dept} ({key}) {} for organisation {org}: fix the department number",
+                        found.why(dept)
                     ),
                 });
             }
@@ -366,6 +424,18 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
             .map(str::to_string)
     };
     for (material, unit) in &mapping.units {
+        if !found.contains_key(material) {
+            problems.push(Problem {
+                kind: "material",
+                key: format!("mapping.units.\"{material}\""),
+                number: material.clone(),
+                message: format!(
+                    "material {material} (mapping.units) {}: fix the material number",
+                    found.why(material)
+                ),
+            });
+            continue;
+        }
         if let Some(own) = unit_of(material)
             && &own != unit
         {
@@ -386,7 +456,8 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                 key: format!("mapping.skus.\"{sku}\""),
                 number: material.clone(),
                 message: format!(
-                    "material {material} (mapping.skus.\"{sku}\") does not exist in Kingdee: fix the material number"
+                    "material {material} (mapping.skus.\"{sku}\") {}: fix the material number",
+                    found.why(material)
                 ),
             });
         }
@@ -400,8 +471,9 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                     key: "mapping.skus".into(),
                     number: material.clone(),
                     message: format!(
-                        "material {material} (JST SKU {skus}, {} entries) does not exist in Kingdee: create it, or add \"{}\" = \"<material number>\" under [mapping.skus]",
+                        "material {material} (JST SKU {skus}, {} entries) {}: create it, or add \"{}\" = \"<material number>\" under [mapping.skus]",
                         s.entries,
+                        found.why(material),
                         s.skus.first().map_or(material.as_str(), String::as_str)
                     ),
                 });
@@ -464,69 +536,76 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
         materials.len()
     ));
 
-    report(ask, &mapping, &problems, &notes, preview.as_deref(), &units)?;
+    report(ask, &mapping, &problems, &notes, preview.as_ref(), &units)?;
     Ok(problems.is_empty())
 }
 
-/// Maps one document as the transformer would, and records what it would book.
+/// Maps one document as the transformer would (its lazy `plan`, one bill at a time), and
+/// records what it would book; keeps the first bill of the first document as the preview.
 fn read_document(
     raw: &Value,
     mapping: &MappingConfig,
+    sku_of: &BTreeMap<&str, &str>,
     seen: &mut BTreeMap<String, Seen>,
     unmapped: &mut BTreeMap<String, (usize, i64)>,
-    preview: &mut Option<Vec<BillMessage>>,
+    preview: &mut Option<BillMessage>,
     problems: &mut Vec<Problem>,
 ) {
     let doc = match CountDoc::from_value(raw) {
         Ok(doc) => doc,
         Err(e) => {
+            let number = raw
+                .get("io_id")
+                .map(ToString::to_string)
+                .unwrap_or_default();
             problems.push(Problem {
                 kind: "document",
-                key: String::new(),
-                number: raw
-                    .get("io_id")
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                key: format!("document {number}"),
+                number,
                 message: format!("a document cannot be read, and would be dead-lettered: {e}"),
             });
             return;
         }
     };
-    let bills = match map_count(&doc, mapping) {
-        Ok(Mapped::Bills(bills)) => bills,
-        Ok(Mapped::Skipped(_)) => return,
+    let warehouse = format!("{}:{}", doc.wms_co_id, doc.wh_id);
+    let mapped = mapping.warehouses.contains_key(&warehouse)
+        || mapping.warehouses.contains_key(&doc.wh_id.to_string());
+    let parts = match plan(&doc, mapping) {
+        Ok(Plan::Bills(parts)) => parts,
+        Ok(Plan::Skipped(_)) => return,
         Err(e) => {
-            let warehouse = format!("{}:{}", doc.wms_co_id, doc.wh_id);
-            let known = mapping.warehouses.contains_key(&warehouse)
-                || mapping.warehouses.contains_key(&doc.wh_id.to_string());
-            if known {
-                problems.push(Problem {
-                    kind: "mapping",
-                    key: "mapping".into(),
-                    number: doc.io_id.to_string(),
-                    message: e.to_string(),
-                });
-            } else {
+            // A document may be both: its warehouse unmapped and a line malformed.
+            if !mapped {
                 let entry = unmapped.entry(warehouse).or_insert((0, doc.io_id));
                 entry.0 += 1;
+            }
+            let malformed = matches!(e, MapError::Malformed(_));
+            if mapped || malformed {
+                problems.push(Problem {
+                    kind: if malformed { "document" } else { "mapping" },
+                    key: format!("document {}", doc.io_id),
+                    number: doc.io_id.to_string(),
+                    message: format!("would be dead-lettered: {e}"),
+                });
             }
             return;
         }
     };
-    for bill in &bills {
+    for bill in parts {
         let org = bill.model["FStockOrgId"]["FNumber"]
             .as_str()
             .unwrap_or("")
             .to_string();
         for e in bill.model["FEntity"].as_array().into_iter().flatten() {
-            let material = e["FMaterialId"]["FNumber"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let s = seen.entry(material.clone()).or_default();
+            let material = e["FMaterialId"]["FNumber"].as_str().unwrap_or("");
+            let s = seen.entry(material.to_string()).or_default();
             s.entries += 1;
-            s.orgs.insert(org.clone());
-            if let Some(u) = e["FUnitID"]["FNumber"].as_str() {
+            if !s.orgs.contains(&org) {
+                s.orgs.insert(org.clone());
+            }
+            if let Some(u) = e["FUnitID"]["FNumber"].as_str()
+                && !s.units.contains(u)
+            {
                 s.units.insert(u.to_string());
             }
             if e.get("FLot").is_none() {
@@ -536,16 +615,14 @@ fn read_document(
                 s.without_lot.0 += 1;
             }
             // The SKU behind the material: `mapping.skus` read backwards, else the same.
-            let sku = mapping
-                .skus
-                .iter()
-                .find(|(_, m)| **m == material)
-                .map_or(material.clone(), |(k, _)| k.clone());
-            s.skus.insert(sku);
+            let sku = sku_of.get(material).copied().unwrap_or(material);
+            if !s.skus.contains(sku) {
+                s.skus.insert(sku.to_string());
+            }
         }
-    }
-    if preview.is_none() {
-        *preview = Some(bills);
+        if preview.is_none() {
+            *preview = Some(bill);
+        }
     }
 }
 
@@ -554,7 +631,7 @@ fn report(
     mapping: &MappingConfig,
     problems: &[Problem],
     notes: &[String],
-    preview: Option<&[BillMessage]>,
+    preview: Option<&BillMessage>,
     units: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let sign = match mapping.loss_sign {
@@ -579,9 +656,9 @@ fn report(
     for p in problems {
         println!("PROBLEM {}: {}", p.kind, p.message);
     }
-    if let Some(bills) = preview {
+    if let Some(b) = preview {
         println!("preview of a document of the window, as it would be booked:");
-        for b in bills {
+        {
             let form = if b.form_id == transformer::mapping::FORM_MIS_DELIVERY {
                 "other outbound (loss)"
             } else {
@@ -617,8 +694,9 @@ fn report(
     }
     if ask.write_units {
         println!("[mapping.units]");
+        // JSON strings are valid TOML basic strings: quotes and backslashes escaped.
         for (m, u) in units {
-            println!("\"{m}\" = \"{u}\"");
+            println!("{} = {}", json!(m), json!(u));
         }
     }
     if problems.is_empty() {

@@ -143,7 +143,7 @@ async fn a_clean_mapping_passes_and_shows_a_real_document() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(report["ok"], true);
     assert_eq!(report["problems"], json!([]));
-    assert_eq!(report["preview"][0]["bill_no"], "JSTPD1");
+    assert_eq!(report["preview"]["bill_no"], "JSTPD1");
 }
 
 #[tokio::test]
@@ -200,6 +200,10 @@ async fn each_kind_of_problem_is_named_with_what_to_fix() {
         (
             vec![("JST2KD_MAPPING__UNITS__MAT-B", "Pcs")],
             "PROBLEM unit: material MAT-B's unit in Kingdee is Box",
+        ),
+        (
+            vec![("JST2KD_MAPPING__UNITS__MAT-404", "Box")],
+            "PROBLEM material: material MAT-404 (mapping.units) does not exist in Kingdee",
         ),
     ] {
         let out = s.check(&[], &env);

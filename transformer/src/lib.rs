@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 pub use config::{Config, Gains, LossSign, MappingConfig, Warehouse};
 use events::TransformerEvents;
-pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_count, map_document};
+pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 
 /// The transformer process: connects to RabbitMQ, runs the stage, closes the connection.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {

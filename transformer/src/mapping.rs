@@ -301,16 +301,16 @@ pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>
             doc.wms_co_id, doc.wh_id, doc.wms_co_id, doc.wh_id, doc.wh_id
         ));
     }
-    let mut unmapped_skus: Vec<&str> = Vec::new();
-    for spec in losses.iter().chain(&gains) {
-        if config.require_sku_mapping
-            && !config.skus.contains_key(spec.sku)
-            && !unmapped_skus.contains(&spec.sku)
-        {
-            unmapped_skus.push(spec.sku);
+    let mut unmapped_skus: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    if config.require_sku_mapping {
+        for spec in losses.iter().chain(&gains) {
+            if !config.skus.contains_key(spec.sku) {
+                unmapped_skus.insert(spec.sku);
+            }
         }
     }
     if !unmapped_skus.is_empty() {
+        let unmapped_skus: Vec<&str> = unmapped_skus.into_iter().collect();
         let keys: Vec<String> = unmapped_skus
             .iter()
             .map(|s| format!("\"{s}\" = \"<material number>\""))

@@ -372,7 +372,7 @@ pub(super) fn validate(
             // A stock of another organisation is not found in this one, as in Kingdee.
             match master.stock(s, org) {
                 None => problems.push(unknown("FStockId", s, Some(row))),
-                Some(stock) => problems.extend(location(e, stock, row)),
+                Some(stock) => problems.extend(location(e, stock, row, master)),
             }
         }
     }
@@ -383,17 +383,37 @@ pub(super) fn validate(
 /// the stock's. `FStockLocId` is a flex field: `{"FSTOCKLOCID__<dimension>": {"FNumber": …}}`.
 /// (The "required" text follows the shape of Kingdee's lot-management message; we found no
 /// published example of the location one.)
-fn location(e: &serde_json::Map<String, Value>, stock: &Stock, row: usize) -> Option<Problem> {
+fn location(
+    e: &serde_json::Map<String, Value>,
+    stock: &Stock,
+    row: usize,
+    master: &MasterData,
+) -> Option<Problem> {
     if stock.locations.is_empty() {
         return None;
     }
-    let given = find(e, "FStockLocId")
-        .and_then(Value::as_object)
-        .and_then(|flex| {
-            flex.iter()
-                .find(|(k, _)| k.to_ascii_uppercase().starts_with("FSTOCKLOCID__"))
-        })
-        .and_then(|(k, v)| reference(v, k, Some(row)).ok());
+    let flex = find(e, "FStockLocId").and_then(Value::as_object);
+    if let (Some(flex), Some(field)) = (flex, &master.location_field) {
+        let want = format!("FSTOCKLOCID__{field}");
+        if let Some(other) = flex.keys().find(|k| !k.eq_ignore_ascii_case(&want)) {
+            // The account has no such dimension.
+            return Some(Problem::new(
+                9,
+                Some("FStockLocId"),
+                format!("元数据中标识为{other}的字段不存在"),
+            ));
+        }
+    }
+    let given = match flex.and_then(|flex| {
+        flex.iter()
+            .find(|(k, _)| k.to_ascii_uppercase().starts_with("FSTOCKLOCID__"))
+    }) {
+        None => None,
+        Some((k, v)) => match reference(v, k, Some(row)) {
+            Ok(number) => Some(number),
+            Err(p) => return Some(p),
+        },
+    };
     match given {
         None => Some(Problem::new(
             11,

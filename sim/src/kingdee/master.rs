@@ -38,6 +38,10 @@ pub struct MasterData {
     /// meets the negative-stock check.
     #[serde(default)]
     pub on_hand: BTreeMap<String, f64>,
+    /// The account's stock-location flex dimension (`FF100001`): `FStockLocId` keyed by any
+    /// other is refused. Unset: any `FSTOCKLOCID__…` key is read.
+    #[serde(default)]
+    pub location_field: Option<String>,
 }
 
 fn yes() -> bool {
@@ -54,6 +58,7 @@ impl Default for MasterData {
             require_dept_or_cust: false,
             allow_negative: true,
             on_hand: BTreeMap::new(),
+            location_field: None,
         }
     }
 }
@@ -194,7 +199,8 @@ impl MasterData {
     }
 
     /// ExecuteBillQuery on a base-data form: `None` when `form` is not one; otherwise the
-    /// rows (or the error of an unknown field key).
+    /// rows (or the error of an unknown field key). Every record here is audited
+    /// (`FDocumentStatus` C) and enabled (`FForbidStatus` A).
     pub fn query(&self, form: &str, keys: &[&str], numbers: Option<&[String]>) -> Option<Value> {
         let wanted = |n: &str| numbers.is_none_or(|list| list.iter().any(|x| x == n));
         // Each record as (number, use organisation, its other fields by lower-case key).
@@ -204,7 +210,13 @@ impl MasterData {
                 for o in &self.orgs {
                     records.push((o.clone(), None, BTreeMap::new()));
                 }
-                &["fnumber", "forgid", "fname"]
+                &[
+                    "fnumber",
+                    "forgid",
+                    "fname",
+                    "fdocumentstatus",
+                    "fforbidstatus",
+                ]
             }
             "bd_stock" => {
                 for s in &self.stocks {
@@ -220,6 +232,8 @@ impl MasterData {
                     "fisopenlocation",
                     "fname",
                     "fstockid",
+                    "fdocumentstatus",
+                    "fforbidstatus",
                 ]
             }
             "bd_material" => {
@@ -239,6 +253,8 @@ impl MasterData {
                     "fisbatchmanage",
                     "fname",
                     "fmaterialid",
+                    "fdocumentstatus",
+                    "fforbidstatus",
                 ]
             }
             "bd_department" => {
@@ -247,7 +263,14 @@ impl MasterData {
                         records.push((d.number.clone(), org, BTreeMap::new()));
                     }
                 }
-                &["fnumber", "fuseorgid.fnumber", "fname", "fdeptid"]
+                &[
+                    "fnumber",
+                    "fuseorgid.fnumber",
+                    "fname",
+                    "fdeptid",
+                    "fdocumentstatus",
+                    "fforbidstatus",
+                ]
             }
             _ => return None,
         };
@@ -269,6 +292,8 @@ impl MasterData {
                         "fnumber" | "fname" => json!(number),
                         "fuseorgid.fnumber" => json!(org),
                         "forgid" | "fstockid" | "fmaterialid" | "fdeptid" => json!(0),
+                        "fdocumentstatus" => json!("C"),
+                        "fforbidstatus" => json!("A"),
                         other => fields.get(other).cloned().unwrap_or(Value::Null),
                     })
                     .collect();

@@ -44,6 +44,26 @@ impl Default for KingdeeCredentials {
     }
 }
 
+/// The rows of `StartRow`, at most `Limit` (0: all, at most 10,000), as Kingdee pages a
+/// query; an error answer passes through.
+fn page(rows: Value, data: &Value) -> Value {
+    let Value::Array(rows) = rows else {
+        return rows;
+    };
+    if rows
+        .first()
+        .is_some_and(|r| r.get(0).is_some_and(Value::is_object))
+    {
+        return Value::Array(rows);
+    }
+    let start = data.get("StartRow").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let limit = match data.get("Limit").and_then(Value::as_u64).unwrap_or(0) as usize {
+        0 => 10_000,
+        n => n.min(10_000),
+    };
+    Value::Array(rows.into_iter().skip(start).take(limit).collect())
+}
+
 /// A saved bill.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SavedBill {
@@ -605,7 +625,7 @@ impl KingdeeSim {
                 }
             };
             if let Some(rows) = master.query(form_id, &keys, numbers.as_deref()) {
-                return rows;
+                return page(rows, data);
             }
         }
         for key in &keys {
@@ -650,12 +670,7 @@ impl KingdeeSim {
                 ));
             }
         }
-        let start = data.get("StartRow").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let limit = match data.get("Limit").and_then(Value::as_u64).unwrap_or(0) as usize {
-            0 => usize::MAX,
-            n => n.min(10_000),
-        };
-        Value::Array(rows.into_iter().skip(start).take(limit).collect())
+        page(Value::Array(rows), data)
     }
 }
 
@@ -781,6 +796,33 @@ mod tests {
         assert!(of(1).contains("“CK002”在系统中不存在"), "{}", of(1));
         assert!(of(2).contains("启用了仓位管理"), "{}", of(2));
         assert!(of(3).contains("“Z-9”在系统中不存在"), "{}", of(3));
+        // An account whose location dimension is FF100001 has no other.
+        let mut strict = master();
+        strict.location_field = Some("FF100002".into());
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(strict));
+        let answer = sim.batch_save(
+            MIS_DELIVERY,
+            &json!({"Model": [in_org("L5", "100", Some("A-01"))]}),
+        );
+        assert!(
+            answer
+                .to_string()
+                .contains("FSTOCKLOCID__FF100001的字段不存在"),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn number_filters_read_quoted_lists() {
+        let n = numbers_of("fnumber", "FNumber in ('A', 'B''s','C,D')").expect("a list");
+        assert_eq!(
+            n.into_iter().collect::<Vec<_>>(),
+            ["A", "B's", "C,D"].map(String::from)
+        );
+        assert!(numbers_of("fnumber", "FNumber='X'").is_some_and(|n| n.contains("X")));
+        assert!(numbers_of("fnumber", "FNumber in ('A' 'B')").is_none());
+        assert!(numbers_of("fnumber", "FNumber in ('A'").is_none());
+        assert!(numbers_of("fbillno", "FNumber='X'").is_none());
     }
 
     #[test]

@@ -76,24 +76,44 @@ pub(super) fn numbers_of(field: &str, text: &str) -> Option<BTreeSet<String>> {
     }
     let original = text[field.len()..].trim();
     let list = if let Some(v) = original.strip_prefix('=') {
-        v.trim().to_string()
+        v.trim()
     } else if original.to_ascii_lowercase().starts_with("in") {
-        original[2..]
-            .trim()
-            .strip_prefix('(')?
-            .strip_suffix(')')?
-            .to_string()
+        original[2..].trim().strip_prefix('(')?.strip_suffix(')')?
     } else {
         return None;
     };
-    list.split(',')
-        .map(|s| {
-            s.trim()
-                .strip_prefix('\'')
-                .and_then(|s| s.strip_suffix('\''))
-                .map(str::to_string)
-        })
-        .collect()
+    // 'A','B''s','C,D': quoted literals separated by commas, a quote doubled inside one.
+    let mut numbers = BTreeSet::new();
+    let mut chars = list.trim().chars().peekable();
+    loop {
+        if chars.next()? != '\'' {
+            return None;
+        }
+        let mut number = String::new();
+        loop {
+            match chars.next()? {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    number.push('\'');
+                }
+                '\'' => break,
+                c => number.push(c),
+            }
+        }
+        numbers.insert(number);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(numbers),
+            Some(',') => {
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            Some(_) => return None,
+        }
+    }
 }
 
 /// The FilterString forms the simulator understands: `FBillNo='X'`, `FBillNo in ('A','B')`,
