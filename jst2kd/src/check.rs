@@ -99,7 +99,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let topology = Topology::from_config(&amqp);
     let rabbit = tokio::time::timeout(
         Duration::from_secs(15),
-        RabbitBroker::connect(
+        RabbitBroker::connect_once(
             amqp.url.clone(),
             "jst2kd-check",
             topology.clone(),

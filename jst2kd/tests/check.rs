@@ -48,3 +48,47 @@ async fn check_reports_each_part_and_fails_on_a_wrong_secret() {
     assert!(!stdout.contains("ffffffff"), "no secret in the output");
     delete_queues(&prefix);
 }
+
+#[tokio::test]
+async fn check_never_panics_whatever_refuses_it() {
+    let dir = Scratch::new("check-refused");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/local.toml");
+    let closed = e2e::free_port();
+    for (amqp, says) in [
+        (
+            format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"),
+            "rabbitmq: FAIL",
+        ),
+        (
+            "amqp://guest:not-the-password@127.0.0.1:5672/%2f".to_string(),
+            "ACCESS_REFUSED",
+        ),
+    ] {
+        let out = Command::new(binary("jst2kd"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("JST2KD_AMQP__URL", &amqp)
+            // Neither simulator runs: every service refuses.
+            .env("JST2KD_JST__BASE_URL", format!("http://127.0.0.1:{closed}"))
+            .env(
+                "JST2KD_KINGDEE__BASE_URL",
+                format!("http://127.0.0.1:{closed}/k3cloud"),
+            )
+            .env(
+                "JST2KD_PRODUCER__CHECKPOINT",
+                dir.path("producer.checkpoint.json"),
+            )
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stdout.contains(says), "{says} in\n{stdout}");
+        assert!(
+            stdout.contains("jushuitan: FAIL") && stdout.contains("kingdee: FAIL"),
+            "{stdout}"
+        );
+        assert!(!stderr.contains("panicked"), "the whole stderr:\n{stderr}");
+        assert!(!stdout.contains("not-the-password") && !stderr.contains("not-the-password"));
+    }
+}

@@ -31,8 +31,12 @@ use events::ProducerEvents;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use config::{Config, ProducerConfig, StartAt};
 
-/// Longest window the count query accepts.
-pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+/// Longest window asked of the count query: one second short of seven days. The service
+/// takes `modified_begin` and `modified_end` "at most 7 days apart" and does not say whether
+/// exactly seven days passes, so no window is left to that boundary. Consecutive windows
+/// share their boundary second; a document modified in it comes twice and is recognised by
+/// its version.
+pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 86_400 - 1);
 
 /// Why a poll failed (the next poll starts again from the checkpoint).
 #[derive(Debug, thiserror::Error)]
@@ -528,8 +532,18 @@ mod tests {
             MAX_WINDOW,
         );
         assert_eq!(w.len(), 3);
-        assert_eq!(w[0], (t("2026-01-01 00:00:00"), t("2026-01-08 00:00:00")));
-        assert_eq!(w[2], (t("2026-01-15 00:00:00"), t("2026-01-20 12:00:00")));
+        assert_eq!(w[0], (t("2026-01-01 00:00:00"), t("2026-01-07 23:59:59")));
+        assert_eq!(w[1], (t("2026-01-07 23:59:59"), t("2026-01-14 23:59:58")));
+        assert_eq!(w[2], (t("2026-01-14 23:59:58"), t("2026-01-20 12:00:00")));
+        // Exactly 14 days: three windows, none of a full seven days.
+        let w = windows(
+            t("2026-01-01 00:00:00"),
+            t("2026-01-15 00:00:00"),
+            MAX_WINDOW,
+        );
+        assert_eq!(w.len(), 3);
+        assert!(w.iter().all(|(b, e)| *e - *b < chrono::Duration::days(7)));
+        assert_eq!(w[2].1, t("2026-01-15 00:00:00"));
         assert!(
             windows(
                 t("2026-01-02 00:00:00"),

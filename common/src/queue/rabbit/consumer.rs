@@ -27,7 +27,7 @@ pub struct RabbitConsumer {
 
 impl RabbitConsumer {
     pub(super) async fn start(&mut self) -> Result<(), QueueError> {
-        let live = self.broker.live().await?;
+        let live = self.broker.live(true).await?;
         let channel = live
             .connection
             .create_channel()

@@ -63,7 +63,7 @@ impl RabbitBroker {
     /// `basic.get`: on this broker's quorum queues, the last message taken with `basic.get`
     /// came back second after a requeue.)
     pub async fn read_dead_letters(&self) -> Result<DeadLetterBatch, QueueError> {
-        let live = self.live().await?;
+        let live = self.live(true).await?;
         let channel = live
             .connection
             .create_channel()

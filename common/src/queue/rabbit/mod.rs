@@ -94,10 +94,16 @@ impl RabbitBroker {
         topology: Topology,
         cancel: CancellationToken,
     ) -> Result<Self, QueueError> {
-        let broker = Self {
+        let broker = Self::new(url, connection_name.into(), topology, cancel);
+        broker.live(true).await?;
+        Ok(broker)
+    }
+
+    fn new(url: Secret, name: String, topology: Topology, cancel: CancellationToken) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 url,
-                name: connection_name.into(),
+                name,
                 topology,
                 live: Mutex::new(None),
                 current: std::sync::Mutex::new(None),
@@ -105,8 +111,20 @@ impl RabbitBroker {
                 cancel,
                 fatal: std::sync::Mutex::new(None),
             }),
-        };
-        broker.live().await?;
+        }
+    }
+
+    /// Like [`RabbitBroker::connect`], but one attempt: the error says why RabbitMQ refused
+    /// (a closed port, wrong credentials, an unknown vhost) instead of retrying. For commands
+    /// that report and exit (`jst2kd check`).
+    pub async fn connect_once(
+        url: Secret,
+        connection_name: impl Into<String>,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> Result<Self, QueueError> {
+        let broker = Self::new(url, connection_name.into(), topology, cancel);
+        broker.live(false).await?;
         Ok(broker)
     }
 
@@ -146,8 +164,9 @@ impl RabbitBroker {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
     }
 
-    /// The current connection, or a new one when lapin's recovery gave up.
-    async fn live(&self) -> Result<Live, QueueError> {
+    /// The current connection, or a new one when lapin's recovery gave up; with `retry`
+    /// false, one attempt.
+    async fn live(&self, retry: bool) -> Result<Live, QueueError> {
         let mut guard = self.inner.live.lock().await;
         if let Some(live) = guard.as_ref() {
             let status = live.connection.status();
@@ -183,6 +202,7 @@ impl RabbitBroker {
                     self.inner.cancel.cancel();
                     return Err(err);
                 }
+                Err(err) if !retry => return Err(err),
                 Err(err) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     warn!(connection = %self.inner.name, error = %err, retry_in_ms = delay.as_millis() as u64, "Cannot reach RabbitMQ; retrying.");
@@ -254,7 +274,7 @@ impl RabbitBroker {
             Some(PUBLISH_ROUNDS),
         );
         while !pending.is_empty() {
-            let live = self.live().await?;
+            let live = self.live(true).await?;
             let mut confirms = Vec::with_capacity(pending.len());
             let mut failed: Vec<Outgoing> = Vec::new();
             let mut first_error = None;
@@ -372,7 +392,7 @@ impl RabbitBroker {
     }
 
     async fn depth_of(&self, name: &str) -> Result<u64, QueueError> {
-        let live = self.live().await?;
+        let live = self.live(true).await?;
         let channel = live
             .connection
             .create_channel()
@@ -395,7 +415,7 @@ impl RabbitBroker {
 
     /// Deletes every queue and exchange of the topology (tests, demo clean-up).
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
-        let live = self.live().await?;
+        let live = self.live(true).await?;
         let channel = live
             .connection
             .create_channel()
