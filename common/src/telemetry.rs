@@ -18,7 +18,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -179,8 +180,9 @@ pub struct Metrics {
     pub amqp_connected: IntGauge,
     /// `jst2kd_build_info{version}`
     pub build_info: IntGaugeVec,
-    /// `jst2kd_jst_token_expiry_timestamp_seconds`
-    pub jst_token_expiry: Gauge,
+    /// `jst2kd_jst_token_expiry_timestamp_seconds{app_kind}` (`own`, `isv`): resolved by the
+    /// Jushuitan client, which knows its kind.
+    pub jst_token_expiry: GaugeVec,
 }
 
 /// Label values of `jst2kd_jst_requests_total{outcome}`.
@@ -300,9 +302,12 @@ impl Metrics {
                 &["version"],
             )
             .unwrap_or_else(|e| unreachable_metric(&e)),
-            jst_token_expiry: Gauge::new(
-                "jst2kd_jst_token_expiry_timestamp_seconds",
-                "Unix time the current Jushuitan access token expires (0 while unknown).",
+            jst_token_expiry: GaugeVec::new(
+                Opts::new(
+                    "jst2kd_jst_token_expiry_timestamp_seconds",
+                    "Unix time the current Jushuitan access token expires (0 while unknown).",
+                ),
+                &["app_kind"],
             )
             .unwrap_or_else(|e| unreachable_metric(&e)),
         };
@@ -625,6 +630,8 @@ mod tests {
     #[test]
     fn every_owned_metric_is_exported_from_the_start() {
         let m = Metrics::new(&[Stage::Producer, Stage::Transformer, Stage::Loader]);
+        // The Jushuitan client resolves the token gauge with its app kind.
+        m.jst_token_expiry.with_label_values(&["own"]);
         let text = String::from_utf8(m.render()).expect("utf-8");
         for name in [
             "jst2kd_consumed_total",

@@ -3,6 +3,30 @@
 use common::config::{ConfigError, Dur, Secret, Section, lenient, require_url};
 use serde::Deserialize;
 
+/// Which kind of app the credentials belong to: it decides how the token is renewed
+/// (`../shared/apis/jushuitan.md`, "Token lifecycle for the two kinds of app").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// The merchant's own app (商家自研): refreshToken, and getInitToken when the refresh
+    /// token is dead too.
+    #[default]
+    Own,
+    /// A service provider's app (服务商): may not refresh (code 150 since 2023-08-15); the
+    /// merchant authorises again when the token expires.
+    Isv,
+}
+
+impl AppKind {
+    /// The `app_kind` label and key value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Own => "own",
+            AppKind::Isv => "isv",
+        }
+    }
+}
+
 /// `[jst]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +52,11 @@ pub struct JstConfig {
     pub rate_per_minute: u32,
     /// Timeout of one HTTP call.
     pub timeout: Dur,
+    /// `own` (the merchant's own app) or `isv` (a service provider's app).
+    pub app_kind: AppKind,
+    /// Renew the access token when this much of its life is left (or a tenth of its
+    /// lifetime, whichever comes later).
+    pub refresh_before: Dur,
 }
 
 impl Default for JstConfig {
@@ -42,6 +71,8 @@ impl Default for JstConfig {
             rate_per_second: 5,
             rate_per_minute: 100,
             timeout: Dur::secs(30),
+            app_kind: AppKind::Own,
+            refresh_before: Dur::secs(3 * 86_400),
         }
     }
 }

@@ -17,7 +17,7 @@ pub enum Outcome {
     Ok,
     /// Refused for the rate limit (codes 199, 200).
     RateLimited,
-    /// Refused for an expired or invalid token (code 100).
+    /// Refused for an expired or invalid token (code 100), or its renewal refused (150).
     TokenExpired,
     /// Any other failure.
     Error,
@@ -48,7 +48,10 @@ impl Outcome {
             Err(JstError::Api {
                 code: 199 | 200, ..
             }) => Outcome::RateLimited,
-            Err(JstError::Api { code: 100, .. }) => Outcome::TokenExpired,
+            // 100: invalid or expired; 150: a service provider's app may not renew it.
+            Err(JstError::Api {
+                code: 100 | 150, ..
+            }) => Outcome::TokenExpired,
             Err(_) => Outcome::Error,
         }
     }
@@ -63,8 +66,8 @@ pub struct JstEvents {
 }
 
 impl JstEvents {
-    /// Resolves the handles of `metrics`.
-    pub fn new(metrics: &Metrics) -> Self {
+    /// Resolves the handles of `metrics`, the token's under the app kind.
+    pub fn new(metrics: &Metrics, kind: crate::AppKind) -> Self {
         debug_assert!(
             Outcome::ALL
                 .iter()
@@ -76,7 +79,7 @@ impl JstEvents {
                 .map(|o| metrics.jst_requests.with_label_values(&[o.label()]))
                 .collect(),
             seconds: metrics.jst_request_seconds.clone(),
-            token_expiry: metrics.jst_token_expiry.clone(),
+            token_expiry: metrics.jst_token_expiry.with_label_values(&[kind.as_str()]),
         }
     }
 
@@ -103,7 +106,7 @@ mod tests {
     #[test]
     fn every_outcome_counts_under_its_label() {
         let metrics = Metrics::new(&[Stage::Producer]);
-        let events = JstEvents::new(&metrics);
+        let events = JstEvents::new(&metrics, crate::AppKind::Own);
         let results: [Result<(), JstError>; 4] = [
             Ok(()),
             Err(JstError::Api {

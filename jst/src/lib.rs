@@ -14,7 +14,7 @@ pub mod pace;
 pub mod sign;
 mod token;
 
-pub use config::JstConfig;
+pub use config::{AppKind, JstConfig};
 use token::fingerprint;
 pub use token::{INIT_TOKEN_PATH, REFRESH_TOKEN_PATH, TokenPair, read_token_pair, token_file_for};
 
@@ -131,6 +131,11 @@ pub struct JstClient {
     tokens: Arc<tokio::sync::Mutex<TokenPair>>,
     token_file: Option<PathBuf>,
     may_refresh: bool,
+    app_kind: AppKind,
+    refresh_before: Duration,
+    /// Whether the pair in use has been renewed (or read back) with a known age; a configured
+    /// pair of unknown age is renewed once, at the first call.
+    age_known: Arc<std::sync::atomic::AtomicBool>,
     events: Option<JstEvents>,
 }
 
@@ -170,8 +175,13 @@ impl JstClient {
             )),
             tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
             token_file: None,
-            may_refresh: true,
-            events: metrics.as_deref().map(JstEvents::new),
+            may_refresh: config.app_kind == AppKind::Own,
+            app_kind: config.app_kind,
+            refresh_before: config.refresh_before.0,
+            age_known: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            events: metrics
+                .as_deref()
+                .map(|m| JstEvents::new(m, config.app_kind)),
         })
     }
 
@@ -215,6 +225,9 @@ impl JstClient {
                 let token = self.refresh(Some(&token)).await?;
                 self.call_with(path, biz, &token).await
             }
+            Err(JstError::Api { code: 100, .. }) if self.app_kind == AppKind::Isv => Err(
+                token::authorise_again("Jushuitan says the access token is invalid or expired"),
+            ),
             other => other,
         }
     }

@@ -49,10 +49,6 @@ impl std::fmt::Debug for TokenPair {
     }
 }
 
-/// Refresh this long before the access token expires (or at 10% of its life left when that is
-/// shorter: simulators hand out short-lived tokens).
-const REFRESH_AHEAD: Duration = Duration::from_secs(24 * 3600);
-
 /// Where the token pair is kept beside a checkpoint: `x.checkpoint.json` → `x.checkpoint.token.json`.
 pub fn token_file_for(checkpoint: &Path) -> PathBuf {
     let stem = checkpoint
@@ -68,13 +64,11 @@ pub const INIT_TOKEN_PATH: &str = "/openWeb/auth/getInitToken";
 /// Refresh path.
 pub const REFRESH_TOKEN_PATH: &str = "/openWeb/auth/refreshToken";
 
-/// A tenth of the token's lifetime when known (simulators hand out tokens of minutes), or
-/// [`REFRESH_AHEAD`].
-fn lifetime_tenth(tokens: &TokenPair) -> Duration {
-    tokens
-        .lifetime_secs
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(REFRESH_AHEAD, |s| Duration::from_secs(s / 10))
+/// The message of a service provider's app whose token cannot be renewed.
+pub(crate) fn authorise_again(why: &str) -> JstError {
+    JstError::Token(format!(
+        "{why}: a service-provider (ISV) app may not refresh its token (Jushuitan code 150 since 2023-08-15); the merchant must authorise the app again (https://openweb.jushuitan.com/auth?app_key=…), then put the new jst.access_token (and jst.refresh_token) in the configuration"
+    ))
 }
 
 /// The 6 characters `getInitToken` wants as `code` (any value is accepted for one's own app).
@@ -109,6 +103,10 @@ impl JstClient {
     /// newer than the configuration's and replaces it; every refresh is written back.
     pub fn with_token_file(mut self, path: PathBuf) -> Result<Self, JstError> {
         if let Some(pair) = self.saved_pair(&path)? {
+            if pair.expires_at.is_some() {
+                self.age_known
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if let Ok(mut tokens) = self.tokens.try_lock() {
                 *tokens = pair;
             }
@@ -172,17 +170,39 @@ impl JstClient {
         self.tokens.lock().await.clone()
     }
 
-    /// The access token to use now, refreshed first when it is about to expire or missing.
+    /// How long before expiry the pair is renewed: `jst.refresh_before` or a tenth of the
+    /// token's lifetime, whichever comes later (short test lifetimes renew too).
+    fn refresh_ahead(&self, tokens: &TokenPair) -> Duration {
+        let tenth = tokens
+            .lifetime_secs
+            .and_then(|s| u64::try_from(s).ok())
+            .map(|s| Duration::from_millis(s.saturating_mul(100)));
+        tenth.map_or(self.refresh_before, |t| t.min(self.refresh_before))
+    }
+
+    /// The access token to use now. A merchant's own app renews a missing pair, a configured
+    /// pair of unknown age (once, at the first call: it is then kept with its expiry), and a
+    /// pair about to expire. A service provider's app never renews: an expired or missing
+    /// token is an error saying the merchant must authorise again.
     pub(crate) async fn fresh_token(&self) -> Result<String, JstError> {
         let tokens = self.tokens.lock().await.clone();
-        let due = match tokens.expires_at {
-            _ if tokens.access_token.is_empty() => true,
-            None => false,
-            Some(at) => {
-                let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-                left < REFRESH_AHEAD.min(lifetime_tenth(&tokens))
+        let left = tokens
+            .expires_at
+            .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default());
+        if self.app_kind == crate::AppKind::Isv {
+            if tokens.access_token.is_empty() {
+                return Err(authorise_again("jst.access_token is not set"));
             }
-        };
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(authorise_again("the access token has expired"));
+            }
+            return Ok(tokens.access_token);
+        }
+        let due = tokens.access_token.is_empty()
+            || match left {
+                None => !self.age_known.load(std::sync::atomic::Ordering::SeqCst),
+                Some(left) => left < self.refresh_ahead(&tokens),
+            };
         if due && self.may_refresh {
             self.refresh(Some(&tokens.access_token)).await
         } else {
@@ -207,40 +227,28 @@ impl JstClient {
             && saved.access_token != tokens.access_token
             && stale.is_some_and(|s| s != saved.access_token)
         {
+            if saved.expires_at.is_some() {
+                self.age_known
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             *tokens = saved;
             return Ok(tokens.access_token.clone());
         }
-        let app_key = self.app_key.expose().to_string();
-        let (path, refresh_token) = if tokens.refresh_token.is_empty() {
-            (INIT_TOKEN_PATH, String::new())
+        let data = if tokens.refresh_token.is_empty() {
+            self.token_call(String::new()).await?
         } else {
-            (REFRESH_TOKEN_PATH, tokens.refresh_token.clone())
-        };
-        let data = self
-            .post(path, |timestamp| {
-                let mut p = BTreeMap::new();
-                p.insert("app_key".to_string(), app_key.clone());
-                p.insert("timestamp".to_string(), timestamp.to_string());
-                p.insert("charset".to_string(), "utf-8".to_string());
-                if refresh_token.is_empty() {
-                    p.insert("grant_type".to_string(), "authorization_code".to_string());
-                    p.insert("code".to_string(), init_code());
-                } else {
-                    p.insert("grant_type".to_string(), "refresh_token".to_string());
-                    p.insert("refresh_token".to_string(), refresh_token.clone());
-                    p.insert("scope".to_string(), "all".to_string());
+            match self.token_call(tokens.refresh_token.clone()).await {
+                Err(JstError::Api { code: 150, .. }) => {
+                    return Err(authorise_again("Jushuitan refused to refresh the token"));
                 }
-                self.signed(p)
-            })
-            .await
-            .map_err(|e| match e {
-                // A token answer holds secrets: never quote it.
-                JstError::Body { reason, .. } => JstError::Body {
-                    reason,
-                    start: "(token answer withheld)".into(),
-                },
-                other => other,
-            })?;
+                // A dead refresh token: a merchant's own app asks for a first token again.
+                Err(e @ JstError::Api { .. }) if !e.is_transient() => {
+                    tracing::warn!(error = %e, "The Jushuitan refresh token was refused; asking for a new pair (getInitToken).");
+                    self.token_call(String::new()).await?
+                }
+                other => other?,
+            }
+        };
         let mut pair = read_token_pair(&data)?;
         pair.configured = tokens.configured.clone();
         // The old pair is dead now: keep the new one in memory first, then on disk.
@@ -256,7 +264,43 @@ impl JstClient {
         if let (Some(events), Some(at)) = (&self.events, pair.expires_at) {
             events.token_expires(&at);
         }
+        self.age_known
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         info!(expires_at = ?pair.expires_at, "Jushuitan access token renewed.");
         Ok(pair.access_token)
+    }
+
+    /// One token call: refreshToken with `refresh_token`, or getInitToken without one.
+    async fn token_call(&self, refresh_token: String) -> Result<Value, JstError> {
+        let app_key = self.app_key.expose().to_string();
+        let path = if refresh_token.is_empty() {
+            INIT_TOKEN_PATH
+        } else {
+            REFRESH_TOKEN_PATH
+        };
+        self.post(path, |timestamp| {
+            let mut p = BTreeMap::new();
+            p.insert("app_key".to_string(), app_key.clone());
+            p.insert("timestamp".to_string(), timestamp.to_string());
+            p.insert("charset".to_string(), "utf-8".to_string());
+            if refresh_token.is_empty() {
+                p.insert("grant_type".to_string(), "authorization_code".to_string());
+                p.insert("code".to_string(), init_code());
+            } else {
+                p.insert("grant_type".to_string(), "refresh_token".to_string());
+                p.insert("refresh_token".to_string(), refresh_token.clone());
+                p.insert("scope".to_string(), "all".to_string());
+            }
+            self.signed(p)
+        })
+        .await
+        .map_err(|e| match e {
+            // A token answer holds secrets: never quote it.
+            JstError::Body { reason, .. } => JstError::Body {
+                reason,
+                start: "(token answer withheld)".into(),
+            },
+            other => other,
+        })
     }
 }

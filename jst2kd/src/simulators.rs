@@ -49,6 +49,10 @@ pub enum SimCommand {
         /// Access tokens expire after this long (code 100), e.g. "2m".
         #[arg(long, value_parser = common::config::parse_duration)]
         token_ttl: Option<Duration>,
+        /// The kind of app: `own` (refreshToken and getInitToken work) or `isv` (refreshToken
+        /// answers code 150, as for service-provider apps since 2023-08-15).
+        #[arg(long, default_value = "own", value_parser = ["own", "isv"])]
+        app_kind: String,
     },
     /// The Kingdee WebAPI (site path /k3cloud).
     Kingdee {
@@ -107,6 +111,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
             rate_limit,
             fail_rate,
             token_ttl,
+            app_kind,
         } => {
             if !(0.0..=1.0).contains(&fail_rate) {
                 return Err(usage(anyhow::anyhow!(
@@ -131,6 +136,7 @@ pub async fn run(cmd: SimCommand) -> anyhow::Result<()> {
                 rate_limit: rate_limit == OnOff::On,
                 fail_rate,
                 token_ttl,
+                isv: app_kind == "isv",
                 seed,
                 ..JstBehaviour::default()
             };

@@ -32,22 +32,34 @@ async fn fake_jst(
 ) -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let router = Router::new().route(
-        jst::COUNT_QUERY_PATH,
-        post(move |Form(form): Form<HashMap<String, String>>| {
-            let answer = answer.clone();
-            let calls = counted.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                let biz = form.get("biz").cloned().unwrap_or_default();
-                let page = serde_json::from_str::<Value>(&biz)
-                    .ok()
-                    .and_then(|b| b["page_index"].as_u64())
-                    .unwrap_or(1);
-                answer(page)
-            }
-        }),
-    );
+    // A configured pair of unknown age is renewed at the first call: the token service
+    // answers as the real one does; only the count query is hostile.
+    let router = Router::new()
+        .route(
+            jst::REFRESH_TOKEN_PATH,
+            post(|| async {
+                json_answer(
+                    json!({"code": 0, "msg": "ok", "data": {"access_token": "token-2",
+                    "refresh_token": "refresh-2", "expires_in": 2_592_000, "scope": "all"}}),
+                )
+            }),
+        )
+        .route(
+            jst::COUNT_QUERY_PATH,
+            post(move |Form(form): Form<HashMap<String, String>>| {
+                let answer = answer.clone();
+                let calls = counted.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let biz = form.get("biz").cloned().unwrap_or_default();
+                    let page = serde_json::from_str::<Value>(&biz)
+                        .ok()
+                        .and_then(|b| b["page_index"].as_u64())
+                        .unwrap_or(1);
+                    answer(page)
+                }
+            }),
+        );
     let url = sim::spawn_local(router, CancellationToken::new())
         .await
         .expect("serve");

@@ -60,6 +60,9 @@ pub struct JstBehaviour {
     pub fail_rate: f64,
     /// Lifetime of access tokens (None: they never expire).
     pub token_ttl: Option<Duration>,
+    /// A service provider's app: refreshToken answers code 150 and getInitToken (for a
+    /// merchant's own app only) is refused.
+    pub isv: bool,
     /// Seed of the fault injection.
     pub seed: u64,
 }
@@ -72,6 +75,7 @@ impl Default for JstBehaviour {
             per_minute: 100,
             fail_rate: 0.0,
             token_ttl: None,
+            isv: false,
             seed: 1,
         }
     }
@@ -196,6 +200,14 @@ impl JstSim {
     /// The access token valid now.
     pub fn access_token(&self) -> String {
         lock(&self.inner.tokens).access.clone()
+    }
+
+    /// The merchant authorises the app again: a new pair, as the authorisation callback
+    /// hands it over (access token, refresh token).
+    pub fn authorise(&self) -> (String, String) {
+        let pair = self.issue_tokens();
+        let text = |k: &str| pair[k].as_str().unwrap_or_default().to_string();
+        (text("access_token"), text("refresh_token"))
     }
 
     /// Makes the current access token invalid (as if it had expired).
@@ -335,6 +347,7 @@ fn check_signature(
 fn authenticate(sim: &JstSim, params: &HashMap<String, String>) -> Result<(), Json<Value>> {
     check_signature(sim, params, &["biz", "version", "access_token"])?;
     if !sim.token_valid(params.get("access_token").map_or("", String::as_str)) {
+        sim.count("token_expired");
         return Err(fail(100, "access_token已过期或无效"));
     }
     Ok(())
@@ -347,6 +360,10 @@ async fn init_token(
     if let Err(answer) = check_signature(&sim, &params, &["grant_type", "code"]) {
         sim.count("token_refused");
         return answer;
+    }
+    if sim.inner.behaviour.isv {
+        sim.count("token_refused");
+        return fail(140, "服务商应用不能使用getInitToken，请商户授权");
     }
     if params.get("grant_type").map(String::as_str) != Some("authorization_code")
         || params.get("code").is_none_or(|c| c.chars().count() != 6)
@@ -365,6 +382,10 @@ async fn refresh_token(
     if let Err(answer) = check_signature(&sim, &params, &["grant_type", "refresh_token", "scope"]) {
         sim.count("token_refused");
         return answer;
+    }
+    if sim.inner.behaviour.isv {
+        sim.count("token_refused");
+        return fail(150, "服务商应用禁止刷新access_token,需商户重新授权");
     }
     let current = lock(&sim.inner.tokens).refresh.clone();
     if params.get("grant_type").map(String::as_str) != Some("refresh_token")

@@ -100,7 +100,11 @@ async fn jst_5xx_and_timeouts_are_transient_errors() {
             }),
         );
     let (url, _stop) = start(router).await;
-    let client = JstClient::new(&jst_config(&url, "s"), None).expect("client");
+    // This server has no token service: keep the configured token (its first-call renewal is
+    // tested against the simulator).
+    let client = JstClient::new(&jst_config(&url, "s"), None)
+        .expect("client")
+        .without_refresh();
     let err = client.count_page(&window(), 1).await.expect_err("502");
     assert!(
         matches!(err, JstError::Http(502)) && err.is_transient(),
@@ -341,4 +345,124 @@ async fn an_answer_over_the_cap_is_refused_without_reading_it_all() {
             .expect_err("too large");
         assert!(err.to_string().contains("larger than"), "{err}");
     }
+}
+
+/// A client of the simulator's default app, with its configured pair and the given kind.
+fn token_client(url: &str, kind: jst::AppKind, refresh_token: &str) -> JstClient {
+    let c = JstCredentials::default();
+    let config = JstConfig {
+        app_secret: Secret::new(c.app_secret.clone()),
+        refresh_token: Secret::new(refresh_token),
+        app_kind: kind,
+        rate_per_second: 0,
+        rate_per_minute: 0,
+        ..jst_config(url, &c.app_secret)
+    };
+    JstClient::new(&config, None).expect("client")
+}
+
+#[tokio::test]
+async fn an_own_app_renews_its_token_ahead_of_every_expiry() {
+    use sim::jst::JstBehaviour;
+    let sim = JstSim::with_behaviour(
+        JstCredentials::default(),
+        vec![],
+        JstBehaviour {
+            rate_limit: false,
+            token_ttl: Some(Duration::from_secs(2)),
+            ..JstBehaviour::default()
+        },
+    );
+    let (url, _stop) = start(sim.router()).await;
+    let c = JstCredentials::default();
+    let client = token_client(&url, jst::AppKind::Own, &c.refresh_token);
+    // Calls for seven seconds: three lifetimes of two seconds.
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    let mut calls = 0;
+    while std::time::Instant::now() < until {
+        client
+            .count_page(&window(), 1)
+            .await
+            .expect("never an error");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = sim.stats();
+    let refreshed = stats.get("token_refreshed").copied().unwrap_or(0);
+    // The configured pair (age unknown) at the first call, then one per lifetime.
+    assert!(
+        refreshed >= 4,
+        "{refreshed} renewals in {calls} calls: {stats:?}"
+    );
+    assert_eq!(
+        stats.get("token_expired"),
+        None,
+        "renewed ahead: no call met an expired token: {stats:?}"
+    );
+    assert!(client.tokens().await.expires_at.is_some());
+}
+
+#[tokio::test]
+async fn an_own_app_whose_refresh_token_died_asks_for_a_first_token_again() {
+    let sim = JstSim::new(JstCredentials::default(), vec![]);
+    let (url, _stop) = start(sim.router()).await;
+    let client = token_client(&url, jst::AppKind::Own, "rt-long-dead");
+    sim.expire_tokens();
+    client
+        .count_page(&window(), 1)
+        .await
+        .expect("recovered through getInitToken");
+    let stats = sim.stats();
+    assert_eq!(stats.get("token_issued"), Some(&1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn an_isv_app_never_refreshes_and_says_the_merchant_must_authorise_again() {
+    use sim::jst::JstBehaviour;
+    let sim = JstSim::with_behaviour(
+        JstCredentials::default(),
+        vec![],
+        JstBehaviour {
+            rate_limit: false,
+            isv: true,
+            ..JstBehaviour::default()
+        },
+    );
+    let (url, _stop) = start(sim.router()).await;
+    let c = JstCredentials::default();
+    let client = token_client(&url, jst::AppKind::Isv, &c.refresh_token);
+    client
+        .count_page(&window(), 1)
+        .await
+        .expect("the configured token works");
+    sim.expire_tokens();
+    let err = client.count_page(&window(), 1).await.expect_err("expired");
+    assert!(err.is_configuration(), "{err}");
+    assert!(err.to_string().contains("authorise the app again"), "{err}");
+    let stats = sim.stats();
+    assert_eq!(stats.get("token_refreshed"), None, "{stats:?}");
+    assert_eq!(
+        stats.get("token_refused"),
+        None,
+        "not even tried: {stats:?}"
+    );
+    // An own-app client of an ISV app meets code 150 on refresh, with the same advice.
+    let own = token_client(&url, jst::AppKind::Own, &c.refresh_token);
+    let err = own.count_page(&window(), 1).await.expect_err("150");
+    assert!(err.to_string().contains("code 150"), "{err}");
+    // The merchant authorises again; the new token, configured, works.
+    let (access, refresh) = sim.authorise();
+    let config = JstConfig {
+        access_token: Secret::new(access),
+        refresh_token: Secret::new(refresh),
+        app_kind: jst::AppKind::Isv,
+        rate_per_second: 0,
+        rate_per_minute: 0,
+        ..jst_config(&url, &c.app_secret)
+    };
+    let again = JstClient::new(&config, None).expect("client");
+    again
+        .count_page(&window(), 1)
+        .await
+        .expect("authorised again");
 }

@@ -58,6 +58,8 @@ pub const FILE: &[Shape] = &[
             "rate_per_second",
             "rate_per_minute",
             "timeout",
+            "app_kind",
+            "refresh_before",
         ],
         secrets: &["app_key", "app_secret", "access_token", "refresh_token"],
     },
