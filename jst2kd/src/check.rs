@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use common::config::{FromLayers, Layers};
-use common::queue::rabbit::RabbitBroker;
+use common::queue::rabbit::{LockError, ProducerLock, RabbitBroker};
 use common::queue::{AmqpConfig, Topology};
 use common::telemetry::Stage;
 use common::time::{format_beijing, now_beijing};
@@ -117,7 +117,29 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     };
     ok &= line("rabbitmq", rabbit_result);
 
-    if let (Some(jst), Some(polling)) = (&jst, &polling)
+    // The account's quota is shared by every caller: while a producer holds the lock, it is
+    // the producer's, and its /readyz already says whether Jushuitan answers. Otherwise the
+    // check holds the lock for its one call, so a producer starting meanwhile waits.
+    let lock = match tokio::time::timeout(
+        Duration::from_secs(10),
+        ProducerLock::acquire(
+            &amqp.url,
+            &format!("jst2kd-check-lock-{}", std::process::id()),
+            &topology.lock_queue(),
+        ),
+    )
+    .await
+    {
+        Ok(Ok(lock)) => Some(Ok(lock)),
+        Ok(Err(LockError::Held)) => Some(Err(())),
+        // RabbitMQ unreachable (reported above): the call is made all the same.
+        Ok(Err(LockError::Unavailable(_))) | Err(_) => None,
+    };
+    if matches!(lock, Some(Err(()))) {
+        println!(
+            "jushuitan: skipped (a producer is running and holds the account's quota; its /readyz reports Jushuitan)"
+        );
+    } else if let (Some(jst), Some(polling)) = (&jst, &polling)
         && !jst.app_key.is_empty()
     {
         let result = async {
@@ -146,6 +168,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             "jushuitan",
             Err("not checked: [jst] or [producer] is invalid".into()),
         );
+    }
+
+    if let Some(Ok(lock)) = lock {
+        lock.release().await;
     }
 
     match &kingdee {

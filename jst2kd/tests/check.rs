@@ -46,6 +46,26 @@ async fn check_reports_each_part_and_fails_on_a_wrong_secret() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("kingdee: FAIL"), "{stdout}");
     assert!(!stdout.contains("ffffffff"), "no secret in the output");
+    // While a producer holds the lock, the account's quota is its own: check leaves it be.
+    let topology = common::queue::Topology::from_config(&common::queue::AmqpConfig {
+        prefix: prefix.clone(),
+        ..common::queue::AmqpConfig::default()
+    });
+    let lock = common::queue::rabbit::ProducerLock::acquire(
+        &common::config::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        "jst2kdtest-check-producer",
+        &topology.lock_queue(),
+    )
+    .await
+    .expect("the lock");
+    let out = run(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("jushuitan: skipped (a producer is running"),
+        "{stdout}"
+    );
+    lock.release().await;
     delete_queues(&prefix);
 }
 
