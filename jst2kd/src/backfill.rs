@@ -75,12 +75,17 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
         fetched += f;
         published += p;
         if progress {
+            // The time left, from the pace so far (windows cost about the same: one query per
+            // status and page, paced by the app's limits).
+            let done = i + 1;
+            let per_window = started.elapsed().as_secs_f64() / done as f64;
+            let left = per_window * (all.len() - done) as f64;
             eprintln!(
-                "  window {}/{}: {} – {}: {p} documents",
-                i + 1,
+                "  window {done}/{}: {} – {}: {p} documents ({published} in all), about {:.0} s left",
                 all.len(),
                 format_beijing(begin),
-                format_beijing(end)
+                format_beijing(end),
+                left
             );
         }
     }
