@@ -133,14 +133,22 @@ async fn an_own_app_polls_across_token_lifetimes_without_an_error() {
         stats.get("token_refreshed").copied().unwrap_or(0) >= 3,
         "{polls} polls: {stats:?}"
     );
-    assert_eq!(stats.get("token_expired"), None, "renewed ahead: {stats:?}");
+    // Renewed ahead (a tenth of the 2 s lifetime): at most a stalled machine's one call meets
+    // an expired token, and even that is renewed and retried, never an error.
+    assert!(
+        stats.get("token_expired").copied().unwrap_or(0) <= 1,
+        "renewed ahead: {stats:?}"
+    );
     let text = String::from_utf8(metrics.render()).unwrap();
     let expiry = text
         .lines()
         .find(|l| l.starts_with("jst2kd_jst_token_expiry_timestamp_seconds{app_kind=\"own\"}"))
         .expect("the expiry, labelled with the app kind");
+    // The gauge follows each renewal: the last expiry is within a lifetime of now (whole
+    // seconds; the last token may just have run out when the loop ended).
     let at: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(at > common::http::unix_now() as f64, "{expiry}");
+    let now = common::http::unix_now() as f64;
+    assert!((at - now).abs() <= 3.0, "{expiry} at {now}");
 }
 
 #[tokio::test]
