@@ -57,6 +57,23 @@ pub struct JstConfig {
     /// Renew the access token when this much of its life is left (or a tenth of its
     /// lifetime, whichever comes later).
     pub refresh_before: Dur,
+    /// When the configured access token expires, as the authorisation said (Beijing
+    /// `yyyy-MM-dd HH:mm:ss` or RFC 3339). A service provider's app cannot renew: with it the
+    /// expiry is shown (and alerted on) from the start. Unknown when not given.
+    #[serde(deserialize_with = "expiry")]
+    pub access_token_expires_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+fn expiry<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    common::time::parse_beijing(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom("must be a time (yyyy-MM-dd HH:mm:ss, Beijing, or RFC 3339)")
+    })
 }
 
 impl Default for JstConfig {
@@ -73,6 +90,7 @@ impl Default for JstConfig {
             timeout: Dur::secs(30),
             app_kind: AppKind::Own,
             refresh_before: Dur::secs(3 * 86_400),
+            access_token_expires_at: None,
         }
     }
 }

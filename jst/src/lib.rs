@@ -136,6 +136,8 @@ pub struct JstClient {
     /// Whether the pair in use has been renewed (or read back) with a known age; a configured
     /// pair of unknown age is renewed once, at the first call.
     age_known: Arc<std::sync::atomic::AtomicBool>,
+    /// Fingerprint of the configured pair: a saved pair descending from another is ignored.
+    configured: String,
     events: Option<JstEvents>,
 }
 
@@ -153,17 +155,16 @@ impl JstClient {
     /// A client from the `[jst]` section, with the tokens of the configuration.
     pub fn new(config: &JstConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, JstError> {
         let http = common::http::client(config.timeout.0).map_err(from_http)?;
+        let configured = fingerprint(config.access_token.expose(), config.refresh_token.expose());
+        let expires_at = config.access_token_expires_at.map(|at| at.to_utc());
         let tokens = TokenPair {
             access_token: config.access_token.expose().to_string(),
             refresh_token: config.refresh_token.expose().to_string(),
-            expires_at: None,
+            expires_at,
             lifetime_secs: None,
-            configured: Some(fingerprint(
-                config.access_token.expose(),
-                config.refresh_token.expose(),
-            )),
+            configured: Some(configured.clone()),
         };
-        Ok(Self {
+        let client = Self {
             http,
             base_url: config.base_url.trim_end_matches('/').to_string(),
             app_key: config.app_key.clone(),
@@ -174,15 +175,19 @@ impl JstClient {
                 config.rate_per_minute,
             )),
             tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
+            configured,
             token_file: None,
             may_refresh: config.app_kind == AppKind::Own,
             app_kind: config.app_kind,
             refresh_before: config.refresh_before.0,
-            age_known: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            age_known: Arc::new(std::sync::atomic::AtomicBool::new(expires_at.is_some())),
             events: metrics
                 .as_deref()
                 .map(|m| JstEvents::new(m, config.app_kind)),
-        })
+        };
+        // A configured expiry is shown from the start.
+        client.observe_expiry_now();
+        Ok(client)
     }
 
     /// Documents per page asked for.

@@ -145,12 +145,13 @@ impl JstClient {
                 e.column()
             ))
         })?;
-        let configured = self
-            .tokens
-            .try_lock()
-            .ok()
-            .and_then(|t| t.configured.clone());
-        if pair.configured.is_some() && pair.configured != configured {
+        // Read from the client, not the token lock: `refresh` holds that lock when it reads
+        // the file again.
+        if pair
+            .configured
+            .as_ref()
+            .is_some_and(|c| *c != self.configured)
+        {
             info!(file = %path.display(), "The configured Jushuitan tokens changed since the saved pair; using the configured ones.");
             return Ok(None);
         }
@@ -203,10 +204,17 @@ impl JstClient {
                 None => !self.age_known.load(std::sync::atomic::Ordering::SeqCst),
                 Some(left) => left < self.refresh_ahead(&tokens),
             };
-        if due && self.may_refresh {
-            self.refresh(Some(&tokens.access_token)).await
-        } else {
-            Ok(tokens.access_token)
+        if !(due && self.may_refresh) {
+            return Ok(tokens.access_token);
+        }
+        match self.refresh(Some(&tokens.access_token)).await {
+            // An early renewal that failed leaves a token that still works (or may: its age
+            // is unknown): use it, and renew again at the next call.
+            Err(e) if !tokens.access_token.is_empty() && left.is_none_or(|l| !l.is_zero()) => {
+                tracing::warn!(error = %e, "Cannot renew the Jushuitan token ahead of its expiry; using the current one meanwhile.");
+                Ok(tokens.access_token)
+            }
+            other => other,
         }
     }
 

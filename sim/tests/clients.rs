@@ -467,3 +467,87 @@ async fn an_isv_app_never_refreshes_and_says_the_merchant_must_authorise_again()
         .await
         .expect("authorised again");
 }
+
+#[tokio::test]
+async fn two_clients_sharing_a_token_file_adopt_each_others_renewal() {
+    let sim = JstSim::new(JstCredentials::default(), vec![]);
+    let (url, _stop) = start(sim.router()).await;
+    let c = JstCredentials::default();
+    let file = std::env::temp_dir().join(format!(
+        "jst2kd-shared-token-{}.token.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&file);
+    // Both built from the same configuration before either renews: producer and backfill.
+    let producer = token_client(&url, jst::AppKind::Own, &c.refresh_token)
+        .with_token_file(file.clone())
+        .expect("producer");
+    let backfill = token_client(&url, jst::AppKind::Own, &c.refresh_token)
+        .with_token_file(file.clone())
+        .expect("backfill");
+    producer
+        .count_page(&window(), 1)
+        .await
+        .expect("renewed at the first call");
+    backfill
+        .count_page(&window(), 1)
+        .await
+        .expect("adopts the producer's pair from the file");
+    producer
+        .count_page(&window(), 1)
+        .await
+        .expect("still valid");
+    let stats = sim.stats();
+    assert_eq!(stats.get("token_refreshed"), Some(&1), "{stats:?}");
+    assert_eq!(
+        stats.get("token_issued"),
+        None,
+        "no getInitToken: {stats:?}"
+    );
+    assert_eq!(
+        producer.tokens().await.access_token,
+        backfill.tokens().await.access_token
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn an_isv_token_expiry_given_in_the_configuration_is_shown_and_enforced() {
+    let sim = JstSim::new(JstCredentials::default(), vec![]);
+    let (url, _stop) = start(sim.router()).await;
+    let c = JstCredentials::default();
+    let metrics = common::telemetry::Metrics::new(&[common::telemetry::Stage::Producer]);
+    let at = common::time::now_beijing() + chrono::Duration::days(5);
+    let config = JstConfig {
+        app_secret: Secret::new(c.app_secret.clone()),
+        refresh_token: Secret::new(c.refresh_token.clone()),
+        app_kind: jst::AppKind::Isv,
+        access_token_expires_at: Some(at),
+        ..jst_config(&url, &c.app_secret)
+    };
+    let client = JstClient::new(&config, Some(metrics.clone())).expect("client");
+    let text = String::from_utf8(metrics.render()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "jst2kd_jst_token_expiry_timestamp_seconds{{app_kind=\"isv\"}} {}",
+            at.timestamp()
+        )),
+        "{text}"
+    );
+    client.count_page(&window(), 1).await.expect("valid");
+    let expired = JstConfig {
+        access_token_expires_at: Some(common::time::now_beijing() - chrono::Duration::hours(1)),
+        ..config
+    };
+    let err = JstClient::new(&expired, None)
+        .expect("client")
+        .count_page(&window(), 1)
+        .await
+        .expect_err("expired");
+    assert!(err.to_string().contains("has expired"), "{err}");
+    assert_eq!(
+        sim.stats().get("ok"),
+        Some(&1),
+        "the expired token was not even sent"
+    );
+}

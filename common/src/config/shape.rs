@@ -60,6 +60,7 @@ pub const FILE: &[Shape] = &[
             "timeout",
             "app_kind",
             "refresh_before",
+            "access_token_expires_at",
         ],
         secrets: &["app_key", "app_secret", "access_token", "refresh_token"],
     },
