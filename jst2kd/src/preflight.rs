@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use clap::ValueEnum;
 use common::config::{ConfigError, Layers};
-use common::messages::{BillMessage, CountDoc};
+use common::messages::{BillMessage, CountDoc, text_field};
 use common::time::{format_beijing, now_beijing};
 use jst::{CountQuery, JstClient, JstConfig};
 use kingdee::{KingdeeClient, KingdeeConfig};
@@ -146,18 +146,11 @@ async fn base_data(
             .await
             .map_err(|e| CouldNotAsk(format!("Kingdee ({form}): {e}")))?;
         for row in answer {
-            let text = |v: Option<&Value>| {
-                v.and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-            };
-            let Some(number) = text(row.first()) else {
+            let Some(number) = text_field(row.first()) else {
                 continue;
             };
-            let status = text(row.get(skip + keys.len()));
-            let forbid = text(row.get(skip + keys.len() + 1));
+            let status = text_field(row.get(skip + keys.len()));
+            let forbid = text_field(row.get(skip + keys.len() + 1));
             if forbid.as_deref() == Some("B") {
                 found
                     .unusable
@@ -172,7 +165,11 @@ async fn base_data(
                     .or_insert("exists in Kingdee but is not audited: audit it");
                 continue;
             }
-            let org = if with_org { text(row.get(1)) } else { None };
+            let org = if with_org {
+                text_field(row.get(1))
+            } else {
+                None
+            };
             let rest = row.iter().skip(skip).take(keys.len()).cloned().collect();
             found.rows.entry(number).or_default().push((org, rest));
         }
@@ -492,12 +489,8 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                 });
             }
         }
-        let own = rows
-            .first()
-            .and_then(|(_, rest)| rest.first())
-            .and_then(Value::as_str);
-        if let Some(own) = own
-            && s.units.iter().any(|u| u != own)
+        if let Some(own) = unit_of(material)
+            && s.units.iter().any(|u| *u != own)
         {
             problems.push(Problem {
                 kind: "unit",

@@ -305,13 +305,15 @@ async fn audit_after_save_and_negative_stock() {
         "Kingdee's own message"
     );
     // Stock moves at audit: both bills were saved, the second stays submitted, unaudited.
-    let statuses: Vec<(String, String)> = sim
-        .bills()
-        .into_iter()
-        .map(|b| (b.bill_no, b.status))
-        .collect();
+    // Each saved bill's number and status (A created, B submitted, C audited).
+    let statuses = || -> Vec<(String, String)> {
+        sim.bills()
+            .into_iter()
+            .map(|b| (b.bill_no, b.status))
+            .collect()
+    };
     assert_eq!(
-        statuses,
+        statuses(),
         vec![
             ("N1".to_string(), "C".to_string()),
             ("N2".to_string(), "B".to_string())
@@ -330,13 +332,8 @@ async fn audit_after_save_and_negative_stock() {
     )
     .await;
     assert!(dead.is_empty(), "allowed with STK_InvCheckResult: {dead:?}");
-    let statuses: Vec<(String, String)> = sim
-        .bills()
-        .into_iter()
-        .map(|b| (b.bill_no, b.status))
-        .collect();
     assert_eq!(
-        statuses,
+        statuses(),
         vec![
             ("N1".to_string(), "C".to_string()),
             ("N2".to_string(), "C".to_string())
