@@ -13,6 +13,8 @@ use serde_json::Value;
 pub const SCHEMA_COUNT: &str = "jst.count.v1";
 /// Schema of a Kingdee bill message.
 pub const SCHEMA_BILL: &str = "kd.bill.v1";
+/// `jst2kd-schema` of a backfill request on the control queue.
+pub const SCHEMA_BACKFILL: &str = "jst2kd.backfill.v1";
 
 /// Header names. Ours start with `jst2kd-`; the broker owns `x-`.
 pub mod header {
@@ -65,6 +67,11 @@ pub fn header_int(headers: &Headers, name: &str) -> Option<i64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// A random identifier of 16 hex digits (a backfill request's id).
+pub fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// A W3C `traceparent` with a fresh random trace id, for a document entering the pipeline.

@@ -41,8 +41,14 @@ pub enum LogFormat {
 
 /// Starts logging to stderr (stdout is for command output). `RUST_LOG` refines the level.
 pub fn init_logging(format: LogFormat) {
-    init_logging_with(format, "info,lapin=warn");
+    init_logging_with(format, DEFAULT_FILTER);
 }
+
+/// Our events at `info`, lapin's at `warn`, except lapin's channel closes: a producer waiting
+/// for the lock has its declaration refused (`RESOURCE_LOCKED`) every few seconds, which lapin
+/// logs as an error; every channel error that matters comes back to our code as a result,
+/// which logs it with its context.
+pub const DEFAULT_FILTER: &str = "info,lapin=warn,lapin::channel=off";
 
 /// Starts logging with `default_filter` where `RUST_LOG` is not set.
 pub fn init_logging_with(format: LogFormat, default_filter: &str) {

@@ -1,19 +1,28 @@
 //! `jst2kd backfill --from T --to T`: publishes the documents of a past period, in windows of
 //! at most 7 days, without touching the producer's checkpoint.
 //!
-//! It uses the producer's token file (a refreshed token is kept there for both) and publishes
-//! with confirms like the producer; documents already loaded come through as duplicates.
+//! One quota for every caller: the request goes on the control queue, and whoever holds the
+//! producer lock fetches it, window by window, with its own pacer and token
+//! (`producer::control`). While a producer runs, that is the producer, between its polls;
+//! when none runs, this command takes the lock itself and serves its own request, so a
+//! producer starting meanwhile waits until it is done. Either way this command shows the
+//! progress and the summary. Documents already loaded come through as duplicates.
 
 use std::io::IsTerminal;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 use common::config::{ConfigError, FromLayers};
+use common::queue::Topology;
+use common::queue::rabbit::{ControlClient, LockError, ProducerLock};
 use common::telemetry::Stage;
 use common::time::{format_beijing, parse_beijing};
 use common::worker::{self, Context, WorkerArgs};
-use producer::{MAX_WINDOW, Producer, windows};
+use producer::control::{BackfillRequest, Event, Progress};
+use producer::{LOCK_RETRY, MAX_WINDOW, Producer, windows};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 #[derive(Args)]
 pub struct BackfillArgs {
@@ -27,10 +36,26 @@ pub struct BackfillArgs {
     to: String,
 }
 
+/// How long the command waits for a word from the lock holder before it looks at the lock
+/// again, once the request was taken (a window of many pages takes minutes).
+const TAKEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long taking the lock may take.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let (process, layers) = worker::load_config(&args.worker)?;
     let config = producer::Config::from_layers(&layers)?;
-    common::telemetry::init_logging(process.runtime.log_format);
+    let terminal = std::io::stderr().is_terminal();
+    // On a terminal the progress lines say what happens; the log keeps to warnings.
+    common::telemetry::init_logging_with(
+        process.runtime.log_format,
+        if terminal {
+            "warn,lapin=warn,lapin::channel=off"
+        } else {
+            common::telemetry::DEFAULT_FILTER
+        },
+    );
     let time = |key: &str, text: &str| {
         parse_beijing(text).ok_or_else(|| {
             ConfigError(format!(
@@ -44,62 +69,266 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     }
     let ctx = Context::new(&[Stage::Producer]);
     worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
-    // Every failure here is a configuration problem (exit 2).
-    let client =
-        producer::client(&config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
-    let broker = worker::connect_rabbit(&config.amqp, "jst2kd-backfill", None, &ctx).await?;
-    let producer = Producer::new(
-        client,
-        broker.clone(),
-        config.producer.clone(),
-        ctx.metrics.clone(),
-    );
-    let all = windows(from, to, MAX_WINDOW);
-    let progress = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let (mut fetched, mut published) = (0, 0);
-    for (i, (begin, end)) in all.iter().enumerate() {
-        if ctx.cancel.is_cancelled() {
-            broker.close().await;
-            anyhow::bail!(
-                "interrupted after {i} of {} windows ({published} documents published)",
-                all.len()
-            );
+    // Built when this command ends up holding the lock; built once now so that a
+    // configuration problem shows before anything is asked (exit 2).
+    producer::client(&config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
+    let topology = Topology::from_config(&config.amqp);
+    let name = format!("jst2kd-backfill-{}", std::process::id());
+    let mut control = ControlClient::connect(&config.amqp.url, &name, &topology)
+        .await
+        .map_err(|e| anyhow::anyhow!("RabbitMQ: {e}"))?;
+    let request = BackfillRequest::new(control.reply_queue(), &from, &to);
+    control.request(&request.message()).await?;
+    info!(request = %request.id, from = %request.from, to = %request.to, "Backfill requested on the control queue.");
+
+    let mut view = View::new(terminal, windows(from, to, MAX_WINDOW).len());
+    let mut serving: Option<SelfServe> = None;
+    let mut heard = false;
+    let mut next_try = tokio::time::Instant::now();
+    let outcome = loop {
+        tokio::select! {
+            () = ctx.cancel.cancelled() => break Err(view.interrupted(serving.is_some())),
+            reply = control.next_reply() => {
+                let Some(body) = reply else {
+                    break Err(anyhow::anyhow!(
+                        "lost the connection to RabbitMQ; the lock holder stops this backfill after the window in progress ({})",
+                        view.so_far()
+                    ));
+                };
+                let progress: Progress = match serde_json::from_slice(&body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(error = %e, "Unreadable reply on the reply queue; ignored.");
+                        continue;
+                    }
+                };
+                if progress.id != request.id {
+                    continue;
+                }
+                heard = true;
+                next_try = tokio::time::Instant::now() + TAKEN_PATIENCE;
+                match view.show(&progress) {
+                    Some(Event::Finished) => break Ok(progress),
+                    Some(Event::Failed) => break Err(failure(&progress)),
+                    _ => {}
+                }
+            }
+            () = tokio::time::sleep_until(next_try), if serving.as_ref().is_none_or(SelfServe::is_over) => {
+                // Nobody answered yet (or not for a while): if no one holds the lock, there is
+                // no producer to serve the request, and this command serves it itself.
+                next_try = tokio::time::Instant::now() + if heard { TAKEN_PATIENCE } else { LOCK_RETRY };
+                match tokio::time::timeout(
+                    LOCK_TIMEOUT,
+                    ProducerLock::acquire(&config.amqp.url, &format!("{name}-lock"), &topology.lock_queue()),
+                )
+                .await
+                {
+                    Ok(Ok(lock)) => {
+                        view.serving_itself();
+                        match SelfServe::start(lock, &config, &ctx).await {
+                            Ok(s) => serving = Some(s),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Ok(Err(LockError::Held)) => view.waiting(),
+                    Ok(Err(LockError::Unavailable(e))) => warn!(error = %e, "Cannot reach RabbitMQ for the producer lock; trying again."),
+                    Err(_) => warn!("RabbitMQ did not answer for the producer lock; trying again."),
+                }
+            }
         }
-        let (f, p) = producer
-            .publish_window(*begin, *end, false)
-            .await
-            .with_context(|| {
-                format!("window {} – {}", format_beijing(begin), format_beijing(end))
-            })?;
-        fetched += f;
-        published += p;
-        if progress {
-            // The time left, from the pace so far (windows cost about the same: one query per
-            // status and page, paced by the app's limits).
-            let done = i + 1;
-            let per_window = started.elapsed().as_secs_f64() / done as f64;
-            let left = per_window * (all.len() - done) as f64;
-            eprintln!(
-                "  window {done}/{}: {} – {}: {p} documents ({published} in all), about {:.0} s left",
-                all.len(),
-                format_beijing(begin),
-                format_beijing(end),
-                left
-            );
-        }
+    };
+    if let Some(serving) = serving {
+        serving.stop().await;
     }
+    control.close().await;
     ctx.cancel.cancel();
-    broker.close().await;
+    let progress = outcome?;
     println!(
         "backfill {} – {} (statuses {})",
         format_beijing(&from),
         format_beijing(&to),
-        config.producer.statuses.join(", ")
+        progress.statuses.join(", ")
     );
-    println!("windows: {}", all.len());
-    println!("documents fetched: {fetched}");
-    println!("documents published: {published}");
-    println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());
+    println!("fetched by: {}", progress.by);
+    println!("windows: {}", progress.windows);
+    println!("documents fetched: {}", progress.fetched);
+    println!("documents published: {}", progress.published);
+    println!("elapsed: {:.1} s", view.started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn failure(progress: &Progress) -> anyhow::Error {
+    let error = progress.error.as_deref().unwrap_or("no reason given");
+    match &progress.resume_from {
+        Some(at) => anyhow::anyhow!(
+            "the backfill stopped in window {} of {}: {error}. {} documents were published; to go on, run it again with --from \"{at}\"",
+            progress.done + 1,
+            progress.windows,
+            progress.published
+        ),
+        None => anyhow::anyhow!("the backfill was refused: {error}"),
+    }
+}
+
+/// This command holding the lock and serving the control queue (its own request first in
+/// line, or after those queued before it).
+struct SelfServe {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SelfServe {
+    async fn start(
+        lock: ProducerLock,
+        config: &producer::Config,
+        ctx: &Context,
+    ) -> anyhow::Result<Self> {
+        let client = producer::client(config, ctx.metrics.clone())?;
+        let server = lock
+            .control(Topology::from_config(&config.amqp).control_queue())
+            .await?;
+        let broker = worker::connect_rabbit(&config.amqp, "jst2kd-backfill", None, ctx).await?;
+        let producer = Arc::new(Producer::new(
+            client,
+            broker.clone(),
+            config.producer.clone(),
+            ctx.metrics.clone(),
+        ));
+        let cancel = ctx.cancel.child_token();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let by = format!(
+                "jst2kd backfill (pid {}; no producer was running)",
+                std::process::id()
+            );
+            tokio::select! {
+                () = producer.serve(&server, &stop, &by) => {}
+                () = lock.lost() => warn!("The producer lock's connection dropped; this backfill waits for the lock again."),
+            }
+            lock.release().await;
+            broker.close().await;
+        });
+        Ok(Self { cancel, task })
+    }
+
+    /// The lock was lost and the serving stopped.
+    fn is_over(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.ok();
+    }
+}
+
+/// What the command shows: progress lines on a terminal, log lines otherwise.
+struct View {
+    terminal: bool,
+    windows: usize,
+    started: Instant,
+    /// When the current holder took the request, and how many windows were done then.
+    taken: Option<(Instant, usize)>,
+    last: Option<Progress>,
+    waiting_shown: bool,
+}
+
+impl View {
+    fn new(terminal: bool, windows: usize) -> Self {
+        Self {
+            terminal,
+            windows,
+            started: Instant::now(),
+            taken: None,
+            last: None,
+            waiting_shown: false,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if self.terminal {
+            eprintln!("  {line}");
+        } else {
+            info!("{line}");
+        }
+    }
+
+    fn waiting(&mut self) {
+        if !std::mem::replace(&mut self.waiting_shown, true) {
+            self.say(&format!(
+                "{} windows requested; a producer holds the lock and fetches them between its polls",
+                self.windows
+            ));
+        }
+    }
+
+    fn serving_itself(&mut self) {
+        self.say(
+            "no producer is running: this command takes the lock and fetches the windows itself",
+        );
+    }
+
+    /// Shows a reply; returns its event when it is news.
+    fn show(&mut self, progress: &Progress) -> Option<Event> {
+        let event = progress.event;
+        match event {
+            Event::Accepted => {
+                self.taken = Some((Instant::now(), progress.done));
+                if progress.restarted {
+                    self.say(&format!(
+                        "{} took the request again: window {} of {} is fetched again",
+                        progress.by,
+                        progress.done + 1,
+                        progress.windows
+                    ));
+                } else {
+                    self.say(&format!(
+                        "{} took the request: {} windows",
+                        progress.by, progress.windows
+                    ));
+                }
+            }
+            Event::Window | Event::Finished => {
+                // Two copies of one request after a holder stopped between putting the
+                // progress back and acking: show each window once.
+                if self.last.as_ref().is_some_and(|l| l.done >= progress.done) {
+                    return None;
+                }
+                let (since, done_then) = *self.taken.get_or_insert((self.started, 0));
+                let done_here = progress.done.saturating_sub(done_then).max(1);
+                let per_window = since.elapsed().as_secs_f64() / done_here as f64;
+                let left = per_window * progress.windows.saturating_sub(progress.done) as f64;
+                if let Some((begin, end, published)) = &progress.window {
+                    self.say(&format!(
+                        "window {}/{}: {begin} – {end}: {published} documents ({} in all), about {left:.0} s left",
+                        progress.done, progress.windows, progress.published
+                    ));
+                }
+                self.last = Some(progress.clone());
+            }
+            Event::Failed => {}
+        }
+        Some(event)
+    }
+
+    fn so_far(&self) -> String {
+        match &self.last {
+            Some(p) => format!(
+                "{} of {} windows, {} documents published",
+                p.done, p.windows, p.published
+            ),
+            None => format!("0 of {} windows done", self.windows),
+        }
+    }
+
+    fn interrupted(&self, serving: bool) -> anyhow::Error {
+        if serving {
+            anyhow::anyhow!("interrupted after {}", self.so_far())
+        } else {
+            anyhow::anyhow!(
+                "interrupted after {}; the producer stops this backfill after the window in progress",
+                self.so_far()
+            )
+        }
+    }
 }

@@ -1,12 +1,14 @@
 //! The producer's named events: documents published, versions already published, and the
 //! checkpoint, each logging and counting in one place, with the handles resolved once.
 
+use std::fmt::Display;
+
 use chrono::{DateTime, FixedOffset};
 use common::events::PublishedTo;
 use common::queue::Work;
 use common::telemetry::{Gauge, IntCounter, Metrics, Stage};
 use common::time::format_beijing;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// The producer's metric handles.
 #[derive(Clone)]
@@ -55,6 +57,39 @@ impl ProducerEvents {
     ) {
         self.checkpoint.set(end.timestamp() as f64);
         debug!(from = %format_beijing(begin), to = %format_beijing(end), fetched, published, "Window published; checkpoint advanced.");
+    }
+
+    /// A window of a backfill request was fetched and its documents confirmed (they count in
+    /// `jst2kd_published_total` like the polls').
+    pub fn backfill_window(&self, id: &str, done: usize, windows: usize, published: usize) {
+        info!(
+            request = id,
+            done, windows, published, "Backfill window published."
+        );
+    }
+
+    /// A backfill request stopped on a failure; its requester was told where to resume.
+    pub fn backfill_failed(&self, id: &str, done: usize, windows: usize, error: &dyn Display) {
+        warn!(request = id, done, windows, error = %error, "Backfill request failed; its requester was told where to start again.");
+    }
+
+    /// The requester of a backfill is gone (interrupted, or its connection dropped): the
+    /// request is dropped.
+    pub fn requester_gone(&self, id: &str, done: usize, windows: usize) {
+        info!(
+            request = id,
+            done, windows, "The requester of a backfill is gone; request dropped."
+        );
+    }
+
+    /// A message on the control queue that is no backfill request: dropped.
+    pub fn unreadable_request(&self, error: &str) {
+        warn!(error = %common::http::escape(error), "Unreadable message on the control queue; dropped.");
+    }
+
+    /// The control queue cannot be read (the lock's connection is failing).
+    pub fn control_unavailable(&self, error: &dyn Display) {
+        warn!(error = %error, "Cannot read the control queue; backfill requests wait.");
     }
 }
 

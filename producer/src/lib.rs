@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod control;
 pub mod events;
 
 use std::collections::{HashSet, VecDeque};
@@ -16,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use common::config::{ConfigError, Secret};
 use common::messages::{self, Headers, header};
-use common::queue::rabbit::{LockError, ProducerLock};
+use common::queue::rabbit::{ControlServer, LockError, ProducerLock};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
 use common::telemetry::{Health, Metrics};
 use common::time::{format_beijing, now_beijing, rfc3339_now};
@@ -329,12 +330,21 @@ impl Producer {
     /// Polls every `poll_interval` until `cancel`. A failed poll is retried at the next
     /// interval, from the checkpoint; a configuration failure (bad signature, IP whitelist,
     /// permission, token) marks the process not ready and retries slowly instead of exiting.
+    ///
+    /// With `control` (the lock holder's side of the control queue), the time between two
+    /// polls serves backfill requests, one window at a time, through this producer's client:
+    /// one pacer and one token for polls and backfills. A window started before the next poll
+    /// is due is finished first, so a poll can be late by one window; at least one window is
+    /// served between two polls, so a backfill advances even when windows outlast the
+    /// interval.
     pub async fn run(
         &self,
         cancel: &CancellationToken,
         health: &Health,
+        control: Option<&ControlServer>,
     ) -> Result<(), ProducerError> {
         info!(statuses = ?self.config.statuses, poll_interval_s = self.config.poll_interval.0.as_secs(), "Producer polling.");
+        let by = format!("producer (pid {})", std::process::id());
         loop {
             let poll = self.poll_once();
             tokio::pin!(poll);
@@ -371,13 +381,53 @@ impl Producer {
                     warn!(error = %e, "Poll failed; the next poll resumes from the checkpoint.")
                 }
             }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
+            if !self.between_polls(pause, cancel, control, &by).await {
+                break;
             }
         }
         info!("Producer stopped polling.");
         Ok(())
+    }
+
+    /// Waits `pause`, serving backfill requests meanwhile when `control` is given; false once
+    /// `cancel` fired.
+    async fn between_polls(
+        &self,
+        pause: Duration,
+        cancel: &CancellationToken,
+        control: Option<&ControlServer>,
+        by: &str,
+    ) -> bool {
+        let due = tokio::time::Instant::now() + pause;
+        let mut served = false;
+        loop {
+            if cancel.is_cancelled() {
+                return false;
+            }
+            let mut nap = due.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(control) = control {
+                if nap > Duration::ZERO || !served {
+                    match self.serve_one(control, cancel, by).await {
+                        Ok(true) => {
+                            served = true;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => self.events.control_unavailable(&e),
+                    }
+                }
+                nap = due
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(control::CONTROL_POLL);
+            }
+            if nap == Duration::ZERO {
+                return !cancel.is_cancelled();
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
     }
 }
 
@@ -435,7 +485,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let producer = Producer::new(client, broker.clone(), config.clone(), ctx.metrics.clone());
     let polled = match exclusion {
-        Exclusion::Alone => producer.run(&ctx.cancel, &ctx.health).await,
+        Exclusion::Alone => producer.run(&ctx.cancel, &ctx.health, None).await,
         Exclusion::BrokerLock {
             url,
             queue,
@@ -466,11 +516,28 @@ async fn run_locked(
         }
         match ProducerLock::acquire(url, connection_name, queue).await {
             Ok(lock) => {
-                info!(lock = %queue, "Holding the producer lock; polling.");
+                let control = match lock
+                    .control(producer.broker.topology().control_queue())
+                    .await
+                {
+                    Ok(control) => control,
+                    Err(e) => {
+                        // Holding the lock without reading the control queue would leave
+                        // backfill requests unanswered: give it up and try again.
+                        producer.events.control_unavailable(&e);
+                        lock.release().await;
+                        tokio::select! {
+                            () = ctx.cancel.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(LOCK_RETRY) => {}
+                        }
+                        continue;
+                    }
+                };
+                info!(lock = %queue, "Holding the producer lock; polling, and serving backfill requests between polls.");
                 waiting_logged = false;
                 ctx.health.set("lock", true);
                 let outcome = tokio::select! {
-                    r = producer.run(&ctx.cancel, &ctx.health) => Some(r),
+                    r = producer.run(&ctx.cancel, &ctx.health, Some(&control)) => Some(r),
                     () = lock.lost() => None,
                 };
                 ctx.health.set("lock", false);

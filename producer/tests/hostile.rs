@@ -126,7 +126,7 @@ impl Setup {
         let health = Health::new();
         health.set_ready(true);
         let cancel = CancellationToken::new();
-        let run = self.producer.run(&cancel, &health);
+        let run = self.producer.run(&cancel, &health, None);
         tokio::pin!(run);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {

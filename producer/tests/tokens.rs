@@ -177,7 +177,7 @@ async fn an_isv_app_goes_not_ready_and_recovers_when_a_new_token_is_configured()
     let health = Health::new();
     health.set_ready(true);
     let cancel = CancellationToken::new();
-    let run = producer.run(&cancel, &health);
+    let run = producer.run(&cancel, &health, None);
     tokio::pin!(run);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while health.is_ready() {

@@ -352,3 +352,102 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "a bad time is a usage error");
 }
+
+/// Issue 18, point 2: a backfill beside a polling producer goes through the producer's own
+/// pacer. The simulator enforces the per-app limits (5 calls in any second, 100 in any minute);
+/// two callers pacing themselves separately would break them, one pacer never does.
+#[tokio::test]
+async fn backfill_beside_a_polling_producer_shares_its_quota() {
+    // Enough documents that a 7-day window is several pages per status.
+    let s = Setup::new("backfill-beside", 2_000).await;
+    let client = http();
+    let (mut producer, url) = s.producer(
+        "producer",
+        &[("JST2KD_PRODUCER__START_AT", "2d".to_string())],
+    );
+    assert!(
+        wait_ok(&client, &format!("{url}/readyz"), Duration::from_secs(30)).await,
+        "producer ready:\n{}",
+        producer.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.checkpoint().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let polled_until = s.checkpoint().expect("the producer polled");
+
+    // Older than anything the producer polls (it started 2 days back).
+    let now = common::time::now_beijing();
+    let (from, to) = (
+        now - chrono::Duration::days(20),
+        now - chrono::Duration::days(3),
+    );
+    let expected: BTreeSet<String> = s
+        .wanted()
+        .await
+        .into_iter()
+        .filter(|id| {
+            let modified = id.split_once('@').unwrap().1;
+            let m = common::time::parse_beijing(modified).unwrap();
+            m >= from && m <= to
+        })
+        .collect();
+    assert!(expected.len() > 500, "{} documents", expected.len());
+    let out = std::process::Command::new(e2e::binary("jst2kd"))
+        .args([
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            &common::time::format_beijing(&from),
+            "--to",
+            &common::time::format_beijing(&to),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("fetched by: producer (pid"),
+        "the running producer fetched it:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("windows: 3"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("documents published: {}", expected.len())),
+        "expected {}:\n{stdout}",
+        expected.len()
+    );
+
+    // The producer went on polling meanwhile, and no call drew 199/200.
+    let stats = get_json(&client, &format!("{}/_sim/stats", s.jst))
+        .await
+        .unwrap();
+    assert_eq!(
+        stats
+            .get("rate_limited")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        0,
+        "{stats}\n{}",
+        producer.log_text()
+    );
+    assert!(s.checkpoint().unwrap() > polled_until, "polls went on");
+
+    // Every document of the period once, nothing of it twice.
+    let published = s.published().await;
+    let mut times: std::collections::BTreeMap<&str, usize> = Default::default();
+    for id in &published {
+        *times.entry(id.as_str()).or_default() += 1;
+    }
+    for id in &expected {
+        assert_eq!(times.get(id.as_str()), Some(&1), "{id}");
+    }
+    assert!(
+        producer.log_text().contains("Backfill window published"),
+        "{}",
+        producer.log_text()
+    );
+    producer.signal("TERM");
+    assert_eq!(producer.wait_exit(Duration::from_secs(30)).await, Some(0));
+}

@@ -102,9 +102,14 @@ impl Topology {
         format!("{}.producer.lock", self.prefix)
     }
 
+    /// The quorum queue of requests for the producer that holds the lock (`jst2kd backfill`).
+    pub fn control_queue(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     /// Every queue name this topology declares (not the producer's lock).
     pub fn all_queues(&self) -> Vec<String> {
-        let mut names = vec![self.dead()];
+        let mut names = vec![self.dead(), self.control_queue()];
         for work in Work::ALL {
             names.push(self.work_queue(work));
             names.extend((0..self.retry_delays.len()).filter_map(|t| self.retry_queue(work, t)));
@@ -475,7 +480,8 @@ mod tests {
             Some("jst2kd.bills.retry.120s")
         );
         assert_eq!(t.retry_queue(Work::Bills, 4), None);
-        assert_eq!(t.all_queues().len(), 11);
+        assert_eq!(t.all_queues().len(), 12);
+        assert_eq!(t.control_queue(), "jst2kd.control");
         assert_eq!(t.lock_queue(), "jst2kd.producer.lock");
     }
 }

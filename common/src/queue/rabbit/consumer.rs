@@ -129,7 +129,7 @@ pub(super) fn id_and_headers(properties: &BasicProperties) -> (Option<String>, H
     (message_id, headers)
 }
 
-fn convert(delivery: lapin::message::Delivery) -> Delivery {
+pub(super) fn convert(delivery: lapin::message::Delivery) -> Delivery {
     let (message_id, headers) = id_and_headers(&delivery.properties);
     Delivery::new(
         message_id,

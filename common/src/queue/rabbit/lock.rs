@@ -85,6 +85,12 @@ impl ProducerLock {
         }
     }
 
+    /// The control queue `queue`, read by this lock's holder on a channel of the lock's
+    /// connection: a request it took goes back to the queue when the lock is lost.
+    pub async fn control(&self, queue: String) -> Result<ControlServer, QueueError> {
+        ControlServer::open(&self.connection, queue).await
+    }
+
     /// Gives the lock up.
     pub async fn release(self) {
         self.connection

@@ -31,6 +31,7 @@ use super::{Acker, Delivery, Destination, Outgoing, QueueError, Topology, Work};
 
 mod acker;
 mod consumer;
+mod control;
 mod dead;
 mod headers;
 mod lock;
@@ -40,6 +41,7 @@ use crate::config::Secret;
 use crate::messages::Headers;
 pub use acker::RabbitAcker;
 pub use consumer::RabbitConsumer;
+pub use control::{ControlClient, ControlMessage, ControlServer, Replied};
 pub use dead::{DeadLetterBatch, HeldDeadLetter};
 pub use headers::{from_table, to_table};
 pub use lock::{LockError, ProducerLock};

@@ -54,6 +54,20 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         )
         .await
         .map_err(mismatch(&topology.dead()))?;
+    // Requests for the lock holder. No dead-lettering: a request is no document, and one that
+    // crashed its holders CONTROL_DELIVERY_LIMIT times is dropped rather than crash-looping
+    // the producer; its requester hears nothing more and stops waiting when interrupted. A
+    // constant, so that changing `amqp.delivery_limit` leaves this queue alone.
+    let mut control_args = FieldTable::default();
+    control_args.insert("x-queue-type".into(), text("quorum"));
+    control_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(CONTROL_DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(topology.control_queue().into(), queue_options, control_args)
+        .await
+        .map_err(mismatch(&topology.control_queue()))?;
     for work in Work::ALL {
         let name = topology.work_queue(work);
         let mut args = safe_dead_lettering(&topology.dead(), None);
@@ -90,6 +104,9 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
     }
     Ok(())
 }
+
+/// `x-delivery-limit` of the control queue.
+const CONTROL_DELIVERY_LIMIT: i64 = 10;
 
 /// Quorum queue arguments under which the broker's own dead-lettering never drops a message.
 fn safe_dead_lettering(exchange: &str, key: Option<&str>) -> FieldTable {
