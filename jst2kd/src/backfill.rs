@@ -81,6 +81,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     control.request(&request.message()).await?;
     info!(request = %request.id, from = %request.from, to = %request.to, "Backfill requested on the control queue.");
 
+    let (lock_name, lock_queue) = (format!("{name}-lock"), topology.lock_queue());
     let mut view = View::new(terminal, windows(from, to, MAX_WINDOW).len());
     let mut serving: Option<SelfServe> = None;
     let mut heard = false;
@@ -113,21 +114,30 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
-            () = tokio::time::sleep_until(next_try), if serving.as_ref().is_none_or(SelfServe::is_over) => {
-                // Nobody answered yet (or not for a while): if no one holds the lock, there is
-                // no producer to serve the request, and this command serves it itself.
+            () = tokio::time::sleep_until(next_try) => {
+                if serving.as_ref().is_some_and(|s| !s.is_over()) {
+                    next_try = tokio::time::Instant::now() + LOCK_RETRY;
+                    continue;
+                }
+                // Nobody answered yet (or not for a while), or this command lost the lock it
+                // served with: if no one holds the lock, no producer runs to serve the
+                // request, and this command serves it itself.
                 next_try = tokio::time::Instant::now() + if heard { TAKEN_PATIENCE } else { LOCK_RETRY };
-                match tokio::time::timeout(
-                    LOCK_TIMEOUT,
-                    ProducerLock::acquire(&config.amqp.url, &format!("{name}-lock"), &topology.lock_queue()),
-                )
-                .await
-                {
+                let acquire = ProducerLock::acquire(&config.amqp.url, &lock_name, &lock_queue);
+                let lock = tokio::select! {
+                    () = ctx.cancel.cancelled() => continue,
+                    r = tokio::time::timeout(LOCK_TIMEOUT, acquire) => r,
+                };
+                match lock {
                     Ok(Ok(lock)) => {
                         view.serving_itself();
-                        match SelfServe::start(lock, &config, &ctx).await {
+                        let started = tokio::select! {
+                            () = ctx.cancel.cancelled() => continue,
+                            r = SelfServe::start(lock, &config, &ctx) => r,
+                        };
+                        match started {
                             Ok(s) => serving = Some(s),
-                            Err(e) => break Err(e),
+                            Err(e) => warn!(error = %e, "Cannot serve the request with the lock; trying again."),
                         }
                     }
                     Ok(Err(LockError::Held)) => view.waiting(),
@@ -256,7 +266,7 @@ impl View {
     fn waiting(&mut self) {
         if !std::mem::replace(&mut self.waiting_shown, true) {
             self.say(&format!(
-                "{} windows requested; a producer holds the lock and fetches them between its polls",
+                "{} windows requested; the producer lock is held (by the running producer, which fetches them between its polls, or by a check or backfill that is about to finish)",
                 self.windows
             ));
         }

@@ -14,6 +14,8 @@
 //! holder's next reply comes back unroutable and the request is dropped. A backfill lives as
 //! long as the command that asked for it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
@@ -28,6 +30,40 @@ use crate::{MAX_WINDOW, Producer, ProducerError, windows};
 
 /// How often an idle holder looks at the control queue.
 pub const CONTROL_POLL: Duration = Duration::from_secs(1);
+
+/// RabbitMQ's names of server-named queues: a requester's reply queue is one.
+pub const REPLY_QUEUE_PREFIX: &str = "amq.gen-";
+
+/// Requests this holder put back, by id, with the windows done in the copy it put back.
+#[derive(Debug, Default)]
+pub(crate) struct Served(Mutex<HashMap<String, usize>>);
+
+/// Requests remembered at most; beyond, the memory starts again (it only saves windows).
+const SERVED_CAPACITY: usize = 1_024;
+
+impl Served {
+    fn is_stale(&self, id: &str, done: usize) -> bool {
+        self.lock().get(id).is_some_and(|newest| done < *newest)
+    }
+
+    fn put_back(&self, id: &str, done: usize) {
+        let mut served = self.lock();
+        if served.len() >= SERVED_CAPACITY && !served.contains_key(id) {
+            served.clear();
+        }
+        served.insert(id.to_string(), done);
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// A backfill asked of the lock holder, with its progress so far.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +216,21 @@ impl Producer {
                 return delivery.ack().await;
             }
         };
+        // Replies go only to a requester's exclusive, server-named queue: a request cannot
+        // make the holder write into the work queues.
+        if !request.reply_to.starts_with(REPLY_QUEUE_PREFIX) {
+            self.events.unreadable_request(&format!(
+                "reply_to {:?} is not a requester's queue ({REPLY_QUEUE_PREFIX}…)",
+                request.reply_to
+            ));
+            return delivery.ack().await;
+        }
+        // A copy older than one this holder put back: a holder stopped between putting the
+        // progress back and acking, and both copies came. Only the newer goes on.
+        if self.control.is_stale(&request.id, request.done) {
+            self.events.stale_request(&request.id, request.done);
+            return delivery.ack().await;
+        }
         let mut progress = Progress {
             id: request.id.clone(),
             event: Event::Accepted,
@@ -207,6 +258,7 @@ impl Producer {
         progress.windows = all.len();
         let Some(&(begin, end)) = all.get(request.done) else {
             progress.event = Event::Finished;
+            self.control.forget(&request.id);
             reply(server, &request, &progress).await?;
             return delivery.ack().await;
         };
@@ -215,18 +267,20 @@ impl Producer {
         {
             self.events
                 .requester_gone(&request.id, request.done, all.len());
+            self.control.forget(&request.id);
             return delivery.ack().await;
         }
         let fetched = tokio::select! {
-            // Stopping: the request goes back whole, the window is fetched again by the next
-            // holder.
-            () = cancel.cancelled() => return delivery.requeue().await,
+            // Stopping: the request goes back as it came, and the window is fetched again by
+            // the next holder.
+            () = cancel.cancelled() => return hand_back(server, delivery, &request).await,
             r = self.publish_window(begin, end, false) => r,
         };
         match fetched {
             Err(ProducerError::Queue(e)) => {
                 // The broker: the request waits for a holder that can publish.
-                delivery.requeue_after(CONTROL_POLL).await?;
+                tokio::time::sleep(CONTROL_POLL).await;
+                hand_back(server, delivery, &request).await?;
                 Err(e)
             }
             Err(e) => {
@@ -235,14 +289,15 @@ impl Producer {
                 progress.resume_from = Some(format_beijing(&begin));
                 self.events
                     .backfill_failed(&request.id, request.done, all.len(), &e);
+                self.control.forget(&request.id);
                 reply(server, &request, &progress).await?;
                 delivery.ack().await
             }
             Ok((fetched, published)) => {
                 let next = BackfillRequest {
                     done: request.done + 1,
-                    fetched: request.fetched + fetched,
-                    published: request.published + published,
+                    fetched: request.fetched.saturating_add(fetched),
+                    published: request.published.saturating_add(published),
                     ..request.clone()
                 };
                 progress.done = next.done;
@@ -254,6 +309,7 @@ impl Producer {
                     .backfill_window(&request.id, next.done, all.len(), published);
                 if next.done == all.len() {
                     progress.event = Event::Finished;
+                    self.control.forget(&request.id);
                     reply(server, &request, &progress).await?;
                     return delivery.ack().await;
                 }
@@ -261,14 +317,32 @@ impl Producer {
                 if reply(server, &request, &progress).await? == Replied::Gone {
                     self.events
                         .requester_gone(&request.id, next.done, all.len());
+                    self.control.forget(&request.id);
                     return delivery.ack().await;
                 }
                 // The progress is in the queue before the copy it replaces is forgotten: a
-                // crash between the two leaves both, and a window is fetched twice, never
-                // skipped.
+                // crash between the two leaves both, and a window is fetched again, never
+                // skipped; the holder that meets both goes on with the newer only.
                 server.put_back(&next.message()).await?;
+                self.control.put_back(&request.id, next.done);
                 delivery.ack().await
             }
+        }
+    }
+}
+
+/// Gives a request back unchanged as a fresh copy, so that stopping and broker trouble do not
+/// count toward the control queue's delivery limit; requeued when even that fails.
+async fn hand_back(
+    server: &ControlServer,
+    delivery: Delivery,
+    request: &BackfillRequest,
+) -> Result<(), QueueError> {
+    match server.put_back(&request.message()).await {
+        Ok(()) => delivery.ack().await,
+        Err(e) => {
+            delivery.requeue().await.ok();
+            Err(e)
         }
     }
 }
@@ -285,6 +359,18 @@ async fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_copy_of_a_request_goes_on() {
+        let served = Served::default();
+        assert!(!served.is_stale("a", 0), "unknown: goes on");
+        served.put_back("a", 3);
+        assert!(served.is_stale("a", 2), "older than the copy put back");
+        assert!(!served.is_stale("a", 3));
+        assert!(!served.is_stale("b", 0));
+        served.forget("a");
+        assert!(!served.is_stale("a", 2));
+    }
 
     #[test]
     fn requests_read_back_and_tolerate_missing_progress() {

@@ -82,6 +82,14 @@ impl ProducerEvents {
         );
     }
 
+    /// An older copy of a request this holder already took further: dropped.
+    pub fn stale_request(&self, id: &str, done: usize) {
+        info!(
+            request = id,
+            done, "An older copy of a backfill request; dropped (the newer goes on)."
+        );
+    }
+
     /// A message on the control queue that is no backfill request: dropped.
     pub fn unreadable_request(&self, error: &str) {
         warn!(error = %common::http::escape(error), "Unreadable message on the control queue; dropped.");

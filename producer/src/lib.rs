@@ -132,6 +132,7 @@ pub struct Producer {
     events: ProducerEvents,
     started: DateTime<FixedOffset>,
     recent: Mutex<Recent>,
+    control: control::Served,
 }
 
 /// The message id of a document version: `{io_id}@{modified}`, kept within AMQP's 255 bytes
@@ -168,6 +169,7 @@ impl Producer {
             events: ProducerEvents::new(&metrics),
             started: now_beijing(),
             recent: Mutex::new(Recent::new(RECENT_CAPACITY)),
+            control: control::Served::default(),
         }
     }
 

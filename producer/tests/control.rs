@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use common::config::{Dur, Secret};
 use common::queue::memory::MemoryBroker;
-use common::queue::rabbit::{ControlClient, ControlServer, ProducerLock};
+use common::queue::rabbit::{ControlClient, ControlServer, ProducerLock, Replied};
 use common::queue::{AmqpConfig, Broker, Topology, Work};
 use common::telemetry::{Metrics, Stage};
 use jst::{JstClient, JstConfig};
@@ -72,14 +72,22 @@ impl Setup {
         )
     }
 
+    /// Takes the lock; a lock just released is freed by the broker a moment later.
     async fn lock(&self) -> (ProducerLock, ControlServer) {
-        let lock = ProducerLock::acquire(
-            &Secret::new(URL),
-            &format!("{}-lock", self.prefix),
-            &self.topology.lock_queue(),
-        )
-        .await
-        .expect("lock");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let lock = loop {
+            match ProducerLock::acquire(
+                &Secret::new(URL),
+                &format!("{}-lock", self.prefix),
+                &self.topology.lock_queue(),
+            )
+            .await
+            {
+                Ok(lock) => break lock,
+                Err(e) if tokio::time::Instant::now() > deadline => panic!("lock: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
         let server = lock
             .control(self.topology.control_queue())
             .await
@@ -207,9 +215,21 @@ async fn a_request_whose_requester_is_gone_is_dropped_unserved() {
     let (from, to) = period();
     let request = BackfillRequest::new(requester.reply_queue(), &from, &to);
     requester.request(&request.message()).await.expect("sent");
+    let reply_queue = requester.reply_queue().to_string();
     requester.close().await;
 
     let (_lock, server) = s.lock().await;
+    // The broker deletes the reply queue a moment after the connection closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server
+        .reply(&reply_queue, "probe", b"{}".to_vec())
+        .await
+        .unwrap()
+        != Replied::Gone
+    {
+        assert!(tokio::time::Instant::now() < deadline, "reply queue gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let producer = s.producer(&JstCredentials::default().app_secret);
     let cancel = CancellationToken::new();
     assert!(producer.serve_one(&server, &cancel, "test").await.unwrap());
@@ -237,12 +257,19 @@ async fn a_holder_that_stops_in_a_window_leaves_the_request_to_the_next() {
     let (_lock, server) = s.lock().await;
     let producer = s.producer(&JstCredentials::default().app_secret);
     let cancel = CancellationToken::new();
-    assert!(
-        producer
-            .serve_one(&server, &cancel, "second")
-            .await
-            .unwrap()
-    );
+    // Back in the queue once the broker saw the first holder's connection close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !producer
+        .serve_one(&server, &cancel, "second")
+        .await
+        .unwrap()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let again = reply(&mut requester).await;
     assert_eq!(
         (again.event, again.done, again.restarted),

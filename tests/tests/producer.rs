@@ -136,6 +136,18 @@ impl Setup {
     }
 }
 
+/// Runs `jst2kd` with `args` to its end, within three minutes.
+async fn jst2kd(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(e2e::binary("jst2kd"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("jst2kd ends within three minutes")
+        .expect("jst2kd runs")
+}
+
 impl Drop for Setup {
     fn drop(&mut self) {
         delete_queues(&self.prefix);
@@ -312,18 +324,16 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
             m >= from && m <= to
         })
         .count();
-    let out = std::process::Command::new(e2e::binary("jst2kd"))
-        .args([
-            "backfill",
-            "--config",
-            &s.config,
-            "--from",
-            &common::time::format_beijing(&from),
-            "--to",
-            &common::time::format_beijing(&to),
-        ])
-        .output()
-        .unwrap();
+    let out = jst2kd(&[
+        "backfill",
+        "--config",
+        &s.config,
+        "--from",
+        &common::time::format_beijing(&from),
+        "--to",
+        &common::time::format_beijing(&to),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -338,18 +348,16 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
     assert!(s.checkpoint().is_none(), "the checkpoint is not touched");
     assert_eq!(s.published().await.len(), expected);
 
-    let bad = std::process::Command::new(e2e::binary("jst2kd"))
-        .args([
-            "backfill",
-            "--config",
-            &s.config,
-            "--from",
-            "yesterday",
-            "--to",
-            "today",
-        ])
-        .output()
-        .unwrap();
+    let bad = jst2kd(&[
+        "backfill",
+        "--config",
+        &s.config,
+        "--from",
+        "yesterday",
+        "--to",
+        "today",
+    ])
+    .await;
     assert_eq!(bad.status.code(), Some(2), "a bad time is a usage error");
 }
 
@@ -393,18 +401,16 @@ async fn backfill_beside_a_polling_producer_shares_its_quota() {
         })
         .collect();
     assert!(expected.len() > 500, "{} documents", expected.len());
-    let out = std::process::Command::new(e2e::binary("jst2kd"))
-        .args([
-            "backfill",
-            "--config",
-            &s.config,
-            "--from",
-            &common::time::format_beijing(&from),
-            "--to",
-            &common::time::format_beijing(&to),
-        ])
-        .output()
-        .unwrap();
+    let out = jst2kd(&[
+        "backfill",
+        "--config",
+        &s.config,
+        "--from",
+        &common::time::format_beijing(&from),
+        "--to",
+        &common::time::format_beijing(&to),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

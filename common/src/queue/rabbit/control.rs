@@ -51,28 +51,43 @@ pub enum Replied {
 }
 
 /// The lock holder's side: takes requests, answers their requesters, and puts a request back
-/// with its progress.
+/// with its progress. Its channel is opened again when the broker closed it (a channel error
+/// leaves the connection, and so the lock, in place).
 pub struct ControlServer {
-    channel: Channel,
+    connection: Arc<Connection>,
+    channel: Mutex<Channel>,
     queue: String,
 }
 
 impl ControlServer {
     /// A channel in confirm mode on the lock's `connection`.
-    pub(super) async fn open(connection: &Connection, queue: String) -> Result<Self, QueueError> {
-        let channel = connection.create_channel().await.map_err(unavailable)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        Ok(Self { channel, queue })
+    pub(super) async fn open(
+        connection: Arc<Connection>,
+        queue: String,
+    ) -> Result<Self, QueueError> {
+        let channel = confirming_channel(&connection).await?;
+        Ok(Self {
+            connection,
+            channel: Mutex::new(channel),
+            queue,
+        })
+    }
+
+    /// The channel, opened again when the broker closed the last one.
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut channel = self.channel.lock().await;
+        if !channel.status().connected() {
+            *channel = confirming_channel(&self.connection).await?;
+        }
+        Ok(channel.clone())
     }
 
     /// The next request, if one waits. Settle it: ack when done with it, or requeue (a
     /// `Delivery` dropped unsettled is requeued).
     pub async fn next(&self) -> Result<Option<Delivery>, QueueError> {
         let got = self
-            .channel
+            .channel()
+            .await?
             .basic_get(self.queue.clone().into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(unavailable)?;
@@ -112,7 +127,8 @@ impl ControlServer {
         properties: BasicProperties,
     ) -> Result<Confirmation, QueueError> {
         let confirm = self
-            .channel
+            .channel()
+            .await?
             .basic_publish(
                 "".into(),
                 queue.into(),
@@ -133,6 +149,15 @@ impl ControlServer {
             other => Ok(other),
         }
     }
+}
+
+async fn confirming_channel(connection: &Connection) -> Result<Channel, QueueError> {
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(channel)
 }
 
 /// The requester's side: a connection of its own with an exclusive reply queue.

@@ -25,7 +25,7 @@ pub enum LockError {
 /// meanwhile. When this connection drops, the lock is gone: the holder must stop polling
 /// before it tries again.
 pub struct ProducerLock {
-    connection: Connection,
+    connection: Arc<Connection>,
     _channel: Channel,
 }
 
@@ -58,7 +58,7 @@ impl ProducerLock {
             .await;
         match declared {
             Ok(_) => Ok(Self {
-                connection,
+                connection: Arc::new(connection),
                 _channel: channel,
             }),
             Err(err) => {
@@ -88,7 +88,7 @@ impl ProducerLock {
     /// The control queue `queue`, read by this lock's holder on a channel of the lock's
     /// connection: a request it took goes back to the queue when the lock is lost.
     pub async fn control(&self, queue: String) -> Result<ControlServer, QueueError> {
-        ControlServer::open(&self.connection, queue).await
+        ControlServer::open(self.connection.clone(), queue).await
     }
 
     /// Gives the lock up.
