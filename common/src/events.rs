@@ -10,9 +10,14 @@ use prometheus::{IntCounter, IntGauge};
 use tracing::warn;
 
 use crate::http::escape;
+use crate::outcomes::{Outcome, OutcomeKind, OutcomeLog};
 use crate::queue::Work;
 use crate::settle::DeadReason;
+use crate::settle::truncate;
 use crate::telemetry::{DeadKind, Metrics, Stage};
+
+/// How much of a reason an outcome event keeps (the dead letter keeps the whole).
+pub const OUTCOME_REASON_BYTES: usize = 1024;
 
 /// Where a stage published a message, as the `queue` label of `jst2kd_published_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +45,7 @@ impl PublishedTo {
 #[derive(Clone)]
 pub struct StageEvents {
     stage: Stage,
+    outcomes: OutcomeLog,
     consumed: IntCounter,
     retried: IntCounter,
     published_retry: IntCounter,
@@ -54,6 +60,7 @@ impl StageEvents {
         let published = |to: PublishedTo| metrics.published.with_label_values(&[s, to.label()]);
         Self {
             stage,
+            outcomes: metrics.outcomes.clone(),
             consumed: metrics.consumed.with_label_values(&[s]),
             retried: metrics.retried.with_label_values(&[s]),
             published_retry: published(PublishedTo::Retry),
@@ -80,10 +87,27 @@ impl StageEvents {
         self.consumed.inc();
     }
 
-    /// A copy went to a retry tier (confirmed) and the original was settled.
-    pub fn retried(&self) {
+    /// A copy of message `message_id` went to retry tier `tier` (0-based; confirmed) and the
+    /// original was settled; `bill` names the bill when the message is one.
+    pub fn retried(
+        &self,
+        message_id: &str,
+        tier: usize,
+        attempt: i64,
+        why: &str,
+        bill: Option<(i64, &str)>,
+    ) {
         self.published_retry.inc();
         self.retried.inc();
+        self.outcomes.record(
+            Outcome::new(self.stage, OutcomeKind::Retried)
+                .of_message(message_id)
+                .of_document(bill.map(|(io_id, _)| io_id))
+                .of_bill(bill.map(|(_, bill_no)| bill_no))
+                .with("tier", tier)
+                .with("attempt", attempt)
+                .with("reason", truncate(why, OUTCOME_REASON_BYTES)),
+        );
     }
 
     /// A dead letter was confirmed. `jst2kd_dead_lettered_total` drives the alert; the log
@@ -93,6 +117,14 @@ impl StageEvents {
         if let Some((_, counter)) = self.dead.iter().find(|(k, _)| *k == reason.kind) {
             counter.inc();
         }
+        self.outcomes.record(
+            Outcome::new(self.stage, OutcomeKind::DeadLettered)
+                .of_message(message_id)
+                .of_document(reason.io_id)
+                .of_bill(reason.bill_no.as_deref())
+                .with("kind", reason.kind.as_str())
+                .with("reason", truncate(&reason.error, OUTCOME_REASON_BYTES)),
+        );
         warn!(
             stage = self.stage.as_str(),
             kind = reason.kind.as_str(),
@@ -194,7 +226,7 @@ mod tests {
         let metrics = Metrics::new(&[Stage::Loader]);
         let events = StageEvents::new(&metrics, Stage::Loader);
         events.consumed();
-        events.retried();
+        events.retried("1@2026-01-01 00:00:00", 0, 1, "kingdee timed out", None);
         events.dead_lettered(
             "JSTPD1",
             &DeadReason::new(DeadKind::Conflict, "other entries").of_bill(1, "JSTPD1"),

@@ -10,6 +10,7 @@ pub mod files;
 pub mod http;
 pub mod intake;
 pub mod messages;
+pub mod outcomes;
 pub mod queue;
 pub mod settle;
 pub mod telemetry;

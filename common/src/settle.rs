@@ -320,7 +320,13 @@ impl Settler {
                         .ok();
                     return Err(err);
                 }
-                self.events.retried();
+                self.events.retried(
+                    delivery_id.as_deref().unwrap_or(""),
+                    tier,
+                    attempt,
+                    &error,
+                    bill,
+                );
                 if let Err(err) = delivery.ack().await {
                     let id = delivery_id.as_deref().unwrap_or("");
                     self.events.retry_not_acked(id, &err);

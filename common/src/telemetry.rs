@@ -184,6 +184,11 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     /// `jst2kd_amqp_connected`
     pub amqp_connected: IntGauge,
+    /// `jst2kd_events_dropped_total`: outcome events not recorded (buffer full, broker
+    /// refusing).
+    pub events_dropped: IntCounter,
+    /// The outcome log every stage records into (detached until the stage has a broker).
+    pub outcomes: crate::outcomes::OutcomeLog,
     /// `jst2kd_build_info{version}`
     pub build_info: IntGaugeVec,
     /// `jst2kd_jst_token_expiry_timestamp_seconds{app_kind}` (`own`, `isv`): resolved by the
@@ -223,6 +228,11 @@ impl Metrics {
             .unwrap_or_else(|e| unreachable_metric(&e));
         let e2e = prometheus::exponential_buckets(0.05, 2.0, 16)
             .unwrap_or_else(|e| unreachable_metric(&e));
+        let events_dropped = IntCounter::new(
+            "jst2kd_events_dropped_total",
+            "Outcome events not recorded in the outcome log.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(&e));
         let m = Self {
             registry: Registry::new(),
             consumed: counter("jst2kd_consumed_total", "Deliveries received.", &["stage"]),
@@ -298,6 +308,8 @@ impl Metrics {
                 &["queue"],
             )
             .unwrap_or_else(|e| unreachable_metric(&e)),
+            events_dropped: events_dropped.clone(),
+            outcomes: crate::outcomes::OutcomeLog::new(events_dropped),
             amqp_connected: IntGauge::new(
                 "jst2kd_amqp_connected",
                 "1 while connected to RabbitMQ with the topology declared.",
@@ -324,6 +336,7 @@ impl Metrics {
     fn register_for(&self, stages: &[Stage]) {
         let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.amqp_connected.clone()),
+            Box::new(self.events_dropped.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.published.clone()),
         ];

@@ -174,6 +174,13 @@ pub fn load_config(args: &WorkerArgs) -> Result<(Process, Layers), ConfigError> 
     Ok((Process { runtime, metrics }, layers))
 }
 
+/// Publishes what the outcome log still buffers, then closes the broker connection: the end
+/// of every stage process.
+pub async fn close(broker: &Broker, ctx: &Context) {
+    ctx.metrics.outcomes.close().await;
+    broker.close().await;
+}
+
 /// Connects to RabbitMQ as `name` and keeps `jst2kd_amqp_connected`, the queue depth gauge
 /// and readiness up to date until `cancel`.
 pub async fn connect_rabbit(
@@ -192,6 +199,7 @@ pub async fn connect_rabbit(
     )
     .await?;
     let broker = Broker::Rabbit(rabbit);
+    ctx.metrics.outcomes.attach(broker.clone());
     let watched = broker.clone();
     let ctx2 = ctx.clone();
     let events = BrokerEvents::new(&ctx.metrics, consumes);

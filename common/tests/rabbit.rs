@@ -214,3 +214,73 @@ async fn publishing_and_consuming_resume_after_the_connection_is_cut() {
     rabbit.delete_topology().await.expect("deleted");
     rabbit.close().await;
 }
+
+/// Issue 19, point 1: the outcome log is a stream, written in batches through the recording
+/// handle, read back from a point in time in the order written, and left in place by reading.
+#[tokio::test]
+async fn the_outcome_log_records_into_a_stream_that_reads_back_in_order() {
+    use common::outcomes::{self, Outcome, OutcomeKind, OutcomeLog};
+    use common::telemetry::Stage;
+
+    let t = topology("outcomes");
+    let broker = connect(t.clone(), "outcomes").await.expect("declared");
+    let stream = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type", "arguments"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listed = String::from_utf8_lossy(&stream.stdout);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{}\t", t.events_stream())))
+        .unwrap_or_else(|| panic!("{} declared:\n{listed}", t.events_stream()));
+    assert!(line.contains("stream"), "{line}");
+    assert!(line.contains("2592000s"), "30 days by default: {line}");
+
+    let dropped = prometheus::IntCounter::new("dropped", "d").unwrap();
+    let log = OutcomeLog::new(dropped.clone());
+    log.attach(Broker::Rabbit(broker.clone()));
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for io_id in 0..1_200 {
+        log.record(
+            Outcome::new(Stage::Producer, OutcomeKind::Published)
+                .of_version(&format!("{io_id}@2026-01-01 00:00:00")),
+        );
+    }
+    log.record(
+        Outcome::new(Stage::Loader, OutcomeKind::Booked)
+            .of_document(Some(7))
+            .of_bill(Some("JSTPD7"))
+            .with("result", "created"),
+    );
+    log.close().await;
+    assert_eq!(dropped.get(), 0);
+
+    let all = outcomes::read(&Broker::Rabbit(broker.clone()), since, |_| true)
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 1_201);
+    let published: Vec<i64> = all
+        .iter()
+        .filter(|o| o.event == OutcomeKind::Published)
+        .filter_map(|o| o.io_id)
+        .collect();
+    assert_eq!(published, (0..1_200).collect::<Vec<_>>(), "in order");
+    let seven = outcomes::read(&Broker::Rabbit(broker.clone()), since, |o| {
+        o.io_id == Some(7)
+    })
+    .await
+    .expect("read again: a stream is not consumed");
+    assert_eq!(seven.len(), 2, "{seven:?}");
+    assert_eq!(seven[1].bill_no.as_deref(), Some("JSTPD7"));
+    assert_eq!(seven[1].details["result"], "created");
+    let later = outcomes::read(
+        &Broker::Rabbit(broker.clone()),
+        chrono::Utc::now() + chrono::Duration::seconds(5),
+        |_| true,
+    )
+    .await
+    .expect("read from the future");
+    assert!(later.is_empty());
+    broker.delete_topology().await.expect("deleted");
+    broker.close().await;
+}

@@ -206,6 +206,7 @@ impl SelfServe {
         ));
         let cancel = ctx.cancel.child_token();
         let stop = cancel.clone();
+        let metrics = ctx.metrics.clone();
         let task = tokio::spawn(async move {
             let by = format!(
                 "jst2kd backfill (pid {}; no producer was running)",
@@ -216,6 +217,7 @@ impl SelfServe {
                 () = lock.lost() => warn!("The producer lock's connection dropped; this backfill waits for the lock again."),
             }
             lock.release().await;
+            metrics.outcomes.close().await;
             broker.close().await;
         });
         Ok(Self { cancel, task })

@@ -107,6 +107,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let _metrics_server = serve_metrics(&metrics, &ctx).await;
+    // The outcome log: in memory, or the demo prefix's stream on RabbitMQ.
+    ctx.metrics.outcomes.attach(broker.clone());
 
     let transformer = {
         let (mapping, broker, ctx) = (transform.mapping, broker.clone(), ctx.clone());
@@ -140,6 +142,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     loader.await.context("loader task")??;
     let elapsed = started.elapsed();
     let dead = queue.dead_letter_reasons();
+    ctx.metrics.outcomes.close().await;
     if let DemoQueue::Rabbit(rabbit, _) = &queue {
         rabbit.delete_topology().await.ok();
         rabbit.close().await;

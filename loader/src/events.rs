@@ -2,7 +2,9 @@
 //! latency of a created bill, each logging and counting in one place, with the handles
 //! resolved once. (Dead letters and retries are the settler's events, `common::events`.)
 
-use common::telemetry::{Histogram, IntCounter, LOADER_RESULTS, Metrics};
+use common::outcomes::{Outcome, OutcomeKind, OutcomeLog};
+use common::telemetry::{Histogram, IntCounter, LOADER_RESULTS, Metrics, Stage};
+use kingdee::Operation;
 use tracing::debug;
 
 /// How a bill was settled, as the `result` label of `jst2kd_loader_bills_total`.
@@ -44,6 +46,7 @@ impl Settled {
 /// The loader's metric handles.
 #[derive(Clone)]
 pub struct LoaderEvents {
+    outcomes: OutcomeLog,
     bills: Vec<IntCounter>,
     batch_size: Histogram,
     end_to_end: Histogram,
@@ -58,6 +61,7 @@ impl LoaderEvents {
                 .all(|r| LOADER_RESULTS.contains(&r.label()))
         );
         Self {
+            outcomes: metrics.outcomes.clone(),
             bills: Settled::ALL
                 .iter()
                 .map(|r| metrics.loader_bills.with_label_values(&[r.label()]))
@@ -78,7 +82,44 @@ impl LoaderEvents {
         if let Some(counter) = self.bills.get(i) {
             counter.inc();
         }
+        // Booked is recorded when Kingdee holds the bill (`booked`); rejected and exhausted
+        // bills are the settler's dead letters.
+        if result == Settled::Conflict {
+            self.outcomes.record(
+                Outcome::new(Stage::Loader, OutcomeKind::Conflict)
+                    .of_document(Some(io_id))
+                    .of_bill(Some(bill_no))
+                    .of_message(bill_no),
+            );
+        }
         debug!(io_id, bill_no, result = result.label(), "Bill settled.");
+    }
+
+    /// Kingdee holds bill `bill_no` of document `io_id`: saved by this call (`created`) or
+    /// before. Recorded when the save is known, before submit and audit, which can still
+    /// send the bill to a retry.
+    pub fn booked(&self, io_id: i64, bill_no: &str, created: bool) {
+        self.outcomes.record(
+            Outcome::new(Stage::Loader, OutcomeKind::Booked)
+                .of_document(Some(io_id))
+                .of_bill(Some(bill_no))
+                .of_message(bill_no)
+                .with("result", if created { "created" } else { "duplicate" }),
+        );
+    }
+
+    /// Bill `bill_no` of document `io_id` was submitted or audited (or already was).
+    pub fn operated(&self, op: Operation, io_id: i64, bill_no: &str) {
+        let event = match op {
+            Operation::Submit => OutcomeKind::Submitted,
+            Operation::Audit => OutcomeKind::Audited,
+        };
+        self.outcomes.record(
+            Outcome::new(Stage::Loader, event)
+                .of_document(Some(io_id))
+                .of_bill(Some(bill_no))
+                .of_message(bill_no),
+        );
     }
 
     /// A bill was created `secs` after the producer published its document.

@@ -49,8 +49,8 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     .map_err(|e| WorkerError::Config(ConfigError(e.to_string())))?;
     let broker =
         worker::connect_rabbit(&config.amqp, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
-    let result = run(&config.loader, broker.clone(), client, ctx).await;
-    broker.close().await;
+    let result = run(&config.loader, broker.clone(), client, ctx.clone()).await;
+    worker::close(&broker, &ctx).await;
     result
 }
 
@@ -209,7 +209,7 @@ async fn save_batch(
                     }
                 }
                 settled.extend(check_duplicates(&form, duplicates, client).await);
-                for (pending, settlement) in after_save(&form, settled, client).await {
+                for (pending, settlement) in after_save(&form, settled, client, events).await {
                     apply(pending, settlement, settler, events).await;
                 }
             }
@@ -218,7 +218,7 @@ async fn save_batch(
                 // here (as duplicates, after after-save), only the others are retried.
                 warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; checking which bills Kingdee committed before retrying the others.");
                 let checked = check_saved(&form, group, client, &err.to_string()).await;
-                for (pending, settlement) in after_save(&form, checked, client).await {
+                for (pending, settlement) in after_save(&form, checked, client, events).await {
                     apply(pending, settlement, settler, events).await;
                 }
             }
@@ -326,7 +326,17 @@ async fn after_save(
     form: &str,
     settled: Vec<(Pending, Settlement)>,
     client: &KingdeeClient,
+    events: &LoaderEvents,
 ) -> Vec<(Pending, Settlement)> {
+    for (pending, settlement) in &settled {
+        if let Settlement::Created | Settlement::Duplicate = settlement {
+            events.booked(
+                pending.bill.source.io_id,
+                &pending.bill.bill_no,
+                *settlement == Settlement::Created,
+            );
+        }
+    }
     let operations: &[Operation] = match client.after_save() {
         AfterSave::None => &[],
         AfterSave::Submit => &[Operation::Submit],
@@ -344,7 +354,7 @@ async fn after_save(
         }
         let outcome = client.operate(*op, form, &numbers).await;
         let mut results = outcome.as_ref().ok().map(|r| r.iter());
-        for (_, settlement) in settled
+        for (pending, settlement) in settled
             .iter_mut()
             .filter(|(_, s)| matches!(s, Settlement::Created | Settlement::Duplicate))
         {
@@ -353,8 +363,9 @@ async fn after_save(
                 (Ok(_), Some(results)) => Ok(results.next()),
                 (Ok(_), None) => Ok(None),
             };
-            if let Some(next) = decide::operation(*op, result) {
-                *settlement = next;
+            match decide::operation(*op, result) {
+                Some(next) => *settlement = next,
+                None => events.operated(*op, pending.bill.source.io_id, &pending.bill.bill_no),
             }
         }
     }

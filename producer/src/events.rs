@@ -5,6 +5,7 @@ use std::fmt::Display;
 
 use chrono::{DateTime, FixedOffset};
 use common::events::PublishedTo;
+use common::outcomes::{Outcome, OutcomeKind, OutcomeLog};
 use common::queue::Work;
 use common::telemetry::{Gauge, IntCounter, Metrics, Stage};
 use common::time::format_beijing;
@@ -13,6 +14,7 @@ use tracing::{debug, info, warn};
 /// The producer's metric handles.
 #[derive(Clone)]
 pub struct ProducerEvents {
+    outcomes: OutcomeLog,
     published: IntCounter,
     already_published: IntCounter,
     checkpoint: Gauge,
@@ -23,6 +25,7 @@ impl ProducerEvents {
     pub fn new(metrics: &Metrics) -> Self {
         let s = Stage::Producer.as_str();
         Self {
+            outcomes: metrics.outcomes.clone(),
             published: metrics
                 .published
                 .with_label_values(&[s, PublishedTo::Work(Work::Counts).label()]),
@@ -31,9 +34,34 @@ impl ProducerEvents {
         }
     }
 
-    /// `count` documents were published and confirmed.
-    pub fn published(&self, count: usize) {
-        self.published.inc_by(count as u64);
+    /// Documents (by message id, `{io_id}@{modified}`) read on `page` of the window
+    /// `[begin, end]` for `status`, not seen before in this window.
+    pub fn fetched<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        (begin, end): (&DateTime<FixedOffset>, &DateTime<FixedOffset>),
+        status: &str,
+        page: u32,
+    ) {
+        let window = format!("{} – {}", format_beijing(begin), format_beijing(end));
+        for id in ids {
+            self.outcomes.record(
+                Outcome::new(Stage::Producer, OutcomeKind::Fetched)
+                    .of_version(id)
+                    .with("window", window.as_str())
+                    .with("status", status)
+                    .with("page", page),
+            );
+        }
+    }
+
+    /// Documents (by message id) were published and confirmed.
+    pub fn published(&self, ids: &[String]) {
+        self.published.inc_by(ids.len() as u64);
+        for id in ids {
+            self.outcomes
+                .record(Outcome::new(Stage::Producer, OutcomeKind::Published).of_version(id));
+        }
     }
 
     /// `count` documents of a page were versions this process had already published (the
@@ -109,7 +137,7 @@ mod tests {
     fn events_count_under_their_labels() {
         let metrics = Metrics::new(&[Stage::Producer]);
         let events = ProducerEvents::new(&metrics);
-        events.published(3);
+        events.published(&["1@a".into(), "2@b".into(), "3@c".into()]);
         events.already_published(2);
         let at = common::time::parse_beijing("2026-01-01 08:00:00").expect("time");
         events.window_done(&at, &at, 5, 3);

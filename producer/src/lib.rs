@@ -234,10 +234,8 @@ impl Producer {
                 let mut pass_ids: HashSet<String> = HashSet::new();
                 let mut paging = Paging::new(self.client.page_size());
                 loop {
-                    let page = self
-                        .client
-                        .count_page_retrying(&query, paging.page_index())
-                        .await?;
+                    let page_no = paging.page_index();
+                    let page = self.client.count_page_retrying(&query, page_no).await?;
                     let page_ids: Vec<String> = page.datas.iter().map(message_id).collect();
                     // Judged before anything of the page is published: an answer that does
                     // not add up fails the poll, and the checkpoint stays.
@@ -252,6 +250,12 @@ impl Producer {
                         .filter(|(id, _)| pass_ids.insert(id.clone()) && seen.insert(id.clone()))
                         .collect();
                     fetched += new.len();
+                    self.events.fetched(
+                        new.iter().map(|(id, _)| id.as_str()),
+                        (&begin, &end),
+                        status,
+                        page_no,
+                    );
                     let new_count = new.len();
                     let docs: Vec<(String, Value)> = {
                         let recent = self
@@ -295,7 +299,6 @@ impl Producer {
             return Ok(());
         }
         let published_at = rfc3339_now();
-        let count = docs.len();
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
         let messages: Vec<Outgoing> = docs
             .into_iter()
@@ -318,7 +321,7 @@ impl Producer {
             })
             .collect();
         self.broker.publish_all(messages).await?;
-        self.events.published(count);
+        self.events.published(&ids);
         let mut recent = self
             .recent
             .lock()
@@ -472,8 +475,15 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
         queue: Topology::from_config(&config.amqp).lock_queue(),
         connection_name: format!("jst2kd-producer-lock-{}", std::process::id()),
     };
-    let result = run(&config.producer, broker.clone(), client, exclusion, ctx).await;
-    broker.close().await;
+    let result = run(
+        &config.producer,
+        broker.clone(),
+        client,
+        exclusion,
+        ctx.clone(),
+    )
+    .await;
+    worker::close(&broker, &ctx).await;
     result
 }
 

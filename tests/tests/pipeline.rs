@@ -152,7 +152,7 @@ impl Pipeline {
         (proc, base)
     }
 
-    /// Nothing waits or is being worked on in the work and retry queues.
+    /// Nothing waits or is being worked on in the work, retry and control queues.
     fn quiet(&self) -> bool {
         let out = std::process::Command::new("rabbitmqctl")
             .args(["-q", "list_queues", "name", "messages"])
@@ -163,8 +163,11 @@ impl Pipeline {
             let (Some(name), Some(count)) = (parts.next(), parts.next()) else {
                 return true;
             };
+            // The dead letters stay, and so does the outcome log (a stream is read, not
+            // consumed).
             !name.starts_with(&format!("{}.", self.prefix))
                 || name == format!("{}.dead", self.prefix)
+                || name == format!("{}.events", self.prefix)
                 || count == "0"
         })
     }

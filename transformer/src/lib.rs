@@ -17,7 +17,7 @@ use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, WorkerError};
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::warn;
 
 pub use config::{Config, Gains, LossSign, MappingConfig, Warehouse};
 use events::TransformerEvents;
@@ -28,8 +28,8 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let broker =
         worker::connect_rabbit(&config.amqp, "jst2kd-transformer", Some(Work::Counts), &ctx)
             .await?;
-    let result = run(&config.mapping, broker.clone(), ctx).await;
-    broker.close().await;
+    let result = run(&config.mapping, broker.clone(), ctx.clone()).await;
+    worker::close(&broker, &ctx).await;
     result
 }
 
@@ -89,8 +89,9 @@ async fn handle(
     let io_id = doc.io_id;
     match mapping::plan(&doc, config) {
         Ok(Plan::Skipped(reason)) => {
+            let message_id = delivery.message_id.clone().unwrap_or_default();
             if delivery.ack().await.is_ok() {
-                events.skipped(io_id, reason);
+                events.skipped(&message_id, io_id, reason);
             }
         }
         Ok(Plan::Bills(parts)) => {
@@ -181,7 +182,11 @@ async fn publish_bills(
             }
         }
     }
-    debug!(io_id, bill_no = ?bill_nos, "Bills published.");
+    events.mapped(
+        delivery.message_id.as_deref().unwrap_or(""),
+        io_id,
+        &bill_nos,
+    );
     if let Err(e) = delivery.ack().await {
         warn!(io_id, error = %e, "Bills are published but the document could not be acked; it will come again and its bills be seen as duplicates.");
     }

@@ -33,6 +33,8 @@ pub const FILE: &[Shape] = &[
             "delivery_limit",
             "retry_delays",
             "max_message_bytes",
+            "events_max_age",
+            "events_max_bytes",
         ],
         secrets: &["url"],
     },

@@ -25,6 +25,11 @@ pub struct AmqpConfig {
     /// `too_large` without being parsed.
     #[serde(deserialize_with = "lenient::number")]
     pub max_message_bytes: u64,
+    /// How long the outcome log (`{prefix}.events`) keeps events (`x-max-age`).
+    pub events_max_age: Dur,
+    /// How many bytes the outcome log keeps at most (`x-max-length-bytes`).
+    #[serde(deserialize_with = "lenient::number")]
+    pub events_max_bytes: u64,
 }
 
 /// The built-in `amqp.url`.
@@ -39,6 +44,8 @@ impl Default for AmqpConfig {
             delivery_limit: 20,
             retry_delays: vec![Dur::secs(5), Dur::secs(30), Dur::secs(120), Dur::secs(600)],
             max_message_bytes: 16 * 1024 * 1024,
+            events_max_age: Dur::secs(30 * 86_400),
+            events_max_bytes: 1_000_000_000,
         }
     }
 }
@@ -80,6 +87,18 @@ impl Section for AmqpConfig {
             return Err(ConfigError::key(
                 "amqp.max_message_bytes",
                 "must be 65536 (64 KiB) to 134217728 (128 MiB, the broker's own limit)",
+            ));
+        }
+        if self.events_max_age.0.as_secs() == 0 {
+            return Err(ConfigError::key(
+                "amqp.events_max_age",
+                "must be at least one second",
+            ));
+        }
+        if self.events_max_bytes < 1024 * 1024 {
+            return Err(ConfigError::key(
+                "amqp.events_max_bytes",
+                "must be at least 1048576 (1 MiB)",
             ));
         }
         if self.delivery_limit == 0 {

@@ -30,10 +30,15 @@ struct Queue {
     unacked: HashMap<u64, Stored>,
 }
 
+/// Outcome events the in-process stream keeps (a demo's worth).
+const EVENTS_KEPT: usize = 100_000;
+
 #[derive(Default)]
 struct State {
     queues: HashMap<Work, Queue>,
     dead: Vec<Stored>,
+    /// The outcome log's stream: bodies, oldest first, at most `EVENTS_KEPT`.
+    events: std::collections::VecDeque<Vec<u8>>,
     delayed: HashMap<Work, usize>,
     next_tag: u64,
 }
@@ -107,6 +112,13 @@ impl MemoryBroker {
                 self.shared.changed.notify_waiters();
             }
             Destination::Dead => self.state().dead.push(stored),
+            Destination::Events => {
+                let mut state = self.state();
+                state.events.push_back(stored.body);
+                while state.events.len() > EVENTS_KEPT {
+                    state.events.pop_front();
+                }
+            }
             Destination::Retry(work, tier) => {
                 let delay = *self
                     .shared
@@ -153,6 +165,11 @@ impl MemoryBroker {
             .get(&work)
             .map_or(0, |q| q.ready.len() + q.unacked.len());
         (queued + state.delayed.get(&work).copied().unwrap_or(0)) as u64
+    }
+
+    /// The outcome log's events, oldest first (bodies).
+    pub fn events(&self) -> Vec<Vec<u8>> {
+        self.state().events.iter().cloned().collect()
     }
 
     /// Every dead letter so far, oldest first.

@@ -57,6 +57,10 @@ pub struct Topology {
     pub max_message_bytes: usize,
     /// `amqp.prefetch`: unsettled deliveries per consumer (a stage may ask for more).
     pub prefetch: u16,
+    /// `amqp.events_max_age`: the outcome log's retention by age.
+    pub events_max_age: Duration,
+    /// `amqp.events_max_bytes`: the outcome log's retention by size.
+    pub events_max_bytes: u64,
 }
 
 impl Topology {
@@ -68,6 +72,8 @@ impl Topology {
             delivery_limit: amqp.delivery_limit,
             max_message_bytes: usize::try_from(amqp.max_message_bytes).unwrap_or(usize::MAX),
             prefetch: amqp.prefetch,
+            events_max_age: amqp.events_max_age.0,
+            events_max_bytes: amqp.events_max_bytes,
         }
     }
 
@@ -107,9 +113,14 @@ impl Topology {
         format!("{}.control", self.prefix)
     }
 
+    /// The stream of outcome events (`jst2kd trace`, `jst2kd reconcile`).
+    pub fn events_stream(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
     /// Every queue name this topology declares (not the producer's lock).
     pub fn all_queues(&self) -> Vec<String> {
-        let mut names = vec![self.dead(), self.control_queue()];
+        let mut names = vec![self.dead(), self.control_queue(), self.events_stream()];
         for work in Work::ALL {
             names.push(self.work_queue(work));
             names.extend((0..self.retry_delays.len()).filter_map(|t| self.retry_queue(work, t)));
@@ -127,6 +138,8 @@ pub enum Destination {
     Retry(Work, usize),
     /// The dead-letter exchange.
     Dead,
+    /// The outcome log's stream, through the default exchange.
+    Events,
 }
 
 /// A message to publish.
@@ -480,7 +493,8 @@ mod tests {
             Some("jst2kd.bills.retry.120s")
         );
         assert_eq!(t.retry_queue(Work::Bills, 4), None);
-        assert_eq!(t.all_queues().len(), 12);
+        assert_eq!(t.all_queues().len(), 13);
+        assert_eq!(t.events_stream(), "jst2kd.events");
         assert_eq!(t.control_queue(), "jst2kd.control");
         assert_eq!(t.lock_queue(), "jst2kd.producer.lock");
     }

@@ -35,6 +35,7 @@ mod control;
 mod dead;
 mod headers;
 mod lock;
+mod stream;
 mod topology;
 
 use crate::config::Secret;
@@ -45,6 +46,7 @@ pub use control::{ControlClient, ControlMessage, ControlServer, Replied};
 pub use dead::{DeadLetterBatch, HeldDeadLetter};
 pub use headers::{from_table, to_table};
 pub use lock::{LockError, ProducerLock};
+pub use stream::StreamReader;
 use topology::declare;
 
 /// How many times a publish whose channel could not be recovered is tried on a new connection.
@@ -466,6 +468,7 @@ fn route(topology: &Topology, destination: Destination) -> Result<(String, Strin
                 .ok_or(QueueError::NoSuchTier(tier))?,
         ),
         Destination::Dead => (topology.dead(), String::new()),
+        Destination::Events => (String::new(), topology.events_stream()),
     })
 }
 

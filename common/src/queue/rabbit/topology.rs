@@ -68,6 +68,21 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         .queue_declare(topology.control_queue().into(), queue_options, control_args)
         .await
         .map_err(mismatch(&topology.control_queue()))?;
+    // The outcome log: a stream, kept by age and size.
+    let mut stream_args = FieldTable::default();
+    stream_args.insert("x-queue-type".into(), text("stream"));
+    stream_args.insert(
+        "x-max-age".into(),
+        text(&format!("{}s", topology.events_max_age.as_secs())),
+    );
+    stream_args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(topology.events_max_bytes).unwrap_or(i64::MAX)),
+    );
+    channel
+        .queue_declare(topology.events_stream().into(), queue_options, stream_args)
+        .await
+        .map_err(mismatch(&topology.events_stream()))?;
     for work in Work::ALL {
         let name = topology.work_queue(work);
         let mut args = safe_dead_lettering(&topology.dead(), None);

@@ -1,0 +1,348 @@
+//! The outcome log: what became of each document and bill, as small events in the RabbitMQ
+//! stream `{prefix}.events` (SPEC section 11), for `jst2kd trace` and `jst2kd reconcile`.
+//!
+//! Recording never blocks or fails the pipeline. [`OutcomeLog::record`] hands the event to a
+//! bounded buffer and returns; a writer task publishes the buffer in batches, with confirms.
+//! An event that finds the buffer full, or whose batch the broker does not confirm, is
+//! counted in `jst2kd_events_dropped_total` and otherwise forgotten: the ledger is a record of
+//! the pipeline, never a condition of it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::messages::{self, Headers, header};
+use crate::queue::{Broker, Destination, Outgoing, QueueError};
+use crate::telemetry::Stage;
+
+/// `jst2kd-schema` of an outcome event.
+pub const SCHEMA_OUTCOME: &str = "jst2kd.outcome.v1";
+
+/// Events waiting for the writer at most; beyond, they are dropped and counted.
+const BUFFER: usize = 10_000;
+
+/// Events published in one batch at most.
+const BATCH: usize = 500;
+
+/// How long closing waits for the writer to publish what is buffered.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The producer read the document in a window (details: `window`, `status`, `page`).
+    Fetched,
+    /// The producer published it (confirmed).
+    Published,
+    /// The transformer skipped it (details: `reason`).
+    Skipped,
+    /// The transformer mapped it to bills (details: `bills`, their numbers).
+    Mapped,
+    /// A stage dead-lettered it (details: `kind`, `reason`).
+    DeadLettered,
+    /// A stage sent it to a retry tier (details: `tier`, `attempt`, `reason`).
+    Retried,
+    /// The loader found its bill in Kingdee (details: `result` created or duplicate, `id`).
+    Booked,
+    /// The loader submitted the bill.
+    Submitted,
+    /// The loader audited the bill.
+    Audited,
+    /// The bill number exists in Kingdee with other entries.
+    Conflict,
+}
+
+impl OutcomeKind {
+    /// The name in the log and in `trace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Fetched => "fetched",
+            OutcomeKind::Published => "published",
+            OutcomeKind::Skipped => "skipped",
+            OutcomeKind::Mapped => "mapped",
+            OutcomeKind::DeadLettered => "dead_lettered",
+            OutcomeKind::Retried => "retried",
+            OutcomeKind::Booked => "booked",
+            OutcomeKind::Submitted => "submitted",
+            OutcomeKind::Audited => "audited",
+            OutcomeKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// One thing that became of a document or bill.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// When (RFC 3339, UTC, milliseconds).
+    pub at: DateTime<Utc>,
+    /// `producer`, `transformer` or `loader`.
+    pub stage: String,
+    /// What happened.
+    pub event: OutcomeKind,
+    /// The Jushuitan document, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_id: Option<i64>,
+    /// The document's version (`modified`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<String>,
+    /// The bill, when the event is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bill_no: Option<String>,
+    /// The message the event is about (a dead letter without a known document has only it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// What else there is to say: window, reason, tier, Kingdee id …
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+}
+
+impl Outcome {
+    /// An event of `stage`, now.
+    pub fn new(stage: Stage, event: OutcomeKind) -> Self {
+        Self {
+            at: Utc::now(),
+            stage: stage.as_str().to_string(),
+            event,
+            io_id: None,
+            modified: None,
+            bill_no: None,
+            message_id: None,
+            details: Map::new(),
+        }
+    }
+
+    /// About document version `{io_id}@{modified}` (a count document's message id).
+    pub fn of_version(mut self, message_id: &str) -> Self {
+        if let Some((io_id, modified)) = message_id.split_once('@') {
+            self.io_id = io_id.parse().ok();
+            self.modified = Some(modified.to_string());
+        }
+        self.message_id = Some(message_id.to_string());
+        self
+    }
+
+    /// About document `io_id`.
+    pub fn of_document(mut self, io_id: Option<i64>) -> Self {
+        self.io_id = io_id.or(self.io_id);
+        self
+    }
+
+    /// About bill `bill_no`.
+    pub fn of_bill(mut self, bill_no: Option<&str>) -> Self {
+        if let Some(bill_no) = bill_no {
+            self.bill_no = Some(bill_no.to_string());
+        }
+        self
+    }
+
+    /// About message `message_id`; the document's version is read from a count document's id.
+    pub fn of_message(self, message_id: &str) -> Self {
+        if message_id.contains('@') {
+            self.of_version(message_id)
+        } else {
+            let mut this = self;
+            this.message_id = Some(message_id.to_string());
+            this
+        }
+    }
+
+    /// With one more detail.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The message that carries it into the stream.
+    pub fn message(&self) -> Outgoing {
+        let mut headers = Headers::new();
+        headers.insert(header::SCHEMA.into(), SCHEMA_OUTCOME.into());
+        Outgoing {
+            destination: Destination::Events,
+            message_id: messages::random_id(),
+            headers,
+            body: serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// The recording end of the outcome log, cheap to clone; detached (recording nothing) until
+/// [`OutcomeLog::attach`] gives it a broker.
+#[derive(Clone)]
+pub struct OutcomeLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sender: Mutex<Option<mpsc::Sender<Outcome>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dropped: IntCounter,
+}
+
+impl OutcomeLog {
+    /// A log that counts what it drops in `dropped` (`jst2kd_events_dropped_total`).
+    pub fn new(dropped: IntCounter) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sender: Mutex::new(None),
+                writer: Mutex::new(None),
+                dropped,
+            }),
+        }
+    }
+
+    /// Starts writing to `broker`'s stream (once; later calls keep the first broker).
+    pub fn attach(&self, broker: Broker) {
+        let mut sender = lock(&self.inner.sender);
+        if sender.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(BUFFER);
+        *sender = Some(tx);
+        let writer = tokio::spawn(write(rx, broker, self.inner.dropped.clone()));
+        *lock(&self.inner.writer) = Some(writer);
+    }
+
+    /// Records `outcome` without waiting; dropped (and counted) when the buffer is full.
+    pub fn record(&self, outcome: Outcome) {
+        let sender = lock(&self.inner.sender);
+        let Some(sender) = sender.as_ref() else {
+            return;
+        };
+        if sender.try_send(outcome).is_err() {
+            self.inner.dropped.inc();
+        }
+    }
+
+    /// Stops recording and waits (a little) for the writer to publish what is buffered; call
+    /// before closing the broker.
+    pub async fn close(&self) {
+        lock(&self.inner.sender).take();
+        let writer = lock(&self.inner.writer).take();
+        if let Some(writer) = writer
+            && tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err()
+        {
+            warn!("The outcome log could not publish its last events in time; they are lost.");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Publishes buffered events in batches until the log is closed.
+async fn write(mut rx: mpsc::Receiver<Outcome>, broker: Broker, dropped: IntCounter) {
+    let mut failing = false;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let count = batch.len();
+        let messages = batch.drain(..).map(|o| o.message()).collect();
+        match broker.publish_all(messages).await {
+            Ok(()) => failing = false,
+            Err(e) => {
+                dropped.inc_by(count as u64);
+                // Once per run of failures: the counter says how many.
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(error = %e, "Cannot record outcome events; they are dropped and counted in jst2kd_events_dropped_total.");
+                }
+            }
+        }
+    }
+}
+
+/// Reads one event of the stream; `None` for what is no event.
+pub fn parse(body: &[u8]) -> Option<Outcome> {
+    serde_json::from_slice(body).ok()
+}
+
+/// How long the first event may take to arrive, and how long a quiet stream means the end.
+const FIRST_WAIT: Duration = Duration::from_secs(5);
+const IDLE_WAIT: Duration = Duration::from_secs(2);
+
+/// The events recorded since `since` that `keep` accepts, oldest first, up to the moment of
+/// the call (events recorded while it reads are left for the next read).
+pub async fn read(
+    broker: &Broker,
+    since: DateTime<Utc>,
+    keep: impl Fn(&Outcome) -> bool,
+) -> Result<Vec<Outcome>, QueueError> {
+    let started = Utc::now();
+    match broker {
+        Broker::Memory(memory) => Ok(memory
+            .events()
+            .iter()
+            .filter_map(|body| parse(body))
+            .filter(|o| o.at >= since && o.at <= started && keep(o))
+            .collect()),
+        Broker::Rabbit(rabbit) => {
+            let mut reader = rabbit.read_events(since).await?;
+            let mut kept = Vec::new();
+            let mut wait = FIRST_WAIT;
+            let result = loop {
+                match reader.next(wait).await {
+                    Ok(Some(body)) => {
+                        wait = IDLE_WAIT;
+                        let Some(outcome) = parse(&body) else {
+                            continue;
+                        };
+                        if outcome.at > started {
+                            break Ok(());
+                        }
+                        // The stream starts at the segment holding `since`: earlier events too.
+                        if outcome.at >= since && keep(&outcome) {
+                            kept.push(outcome);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            reader.close().await;
+            result.map(|()| kept)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_their_document_and_read_back() {
+        let o = Outcome::new(Stage::Producer, OutcomeKind::Published)
+            .of_version("123@2026-01-02 03:04:05")
+            .with("status", "Confirmed");
+        assert_eq!(o.io_id, Some(123));
+        assert_eq!(o.modified.as_deref(), Some("2026-01-02 03:04:05"));
+        let message = o.message();
+        assert_eq!(message.destination, Destination::Events);
+        assert_eq!(parse(&message.body), Some(o));
+        let bill = Outcome::new(Stage::Loader, OutcomeKind::Booked).of_message("JSTPD123");
+        assert_eq!(bill.io_id, None);
+        assert_eq!(bill.message_id.as_deref(), Some("JSTPD123"));
+        assert_eq!(parse(b"not json"), None);
+    }
+
+    #[tokio::test]
+    async fn a_detached_log_records_nothing_and_a_full_one_counts_what_it_drops() {
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let log = OutcomeLog::new(dropped.clone());
+        log.record(Outcome::new(Stage::Loader, OutcomeKind::Booked));
+        assert_eq!(
+            dropped.get(),
+            0,
+            "detached: nothing recorded, nothing dropped"
+        );
+        log.close().await;
+    }
+}
