@@ -154,6 +154,14 @@ impl Outcome {
         }
     }
 
+    /// At `at` instead of now: an event recorded once the broker confirmed a message is
+    /// dated when the message was sent, so that it sorts before what the next stage did with
+    /// the message.
+    pub fn sent_at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = at;
+        self
+    }
+
     /// With one more detail.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_string(), value.into());

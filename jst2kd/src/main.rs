@@ -10,6 +10,7 @@ mod dlq;
 mod preflight;
 mod preview;
 mod simulators;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Print the Kingdee bills a JST count document becomes (JSON on stdout).
     Preview(preview::PreviewArgs),
+    /// A count document's history from the outcome log, and where it is now.
+    Trace(trace::TraceArgs),
     /// Run a simulator as an HTTP server.
     #[command(subcommand)]
     Sim(simulators::SimCommand),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Check(args) => check::run(args).await,
             Command::Sim(cmd) => simulators::run(cmd).await,
+            Command::Trace(args) => trace::run(args).await,
         }
     });
     common::worker::leave_runtime(runtime);

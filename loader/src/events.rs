@@ -98,13 +98,14 @@ impl LoaderEvents {
     /// Kingdee holds bill `bill_no` of document `io_id`: saved by this call (`created`) or
     /// before. Recorded when the save is known, before submit and audit, which can still
     /// send the bill to a retry.
-    pub fn booked(&self, io_id: i64, bill_no: &str, created: bool) {
+    pub fn booked(&self, io_id: i64, bill_no: &str, form_id: &str, created: bool) {
         self.outcomes.record(
             Outcome::new(Stage::Loader, OutcomeKind::Booked)
                 .of_document(Some(io_id))
                 .of_bill(Some(bill_no))
                 .of_message(bill_no)
-                .with("result", if created { "created" } else { "duplicate" }),
+                .with("result", if created { "created" } else { "duplicate" })
+                .with("form", form_id),
         );
     }
 

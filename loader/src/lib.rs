@@ -333,6 +333,7 @@ async fn after_save(
             events.booked(
                 pending.bill.source.io_id,
                 &pending.bill.bill_no,
+                form,
                 *settlement == Settlement::Created,
             );
         }

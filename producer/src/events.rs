@@ -56,11 +56,14 @@ impl ProducerEvents {
     }
 
     /// Documents (by message id) were published and confirmed.
-    pub fn published(&self, ids: &[String]) {
+    pub fn published(&self, ids: &[String], sent_at: chrono::DateTime<chrono::Utc>) {
         self.published.inc_by(ids.len() as u64);
         for id in ids {
-            self.outcomes
-                .record(Outcome::new(Stage::Producer, OutcomeKind::Published).of_version(id));
+            self.outcomes.record(
+                Outcome::new(Stage::Producer, OutcomeKind::Published)
+                    .of_version(id)
+                    .sent_at(sent_at),
+            );
         }
     }
 
@@ -137,7 +140,10 @@ mod tests {
     fn events_count_under_their_labels() {
         let metrics = Metrics::new(&[Stage::Producer]);
         let events = ProducerEvents::new(&metrics);
-        events.published(&["1@a".into(), "2@b".into(), "3@c".into()]);
+        events.published(
+            &["1@a".into(), "2@b".into(), "3@c".into()],
+            chrono::Utc::now(),
+        );
         events.already_published(2);
         let at = common::time::parse_beijing("2026-01-01 08:00:00").expect("time");
         events.window_done(&at, &at, 5, 3);

@@ -20,7 +20,7 @@ use common::messages::{self, Headers, header};
 use common::queue::rabbit::{ControlServer, LockError, ProducerLock};
 use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
 use common::telemetry::{Health, Metrics};
-use common::time::{format_beijing, now_beijing, rfc3339_now};
+use common::time::{format_beijing, now_beijing};
 use common::worker::{self, Context, WorkerError};
 use jst::{CountQuery, JstClient, JstError, Paging};
 use serde_json::Value;
@@ -298,7 +298,8 @@ impl Producer {
         if docs.is_empty() {
             return Ok(());
         }
-        let published_at = rfc3339_now();
+        let sent_at = chrono::Utc::now();
+        let published_at = sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
         let messages: Vec<Outgoing> = docs
             .into_iter()
@@ -321,7 +322,7 @@ impl Producer {
             })
             .collect();
         self.broker.publish_all(messages).await?;
-        self.events.published(&ids);
+        self.events.published(&ids, sent_at);
         let mut recent = self
             .recent
             .lock()

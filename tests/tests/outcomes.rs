@@ -45,6 +45,20 @@ impl Run {
         Proc::start(name, name, &["--config", &self.config], &env, &self.dir.0)
     }
 
+    /// Runs `jst2kd` with this run's configuration, to its end within three minutes.
+    async fn jst2kd(&self, args: &[&str]) -> std::process::Output {
+        let run = tokio::process::Command::new(e2e::binary("jst2kd"))
+            .args(args)
+            .args(["--config", &self.config])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(180), run)
+            .await
+            .expect("jst2kd ends within three minutes")
+            .expect("jst2kd runs")
+    }
+
     async fn broker(&self) -> RabbitBroker {
         let amqp = AmqpConfig {
             prefix: self.prefix.clone(),
@@ -219,6 +233,56 @@ async fn a_pipeline_run_records_every_kind_of_outcome() {
             .collect::<Vec<_>>()
     );
 
+    // `jst2kd trace` tells each story, ending in where the document is now.
+    let booked_id = all
+        .iter()
+        .find(|o| o.event == OutcomeKind::Audited)
+        .and_then(|o| o.io_id)
+        .unwrap();
+    let out = run
+        .jst2kd(&["trace", &booked_id.to_string(), "--kingdee"])
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for word in ["fetched", "published", "mapped", "booked", "audited"] {
+        assert!(text.contains(word), "{word}:\n{text}");
+    }
+    assert!(text.contains("\nnow: bill JSTPD"), "{text}");
+    assert!(text.contains("audited\n"), "{text}");
+    assert!(
+        text.contains("kingdee: JSTPD") && text.contains(" id "),
+        "{text}"
+    );
+    let out = run
+        .jst2kd(&["trace", &skipped.io_id.unwrap().to_string()])
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("now: skipped: status"), "{text}");
+    let out = run
+        .jst2kd(&[
+            "trace",
+            &dead.io_id.unwrap().to_string(),
+            "--format",
+            "json",
+        ])
+        .await;
+    let json: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        json["now"]
+            .as_str()
+            .unwrap()
+            .starts_with("in the dead letters (mapping)"),
+        "{json}"
+    );
+    assert!(json["events"].as_array().unwrap().len() >= 3, "{json}");
+    let out = run.jst2kd(&["trace", "1"]).await;
+    assert_eq!(out.status.code(), Some(1), "an unknown document");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event"));
+
     // A document changed after booking: its bill number is taken by other entries.
     let booked: Vec<i64> = all
         .iter()
@@ -249,23 +313,15 @@ async fn a_pipeline_run_records_every_kind_of_outcome() {
     assert!(stored.status().is_success());
     // The whole period again: every document a second time, and the booked ones duplicates.
     let now = common::time::now_beijing();
-    let backfill = tokio::process::Command::new(e2e::binary("jst2kd"))
-        .args([
+    let out = run
+        .jst2kd(&[
             "backfill",
-            "--config",
-            &run.config,
             "--from",
             &common::time::format_beijing(&(now - chrono::Duration::days(31))),
             "--to",
             &common::time::format_beijing(&(now - chrono::Duration::hours(2))),
         ])
-        .envs(run.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), backfill)
-        .await
-        .unwrap()
-        .unwrap();
+        .await;
     assert!(
         out.status.success(),
         "{}",

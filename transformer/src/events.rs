@@ -49,9 +49,16 @@ impl TransformerEvents {
     }
 
     /// Document `io_id` (message `message_id`) became the bills `bill_nos`, all published.
-    pub fn mapped(&self, message_id: &str, io_id: i64, bill_nos: &[String]) {
+    pub fn mapped(
+        &self,
+        message_id: &str,
+        io_id: i64,
+        bill_nos: &[String],
+        sent_at: chrono::DateTime<chrono::Utc>,
+    ) {
         self.outcomes.record(
             Outcome::new(Stage::Transformer, OutcomeKind::Mapped)
+                .sent_at(sent_at)
                 .of_message(message_id)
                 .of_document(Some(io_id))
                 .of_bill(bill_nos.first().map(String::as_str))

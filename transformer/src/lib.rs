@@ -132,6 +132,7 @@ async fn publish_bills(
             copied.insert(name.into(), v.clone());
         }
     }
+    let sent_at = chrono::Utc::now();
     let mut bill_nos: Vec<String> = Vec::new();
     let mut chunk: Vec<Outgoing> = Vec::new();
     let mut chunk_bytes = 0;
@@ -186,6 +187,7 @@ async fn publish_bills(
         delivery.message_id.as_deref().unwrap_or(""),
         io_id,
         &bill_nos,
+        sent_at,
     );
     if let Err(e) = delivery.ack().await {
         warn!(io_id, error = %e, "Bills are published but the document could not be acked; it will come again and its bills be seen as duplicates.");
