@@ -87,12 +87,12 @@ impl StageEvents {
         self.consumed.inc();
     }
 
-    /// A copy of message `message_id` went to retry tier `tier` (0-based; confirmed) and the
-    /// original was settled; `bill` names the bill when the message is one.
+    /// A copy of message `message_id` went to retry tier `tier` (0-based, waiting `delay`;
+    /// confirmed) and the original was settled; `bill` names the bill when the message is one.
     pub fn retried(
         &self,
         message_id: &str,
-        tier: usize,
+        (tier, delay): (usize, std::time::Duration),
         attempt: i64,
         why: &str,
         bill: Option<(i64, &str)>,
@@ -105,6 +105,7 @@ impl StageEvents {
                 .of_document(bill.map(|(io_id, _)| io_id))
                 .of_bill(bill.map(|(_, bill_no)| bill_no))
                 .with("tier", tier)
+                .with("delay_s", delay.as_secs())
                 .with("attempt", attempt)
                 .with("reason", truncate(why, OUTCOME_REASON_BYTES)),
         );
@@ -226,7 +227,13 @@ mod tests {
         let metrics = Metrics::new(&[Stage::Loader]);
         let events = StageEvents::new(&metrics, Stage::Loader);
         events.consumed();
-        events.retried("1@2026-01-01 00:00:00", 0, 1, "kingdee timed out", None);
+        events.retried(
+            "1@2026-01-01 00:00:00",
+            (0, std::time::Duration::from_secs(5)),
+            1,
+            "kingdee timed out",
+            None,
+        );
         events.dead_lettered(
             "JSTPD1",
             &DeadReason::new(DeadKind::Conflict, "other entries").of_bill(1, "JSTPD1"),

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::messages::{self, Headers, header};
@@ -28,11 +29,13 @@ pub const SCHEMA_OUTCOME: &str = "jst2kd.outcome.v1";
 /// Events waiting for the writer at most; beyond, they are dropped and counted.
 const BUFFER: usize = 10_000;
 
-/// Events published in one batch at most.
-const BATCH: usize = 500;
+/// Events published in one batch at most: under the 256 unconfirmed messages RabbitMQ lets a
+/// channel have towards a stream before it throttles the channel.
+const BATCH: usize = 200;
 
-/// How long closing waits for the writer to publish what is buffered.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing waits for the writer to publish what is buffered (out of the process's
+/// `runtime.shutdown_timeout`).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +84,7 @@ impl OutcomeKind {
 /// One thing that became of a document or bill.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// When (RFC 3339, UTC, milliseconds).
+    /// When (RFC 3339, UTC): when the message it is about was sent, or else when it happened.
     pub at: DateTime<Utc>,
     /// `producer`, `transformer` or `loader`.
     pub stage: String,
@@ -121,8 +124,10 @@ impl Outcome {
 
     /// About document version `{io_id}@{modified}` (a count document's message id).
     pub fn of_version(mut self, message_id: &str) -> Self {
-        if let Some((io_id, modified)) = message_id.split_once('@') {
-            self.io_id = io_id.parse().ok();
+        if let Some((io_id, modified)) = message_id.split_once('@')
+            && let Ok(io_id) = io_id.parse()
+        {
+            self.io_id = Some(io_id);
             self.modified = Some(modified.to_string());
         }
         self.message_id = Some(message_id.to_string());
@@ -190,7 +195,7 @@ pub struct OutcomeLog {
 
 struct Inner {
     sender: Mutex<Option<mpsc::Sender<Outcome>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<(JoinHandle<()>, CancellationToken)>>,
     dropped: IntCounter,
 }
 
@@ -206,16 +211,22 @@ impl OutcomeLog {
         }
     }
 
-    /// Starts writing to `broker`'s stream (once; later calls keep the first broker).
+    /// Starts writing to `broker`'s stream (once; later calls keep the first broker until
+    /// [`OutcomeLog::close`]). On RabbitMQ the writer has a connection of its own.
     pub fn attach(&self, broker: Broker) {
         let mut sender = lock(&self.inner.sender);
         if sender.is_some() {
             return;
         }
+        let stop = CancellationToken::new();
+        let broker = match broker {
+            Broker::Rabbit(rabbit) => Broker::Rabbit(rabbit.sibling("events", stop.clone())),
+            memory => memory,
+        };
         let (tx, rx) = mpsc::channel(BUFFER);
         *sender = Some(tx);
-        let writer = tokio::spawn(write(rx, broker, self.inner.dropped.clone()));
-        *lock(&self.inner.writer) = Some(writer);
+        let writer = tokio::spawn(write(rx, broker, self.inner.dropped.clone(), stop.clone()));
+        *lock(&self.inner.writer) = Some((writer, stop));
     }
 
     /// Records `outcome` without waiting; dropped (and counted) when the buffer is full.
@@ -229,15 +240,30 @@ impl OutcomeLog {
         }
     }
 
-    /// Stops recording and waits (a little) for the writer to publish what is buffered; call
-    /// before closing the broker.
+    /// Stops recording and waits (a little) for the writer to publish what is buffered. What
+    /// it cannot publish in time is dropped and counted.
     pub async fn close(&self) {
         lock(&self.inner.sender).take();
         let writer = lock(&self.inner.writer).take();
-        if let Some(writer) = writer
-            && tokio::time::timeout(CLOSE_TIMEOUT, writer).await.is_err()
+        let Some((mut writer, stop)) = writer else {
+            return;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+            .await
+            .is_ok()
         {
-            warn!("The outcome log could not publish its last events in time; they are lost.");
+            return;
+        }
+        warn!(
+            "The outcome log could not publish its last events in time; they are dropped and counted."
+        );
+        // Stopped, the writer counts what it still holds and closes its connection.
+        stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
         }
     }
 }
@@ -248,17 +274,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Publishes buffered events in batches until the log is closed.
-async fn write(mut rx: mpsc::Receiver<Outcome>, broker: Broker, dropped: IntCounter) {
+/// Publishes buffered events in batches until the log is closed (the buffer's senders are
+/// gone) or `stop` fires; then closes its broker connection.
+async fn write(
+    mut rx: mpsc::Receiver<Outcome>,
+    broker: Broker,
+    dropped: IntCounter,
+    stop: CancellationToken,
+) {
     let mut failing = false;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let count = batch.len();
         let messages = batch.drain(..).map(|o| o.message()).collect();
-        match broker.publish_all(messages).await {
+        let published = tokio::select! {
+            () = stop.cancelled() => Err(QueueError::Cancelled),
+            r = broker.publish_all(messages) => r,
+        };
+        match published {
             Ok(()) => failing = false,
             Err(e) => {
                 dropped.inc_by(count as u64);
+                if stop.is_cancelled() {
+                    break;
+                }
                 // Once per run of failures: the counter says how many.
                 if !std::mem::replace(&mut failing, true) {
                     warn!(error = %e, "Cannot record outcome events; they are dropped and counted in jst2kd_events_dropped_total.");
@@ -266,6 +305,14 @@ async fn write(mut rx: mpsc::Receiver<Outcome>, broker: Broker, dropped: IntCoun
             }
         }
     }
+    // Stopped: what is still buffered is not recorded.
+    rx.close();
+    let mut left = 0;
+    while rx.try_recv().is_ok() {
+        left += 1;
+    }
+    dropped.inc_by(left);
+    broker.close().await;
 }
 
 /// Reads one event of the stream; `None` for what is no event.
@@ -273,45 +320,70 @@ pub fn parse(body: &[u8]) -> Option<Outcome> {
     serde_json::from_slice(body).ok()
 }
 
-/// How long the first event may take to arrive, and how long a quiet stream means the end.
-const FIRST_WAIT: Duration = Duration::from_secs(5);
-const IDLE_WAIT: Duration = Duration::from_secs(2);
+/// How long the stream may stay quiet before a read gives up on its end marker.
+const QUIET_WAIT: Duration = Duration::from_secs(10);
 
-/// The events recorded since `since` that `keep` accepts, oldest first, up to the moment of
-/// the call (events recorded while it reads are left for the next read).
+/// `jst2kd-schema` of a read's end marker: not an event, and skipped by every reader.
+pub const SCHEMA_MARKER: &str = "jst2kd.outcome.marker.v1";
+
+/// The events recorded since `since` that `keep` accepts, in the order the stream holds
+/// them, up to the moment of the call.
+///
+/// On RabbitMQ the read first appends an end marker to the stream and reads until it meets
+/// it: the end of a stream that keeps growing is where the read began, whatever the workers'
+/// clocks say. (The marker is no event; readers skip it.)
 pub async fn read(
     broker: &Broker,
     since: DateTime<Utc>,
     keep: impl Fn(&Outcome) -> bool,
 ) -> Result<Vec<Outcome>, QueueError> {
-    let started = Utc::now();
     match broker {
         Broker::Memory(memory) => Ok(memory
             .events()
             .iter()
             .filter_map(|body| parse(body))
-            .filter(|o| o.at >= since && o.at <= started && keep(o))
+            .filter(|o| o.at >= since && keep(o))
             .collect()),
+        Broker::Rabbit(_) if since > Utc::now() => Ok(Vec::new()),
         Broker::Rabbit(rabbit) => {
+            let marker = messages::random_id();
+            let mut headers = Headers::new();
+            headers.insert(header::SCHEMA.into(), SCHEMA_MARKER.into());
+            broker
+                .publish(Outgoing {
+                    destination: Destination::Events,
+                    message_id: format!("marker-{marker}"),
+                    headers,
+                    body: serde_json::to_vec(&serde_json::json!({ "read_marker": marker }))
+                        .unwrap_or_default(),
+                })
+                .await?;
             let mut reader = rabbit.read_events(since).await?;
             let mut kept = Vec::new();
-            let mut wait = FIRST_WAIT;
             let result = loop {
-                match reader.next(wait).await {
+                match reader.next(QUIET_WAIT).await {
                     Ok(Some(body)) => {
-                        wait = IDLE_WAIT;
                         let Some(outcome) = parse(&body) else {
+                            let this = serde_json::from_slice::<Value>(&body)
+                                .ok()
+                                .and_then(|v| v.get("read_marker").cloned());
+                            if this.as_ref().and_then(Value::as_str) == Some(marker.as_str()) {
+                                break Ok(());
+                            }
                             continue;
                         };
-                        if outcome.at > started {
-                            break Ok(());
-                        }
                         // The stream starts at the segment holding `since`: earlier events too.
                         if outcome.at >= since && keep(&outcome) {
                             kept.push(outcome);
                         }
                     }
-                    Ok(None) => break Ok(()),
+                    Ok(None) => {
+                        break Err(QueueError::Unavailable(format!(
+                            "the outcome log {} went quiet for {} s before the end of the read",
+                            rabbit.topology().events_stream(),
+                            QUIET_WAIT.as_secs()
+                        )));
+                    }
                     Err(e) => break Err(e),
                 }
             };

@@ -320,9 +320,16 @@ impl Settler {
                         .ok();
                     return Err(err);
                 }
+                let delay = self
+                    .broker
+                    .topology()
+                    .retry_delays
+                    .get(tier)
+                    .copied()
+                    .unwrap_or_default();
                 self.events.retried(
                     delivery_id.as_deref().unwrap_or(""),
-                    tier,
+                    (tier, delay),
                     attempt,
                     &error,
                     bill,

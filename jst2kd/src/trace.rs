@@ -117,7 +117,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             for event in &events {
                 println!("  {}", line(event));
             }
-            println!("now: {now}");
+            println!("now: {}", escape(&now));
             if let Some(bills) = bills {
                 for bill in bills {
                     println!("kingdee: {}", kingdee_line(&bill));
@@ -165,18 +165,28 @@ fn detail<'a>(o: &'a Outcome, key: &str) -> &'a str {
     o.details.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// "after 30 s (attempt 2): reason", from a `retried` event.
+fn retry(o: &Outcome) -> String {
+    let number = |key: &str| o.details.get(key).and_then(Value::as_u64);
+    format!(
+        "after {} s (attempt {}): {}",
+        number("delay_s").map_or_else(|| "?".into(), |d| d.to_string()),
+        number("attempt").map_or_else(|| "?".into(), |a| a.to_string()),
+        detail(o, "reason")
+    )
+}
+
 /// Where the document is now, from its latest events: the last version fetched, and what
 /// became of it.
 pub fn where_now(events: &[Outcome]) -> String {
     let Some(last) = events.last() else {
         return "unknown".into();
     };
-    // The bills the document's latest mapping made, and what the loader said of each.
-    let bills: Vec<String> = events
-        .iter()
-        .rev()
-        .find(|o| o.event == OutcomeKind::Mapped)
-        .and_then(|o| o.details.get("bills"))
+    // The bills the document's latest mapping made, and what the loader said of each since
+    // (an older version's bills may carry the same numbers).
+    let latest_mapping = events.iter().rposition(|o| o.event == OutcomeKind::Mapped);
+    let bills: Vec<String> = latest_mapping
+        .and_then(|i| events[i].details.get("bills"))
         .and_then(Value::as_array)
         .map(|b| {
             b.iter()
@@ -185,7 +195,7 @@ pub fn where_now(events: &[Outcome]) -> String {
         })
         .unwrap_or_default();
     let mut state: BTreeMap<&str, String> = BTreeMap::new();
-    for o in events {
+    for o in &events[latest_mapping.map_or(0, |i| i + 1)..] {
         let Some(bill) = o.bill_no.as_deref() else {
             continue;
         };
@@ -193,39 +203,25 @@ pub fn where_now(events: &[Outcome]) -> String {
             OutcomeKind::Booked => format!("booked ({})", detail(o, "result")),
             OutcomeKind::Submitted => "booked, submitted".into(),
             OutcomeKind::Audited => "booked, submitted, audited".into(),
-            OutcomeKind::Retried => format!(
-                "waiting in retry tier {} (attempt {}): {}",
-                o.details
-                    .get("tier")
-                    .map(Value::to_string)
-                    .unwrap_or_default(),
-                o.details
-                    .get("attempt")
-                    .map(Value::to_string)
-                    .unwrap_or_default(),
-                detail(o, "reason")
-            ),
-            OutcomeKind::Conflict | OutcomeKind::DeadLettered => format!(
+            OutcomeKind::Retried => format!("waiting to be retried {}", retry(o)),
+            OutcomeKind::DeadLettered => format!(
                 "in the dead letters ({}): {}",
-                if o.event == OutcomeKind::Conflict {
-                    "conflict"
-                } else {
-                    detail(o, "kind")
-                },
+                detail(o, "kind"),
                 detail(o, "reason")
             ),
+            // Recorded beside its dead letter, in either order: the dead letter has the
+            // reason.
+            OutcomeKind::Conflict => {
+                if !state
+                    .get(bill)
+                    .is_some_and(|s| s.starts_with("in the dead letters (conflict)"))
+                {
+                    state.insert(bill, "in the dead letters (conflict)".into());
+                }
+                continue;
+            }
             _ => continue,
         };
-        // A conflict is dead-lettered in the same breath; keep its reason.
-        if o.event == OutcomeKind::DeadLettered
-            && state.get(bill).is_some_and(|s| s.contains("(conflict)"))
-        {
-            state.insert(
-                bill,
-                format!("in the dead letters (conflict): {}", detail(o, "reason")),
-            );
-            continue;
-        }
         state.insert(bill, said);
     }
     match last.event {
@@ -238,14 +234,13 @@ pub fn where_now(events: &[Outcome]) -> String {
             detail(last, "kind"),
             detail(last, "reason")
         ),
-        OutcomeKind::Retried if last.bill_no.is_none() => format!(
-            "waiting in retry tier {} of the transformer: {}",
-            last.details
-                .get("tier")
-                .map(Value::to_string)
-                .unwrap_or_default(),
-            detail(last, "reason")
-        ),
+        OutcomeKind::Retried if last.bill_no.is_none() => {
+            format!(
+                "waiting to be retried by the {} {}",
+                last.stage,
+                retry(last)
+            )
+        }
         _ if bills.is_empty() => "no bill known".into(),
         _ => bills
             .iter()
@@ -389,13 +384,14 @@ mod tests {
         };
         let retried = bill(OutcomeKind::Retried)
             .with("tier", 0)
+            .with("delay_s", 5)
             .with("attempt", 1)
             .with("reason", "busy");
         let booked = bill(OutcomeKind::Booked).with("result", "created");
         let audited = bill(OutcomeKind::Audited);
         assert_eq!(
             where_now(&[fetched.clone(), mapped.clone(), retried.clone()]),
-            "bill JSTPD7 waiting in retry tier 0 (attempt 1): busy; bill JSTPD7-2 waiting for the loader"
+            "bill JSTPD7 waiting to be retried after 5 s (attempt 1): busy; bill JSTPD7-2 waiting for the loader"
         );
         assert_eq!(
             where_now(&[fetched.clone(), mapped.clone(), retried, booked, audited]),
@@ -405,9 +401,26 @@ mod tests {
         let dead = bill(OutcomeKind::DeadLettered)
             .with("kind", "conflict")
             .with("reason", "other entries");
+        let expected = "bill JSTPD7 in the dead letters (conflict): other entries; bill JSTPD7-2 waiting for the loader";
         assert_eq!(
-            where_now(&[fetched, mapped, conflict, dead]),
-            "bill JSTPD7 in the dead letters (conflict): other entries; bill JSTPD7-2 waiting for the loader"
+            where_now(&[
+                fetched.clone(),
+                mapped.clone(),
+                conflict.clone(),
+                dead.clone()
+            ]),
+            expected
+        );
+        // The loader records the dead letter first.
+        assert_eq!(
+            where_now(&[fetched.clone(), mapped.clone(), dead, conflict]),
+            expected
+        );
+        // A new version, mapped again: the old version's bill states no longer count.
+        let booked_old = bill(OutcomeKind::Booked).with("result", "created");
+        assert_eq!(
+            where_now(&[fetched.clone(), mapped.clone(), booked_old, fetched, mapped]),
+            "bill JSTPD7 waiting for the loader; bill JSTPD7-2 waiting for the loader"
         );
     }
 

@@ -56,6 +56,43 @@ pub enum ProducerError {
     Unsettled(String),
 }
 
+/// Where [`Producer::scan_window`] hands each page's new documents (message id, document).
+pub trait PageSink {
+    /// Takes one page's documents; an error ends the scan.
+    fn take(
+        &mut self,
+        docs: Vec<(String, Value)>,
+    ) -> impl std::future::Future<Output = Result<(), ProducerError>> + Send;
+}
+
+/// Publishes pages to the counts queue, skipping versions published lately when asked.
+struct Publishing<'a> {
+    producer: &'a Producer,
+    skip_recent: bool,
+    published: usize,
+}
+
+impl PageSink for Publishing<'_> {
+    async fn take(&mut self, new: Vec<(String, Value)>) -> Result<(), ProducerError> {
+        let new_count = new.len();
+        let docs: Vec<(String, Value)> = {
+            let recent = self
+                .producer
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            new.into_iter()
+                .filter(|(id, _)| !(self.skip_recent && recent.contains(id)))
+                .collect()
+        };
+        self.producer
+            .events
+            .already_published(new_count - docs.len());
+        self.published += docs.len();
+        self.producer.publish(docs).await
+    }
+}
+
 /// Splits `[from, to]` into consecutive windows of at most `max`.
 pub fn windows(
     from: DateTime<FixedOffset>,
@@ -216,18 +253,41 @@ impl Producer {
         end: DateTime<FixedOffset>,
         skip_recent: bool,
     ) -> Result<(usize, usize), ProducerError> {
-        let (mut fetched, mut published) = (0, 0);
-        for status in &self.config.statuses {
+        let statuses: Vec<Option<String>> =
+            self.config.statuses.iter().cloned().map(Some).collect();
+        let mut sink = Publishing {
+            producer: self,
+            skip_recent,
+            published: 0,
+        };
+        let fetched = self.scan_window(begin, end, &statuses, &mut sink).await?;
+        Ok((fetched, sink.published))
+    }
+
+    /// Reads every document of one window, for each of `statuses` in turn (`None`: every
+    /// status), page by page, and hands each page's documents not seen before in this window
+    /// to `sink` (with their message ids). Returns how many documents it handed over.
+    ///
+    /// Page by page, memory stays bounded by one page, whatever the window holds. Paging is by
+    /// offset: a document that leaves the result set (or moves in it, being modified) while we
+    /// page shifts the rest, and one can slip between two pages. So a window is scanned again,
+    /// handing over only what the earlier passes did not see, until a pass finds the result
+    /// set stable; a window that never settles is an error.
+    pub async fn scan_window(
+        &self,
+        begin: DateTime<FixedOffset>,
+        end: DateTime<FixedOffset>,
+        statuses: &[Option<String>],
+        sink: &mut impl PageSink,
+    ) -> Result<usize, ProducerError> {
+        let mut fetched = 0;
+        for status in statuses {
             let query = CountQuery {
                 modified_begin: format_beijing(&begin),
                 modified_end: format_beijing(&end),
-                status: Some(status.clone()),
+                status: status.clone(),
             };
-            // Page by page: memory stays bounded by one page, whatever the window holds.
-            // Paging is by offset: a document that leaves the result set (or moves in it,
-            // being modified) while we page shifts the rest, and one can slip between two
-            // pages. So a window is scanned again, publishing only what the earlier passes did
-            // not see, until a pass finds the result set stable.
+            let label = status.as_deref().unwrap_or("any");
             let mut seen: HashSet<String> = HashSet::new();
             for pass in 1..=MAX_PASSES {
                 let (mut first_count, mut shifted) = (None, false);
@@ -237,8 +297,8 @@ impl Producer {
                     let page_no = paging.page_index();
                     let page = self.client.count_page_retrying(&query, page_no).await?;
                     let page_ids: Vec<String> = page.datas.iter().map(message_id).collect();
-                    // Judged before anything of the page is published: an answer that does
-                    // not add up fails the poll, and the checkpoint stays.
+                    // Judged before anything of the page is handed over: an answer that does
+                    // not add up fails the window, and a poll's checkpoint stays.
                     let last = paging.judge(&page, &page_ids)?;
                     match (first_count, page.data_count) {
                         (None, count) => first_count = Some(count),
@@ -253,22 +313,10 @@ impl Producer {
                     self.events.fetched(
                         new.iter().map(|(id, _)| id.as_str()),
                         (&begin, &end),
-                        status,
+                        label,
                         page_no,
                     );
-                    let new_count = new.len();
-                    let docs: Vec<(String, Value)> = {
-                        let recent = self
-                            .recent
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        new.into_iter()
-                            .filter(|(id, _)| !(skip_recent && recent.contains(id)))
-                            .collect()
-                    };
-                    self.events.already_published(new_count - docs.len());
-                    published += docs.len();
-                    self.publish(docs).await?;
+                    sink.take(new).await?;
                     if last {
                         break;
                     }
@@ -279,18 +327,21 @@ impl Producer {
                     break;
                 }
                 if pass == MAX_PASSES {
-                    // Not provably read whole: the checkpoint must not pass it. The next poll
-                    // starts from the checkpoint and scans it again.
+                    // Not provably read whole: a poll's checkpoint must not pass it. The next
+                    // poll starts from the checkpoint and scans it again.
                     return Err(ProducerError::Unsettled(format!(
-                        "the window {} – {} ({status}) kept changing while it was paged {MAX_PASSES} times",
+                        "the window {} – {} ({label}) kept changing while it was paged {MAX_PASSES} times",
                         query.modified_begin, query.modified_end
                     )));
                 } else {
-                    debug!(status = %status, pass, "The window changed while it was paged; scanning it again.");
+                    debug!(
+                        status = label,
+                        pass, "The window changed while it was paged; scanning it again."
+                    );
                 }
             }
         }
-        Ok((fetched, published))
+        Ok(fetched)
     }
 
     /// Publishes documents exactly as JST returned them, and waits for every confirm.

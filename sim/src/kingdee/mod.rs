@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -218,6 +218,35 @@ impl KingdeeSim {
         self.store().bills.clone()
     }
 
+    /// Removes bill `bill_no` of `form_id`, as a person in Kingdee would (unaudit, then
+    /// delete): an audited bill's stock movement is reversed. False when there is no such
+    /// bill. (A test hook: reconciliation must see a bill gone.)
+    pub fn delete_bill(&self, form_id: &str, bill_no: &str) -> bool {
+        let mut store = self.store();
+        let Some(at) = store
+            .bills
+            .iter()
+            .position(|b| b.form_id == form_id && b.bill_no == bill_no)
+        else {
+            return false;
+        };
+        let bill = store.bills.remove(at);
+        if bill.status == "C" {
+            let sign = if form_spec(form_id).is_some_and(|f| f.outbound) {
+                1.0
+            } else {
+                -1.0
+            };
+            for (key, qty) in outbound(&bill.model) {
+                *store.moved.entry(key).or_default() -= sign * qty;
+            }
+        }
+        store
+            .numbers
+            .remove(&(form_id.to_string(), bill_no.to_string()));
+        true
+    }
+
     /// How many bills are saved.
     pub fn bill_count(&self) -> usize {
         self.store().bills.len()
@@ -228,6 +257,7 @@ impl KingdeeSim {
         Router::new()
             .route("/{site}/{service}", post(service))
             .route("/_sim/bills", get(list_bills))
+            .route("/_sim/bills/{form}/{bill_no}", delete(delete_bill))
             .route("/_sim/stats", get(stats))
             .route("/_sim/expire-sessions", post(expire_sessions))
             .with_state(self.clone())
@@ -901,5 +931,34 @@ mod tests {
         );
         let bad = sim.query(&json!({"FormId": "BD_STOCK", "FieldKeys": "FNumber", "FilterString": "FName like 'x%'"}));
         assert!(bad.to_string().contains("过滤条件不合法"), "{bad}");
+    }
+
+    #[test]
+    fn a_deleted_bill_is_gone_with_its_stock_movement_and_its_number_is_free() {
+        let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
+        sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1")]}));
+        sim.operate(false, MIS_DELIVERY, &json!({"Numbers": ["N1"]}));
+        sim.operate(
+            true,
+            MIS_DELIVERY,
+            &json!({"Numbers": ["N1"], "InterationFlags": "STK_InvCheckResult"}),
+        );
+        assert_eq!(sim.bills()[0].status, "C");
+        assert!(
+            sim.store().moved.values().any(|q| *q != 0.0),
+            "audited: moved"
+        );
+        assert!(sim.delete_bill(MIS_DELIVERY, "N1"));
+        assert!(!sim.delete_bill(MIS_DELIVERY, "N1"), "gone");
+        assert!(sim.bills().is_empty());
+        assert!(
+            sim.store().moved.values().all(|q| *q == 0.0),
+            "the movement is reversed"
+        );
+        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1")]}));
+        assert_eq!(
+            again["Result"]["ResponseStatus"]["IsSuccess"], true,
+            "{again}"
+        );
     }
 }

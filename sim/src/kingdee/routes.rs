@@ -180,6 +180,17 @@ pub(super) async fn list_bills(State(sim): State<KingdeeSim>) -> Json<Value> {
     Json(json!(sim.bills()))
 }
 
+pub(super) async fn delete_bill(
+    State(sim): State<KingdeeSim>,
+    Path((form, bill_no)): Path<(String, String)>,
+) -> (StatusCode, Json<Value>) {
+    if sim.delete_bill(&form, &bill_no) {
+        (StatusCode::OK, Json(json!({"deleted": bill_no})))
+    } else {
+        (StatusCode::NOT_FOUND, Json(json!({"deleted": null})))
+    }
+}
+
 pub(super) async fn stats(State(sim): State<KingdeeSim>) -> Json<Value> {
     let store = sim.store();
     Json(json!({"counts": store.stats, "bills": store.bills.len()}))

@@ -68,8 +68,15 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         .queue_declare(topology.control_queue().into(), queue_options, control_args)
         .await
         .map_err(mismatch(&topology.control_queue()))?;
-    // The outcome log: a stream, kept by age and size.
+    // The outcome log: a stream, kept by age and size. Retention removes whole segments, so
+    // a segment is a tenth of the size kept (RabbitMQ's default, 500 MB, would keep a small
+    // log whole for ever).
+    let segment = (topology.events_max_bytes / 10).clamp(1024 * 1024, 500 * 1024 * 1024);
     let mut stream_args = FieldTable::default();
+    stream_args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(segment).unwrap_or(i64::MAX)),
+    );
     stream_args.insert("x-queue-type".into(), text("stream"));
     stream_args.insert(
         "x-max-age".into(),
