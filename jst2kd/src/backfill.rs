@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, FixedOffset};
 use clap::Args;
 use common::config::{ConfigError, FromLayers};
 use common::queue::Topology;
@@ -19,7 +20,7 @@ use common::queue::rabbit::{ControlClient, LockError, ProducerLock};
 use common::telemetry::Stage;
 use common::time::{format_beijing, parse_beijing};
 use common::worker::{self, Context, WorkerArgs};
-use producer::control::{BackfillRequest, Event, Progress};
+use producer::control::{BackfillRequest, Deliver, Event, Progress};
 use producer::{LOCK_RETRY, MAX_WINDOW, Producer, windows};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -69,20 +70,59 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     }
     let ctx = Context::new(&[Stage::Producer]);
     worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
+    let mut view = View::new("backfill", terminal, windows(from, to, MAX_WINDOW).len());
+    let outcome = ask_holder(
+        &config,
+        &ctx,
+        (from, to),
+        Deliver::Publish,
+        &mut view,
+        |_| {},
+    )
+    .await;
+    ctx.cancel.cancel();
+    let progress = outcome?;
+    println!(
+        "backfill {} – {} (statuses {})",
+        format_beijing(&from),
+        format_beijing(&to),
+        progress.statuses.join(", ")
+    );
+    println!("fetched by: {}", progress.by);
+    println!("windows: {}", progress.windows);
+    println!("documents fetched: {}", progress.fetched);
+    println!("documents published: {}", progress.published);
+    println!("elapsed: {:.1} s", view.started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Asks the holder of the producer lock to fetch `[from, to]` window by window, delivering
+/// the documents as `deliver` says (replied ones go to `on_documents`), and shows the
+/// progress; serves the request itself when no one holds the lock. Returns the last reply.
+///
+/// Configuration problems come back as [`ConfigError`] (exit 2) before anything is asked.
+pub async fn ask_holder(
+    config: &producer::Config,
+    ctx: &Context,
+    (from, to): (DateTime<FixedOffset>, DateTime<FixedOffset>),
+    deliver: Deliver,
+    view: &mut View,
+    mut on_documents: impl FnMut(Vec<serde_json::Value>),
+) -> anyhow::Result<Progress> {
     // Built when this command ends up holding the lock; built once now so that a
     // configuration problem shows before anything is asked (exit 2).
-    producer::client(&config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
+    producer::client(config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
     let topology = Topology::from_config(&config.amqp);
-    let name = format!("jst2kd-backfill-{}", std::process::id());
+    let name = format!("jst2kd-{}-{}", view.command, std::process::id());
     let mut control = ControlClient::connect(&config.amqp.url, &name, &topology)
         .await
         .map_err(|e| anyhow::anyhow!("RabbitMQ: {e}"))?;
-    let request = BackfillRequest::new(control.reply_queue(), &from, &to);
+    let mut request = BackfillRequest::new(control.reply_queue(), &from, &to);
+    request.deliver = deliver;
     control.request(&request.message()).await?;
-    info!(request = %request.id, from = %request.from, to = %request.to, "Backfill requested on the control queue.");
+    info!(request = %request.id, from = %request.from, to = %request.to, "Request put on the control queue.");
 
     let (lock_name, lock_queue) = (format!("{name}-lock"), topology.lock_queue());
-    let mut view = View::new(terminal, windows(from, to, MAX_WINDOW).len());
     let mut serving: Option<SelfServe> = None;
     let mut heard = false;
     let mut next_try = tokio::time::Instant::now();
@@ -92,11 +132,11 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
             reply = control.next_reply() => {
                 let Some(body) = reply else {
                     break Err(anyhow::anyhow!(
-                        "lost the connection to RabbitMQ; the lock holder stops this backfill after the window in progress ({})",
+                        "lost the connection to RabbitMQ; the lock holder stops after the window in progress ({})",
                         view.so_far()
                     ));
                 };
-                let progress: Progress = match serde_json::from_slice(&body) {
+                let mut progress: Progress = match serde_json::from_slice(&body) {
                     Ok(p) => p,
                     Err(e) => {
                         warn!(error = %e, "Unreadable reply on the reply queue; ignored.");
@@ -108,9 +148,13 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
                 }
                 heard = true;
                 next_try = tokio::time::Instant::now() + TAKEN_PATIENCE;
+                if progress.event == Event::Documents {
+                    on_documents(std::mem::take(&mut progress.documents));
+                    continue;
+                }
                 match view.show(&progress) {
                     Some(Event::Finished) => break Ok(progress),
-                    Some(Event::Failed) => break Err(failure(&progress)),
+                    Some(Event::Failed) => break Err(view.failure(&progress)),
                     _ => {}
                 }
             }
@@ -133,7 +177,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
                         view.serving_itself();
                         let started = tokio::select! {
                             () = ctx.cancel.cancelled() => continue,
-                            r = SelfServe::start(lock, &config, &ctx) => r,
+                            r = SelfServe::start(lock, config, ctx, view.command) => r,
                         };
                         match started {
                             Ok(s) => serving = Some(s),
@@ -151,33 +195,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
         serving.stop().await;
     }
     control.close().await;
-    ctx.cancel.cancel();
-    let progress = outcome?;
-    println!(
-        "backfill {} – {} (statuses {})",
-        format_beijing(&from),
-        format_beijing(&to),
-        progress.statuses.join(", ")
-    );
-    println!("fetched by: {}", progress.by);
-    println!("windows: {}", progress.windows);
-    println!("documents fetched: {}", progress.fetched);
-    println!("documents published: {}", progress.published);
-    println!("elapsed: {:.1} s", view.started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn failure(progress: &Progress) -> anyhow::Error {
-    let error = progress.error.as_deref().unwrap_or("no reason given");
-    match &progress.resume_from {
-        Some(at) => anyhow::anyhow!(
-            "the backfill stopped in window {} of {}: {error}. {} documents were published; to go on, run it again with --from \"{at}\"",
-            progress.done + 1,
-            progress.windows,
-            progress.published
-        ),
-        None => anyhow::anyhow!("the backfill was refused: {error}"),
-    }
+    outcome
 }
 
 /// This command holding the lock and serving the control queue (its own request first in
@@ -192,6 +210,7 @@ impl SelfServe {
         lock: ProducerLock,
         config: &producer::Config,
         ctx: &Context,
+        command: &'static str,
     ) -> anyhow::Result<Self> {
         let client = producer::client(config, ctx.metrics.clone())?;
         let server = lock
@@ -209,12 +228,12 @@ impl SelfServe {
         let metrics = ctx.metrics.clone();
         let task = tokio::spawn(async move {
             let by = format!(
-                "jst2kd backfill (pid {}; no producer was running)",
+                "jst2kd {command} (pid {}; no producer was running)",
                 std::process::id()
             );
             tokio::select! {
                 () = producer.serve(&server, &stop, &by) => {}
-                () = lock.lost() => warn!("The producer lock's connection dropped; this backfill waits for the lock again."),
+                () = lock.lost() => warn!("The producer lock's connection dropped; this command waits for the lock again."),
             }
             lock.release().await;
             metrics.outcomes.close().await;
@@ -235,7 +254,9 @@ impl SelfServe {
 }
 
 /// What the command shows: progress lines on a terminal, log lines otherwise.
-struct View {
+pub struct View {
+    /// `backfill` or `reconcile`.
+    command: &'static str,
     terminal: bool,
     windows: usize,
     started: Instant,
@@ -246,8 +267,10 @@ struct View {
 }
 
 impl View {
-    fn new(terminal: bool, windows: usize) -> Self {
+    /// For `command`, asking for `windows` windows.
+    pub fn new(command: &'static str, terminal: bool, windows: usize) -> Self {
         Self {
+            command,
             terminal,
             windows,
             started: Instant::now(),
@@ -318,7 +341,7 @@ impl View {
                 }
                 self.last = Some(progress.clone());
             }
-            Event::Failed => {}
+            Event::Failed | Event::Documents => {}
         }
         Some(event)
     }
@@ -330,6 +353,20 @@ impl View {
                 p.done, p.windows, p.published
             ),
             None => format!("0 of {} windows done", self.windows),
+        }
+    }
+
+    fn failure(&self, progress: &Progress) -> anyhow::Error {
+        let error = progress.error.as_deref().unwrap_or("no reason given");
+        match &progress.resume_from {
+            Some(at) => anyhow::anyhow!(
+                "the {} stopped in window {} of {}: {error}. {} documents were fetched before; to go on, run it again with --from \"{at}\"",
+                self.command,
+                progress.done + 1,
+                progress.windows,
+                progress.fetched
+            ),
+            None => anyhow::anyhow!("the {} was refused: {error}", self.command),
         }
     }
 

@@ -24,9 +24,10 @@ use common::queue::rabbit::{ControlMessage, ControlServer, Replied};
 use common::queue::{Delivery, QueueError};
 use common::time::{format_beijing, parse_beijing};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{MAX_WINDOW, Producer, ProducerError, windows};
+use crate::{MAX_WINDOW, PageAt, PageSink, Producer, ProducerError, windows};
 
 /// How often an idle holder looks at the control queue.
 pub const CONTROL_POLL: Duration = Duration::from_secs(1);
@@ -82,9 +83,25 @@ pub struct BackfillRequest {
     /// Documents fetched so far.
     #[serde(default)]
     pub fetched: usize,
-    /// Documents published so far.
+    /// Documents published so far (sent to the requester, with [`Deliver::Reply`]).
     #[serde(default)]
     pub published: usize,
+    /// Where the documents go.
+    #[serde(default)]
+    pub deliver: Deliver,
+}
+
+/// Where the documents of a request go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deliver {
+    /// To the counts queue, for the pipeline (`backfill`), the statuses of
+    /// `producer.statuses`.
+    #[default]
+    Publish,
+    /// To the requester in [`Event::Documents`] replies, documents of every status
+    /// (`reconcile`); nothing is published.
+    Reply,
 }
 
 impl BackfillRequest {
@@ -98,7 +115,14 @@ impl BackfillRequest {
             done: 0,
             fetched: 0,
             published: 0,
+            deliver: Deliver::Publish,
         }
+    }
+
+    /// The same, delivering the documents to the requester.
+    pub fn replying(mut self) -> Self {
+        self.deliver = Deliver::Reply;
+        self
     }
 
     /// The message that carries it.
@@ -130,6 +154,8 @@ pub enum Event {
     Window,
     /// The last window is done.
     Finished,
+    /// Documents of the window in progress (a [`Deliver::Reply`] request), in `documents`.
+    Documents,
     /// The backfill stopped; `error` says why and `resume_from` where to start again.
     Failed,
 }
@@ -166,6 +192,9 @@ pub struct Progress {
     /// Where a new backfill should start after a failure.
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// The documents of an [`Event::Documents`] reply, exactly as Jushuitan returned them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<serde_json::Value>,
 }
 
 impl Producer {
@@ -244,6 +273,7 @@ impl Producer {
             restarted: delivery.redelivered,
             error: None,
             resume_from: None,
+            documents: Vec::new(),
         };
         let Some((from, to)) = request.period() else {
             progress.event = Event::Failed;
@@ -274,9 +304,15 @@ impl Producer {
             // Stopping: the request goes back as it came, and the window is fetched again by
             // the next holder.
             () = cancel.cancelled() => return hand_back(server, delivery, &request).await,
-            r = self.publish_window(begin, end, false) => r,
+            r = self.fetch(server, &request, &progress, (begin, end)) => r,
         };
         match fetched {
+            Err(ProducerError::RequesterGone) => {
+                self.events
+                    .requester_gone(&request.id, request.done, all.len());
+                self.control.forget(&request.id);
+                delivery.ack().await
+            }
             Err(ProducerError::Queue(e)) => {
                 // The broker: the request waits for a holder that can publish.
                 tokio::time::sleep(CONTROL_POLL).await;
@@ -327,6 +363,63 @@ impl Producer {
                 self.control.put_back(&request.id, next.done);
                 delivery.ack().await
             }
+        }
+    }
+}
+
+impl Producer {
+    /// Fetches one window of `request`: published, or sent to its requester page by page.
+    /// Returns (fetched, published or sent).
+    async fn fetch(
+        &self,
+        server: &ControlServer,
+        request: &BackfillRequest,
+        progress: &Progress,
+        (begin, end): (DateTime<FixedOffset>, DateTime<FixedOffset>),
+    ) -> Result<(usize, usize), ProducerError> {
+        match request.deliver {
+            Deliver::Publish => self.publish_window(begin, end, false).await,
+            Deliver::Reply => {
+                let mut sink = Replying {
+                    server,
+                    request,
+                    progress: Progress {
+                        event: Event::Documents,
+                        ..progress.clone()
+                    },
+                    sent: 0,
+                };
+                let fetched = self.scan_window(begin, end, &[None], &mut sink).await?;
+                Ok((fetched, sink.sent))
+            }
+        }
+    }
+}
+
+/// Sends each page's documents to the requester.
+struct Replying<'a> {
+    server: &'a ControlServer,
+    request: &'a BackfillRequest,
+    progress: Progress,
+    sent: usize,
+}
+
+impl PageSink for Replying<'_> {
+    async fn take(
+        &mut self,
+        docs: Vec<(String, Value)>,
+        _: PageAt<'_>,
+    ) -> Result<(), ProducerError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.sent += docs.len();
+        self.progress.documents = docs.into_iter().map(|(_, doc)| doc).collect();
+        let replied = reply(self.server, self.request, &self.progress).await?;
+        self.progress.documents.clear();
+        match replied {
+            Replied::Delivered => Ok(()),
+            Replied::Gone => Err(ProducerError::RequesterGone),
         }
     }
 }

@@ -54,6 +54,19 @@ pub enum ProducerError {
     /// A window could not be read whole (it kept changing); the next poll tries again.
     #[error("{0}")]
     Unsettled(String),
+    /// The requester of the documents went away (a control request's reply came back).
+    #[error("the requester went away")]
+    RequesterGone,
+}
+
+/// Where a page of documents came from.
+pub struct PageAt<'a> {
+    /// The window.
+    pub window: (&'a DateTime<FixedOffset>, &'a DateTime<FixedOffset>),
+    /// The status asked (`any`).
+    pub status: &'a str,
+    /// The page (1-based).
+    pub page: u32,
 }
 
 /// Where [`Producer::scan_window`] hands each page's new documents (message id, document).
@@ -62,6 +75,7 @@ pub trait PageSink {
     fn take(
         &mut self,
         docs: Vec<(String, Value)>,
+        at: PageAt<'_>,
     ) -> impl std::future::Future<Output = Result<(), ProducerError>> + Send;
 }
 
@@ -73,7 +87,17 @@ struct Publishing<'a> {
 }
 
 impl PageSink for Publishing<'_> {
-    async fn take(&mut self, new: Vec<(String, Value)>) -> Result<(), ProducerError> {
+    async fn take(
+        &mut self,
+        new: Vec<(String, Value)>,
+        at: PageAt<'_>,
+    ) -> Result<(), ProducerError> {
+        self.producer.events.fetched(
+            new.iter().map(|(id, _)| id.as_str()),
+            at.window,
+            at.status,
+            at.page,
+        );
         let new_count = new.len();
         let docs: Vec<(String, Value)> = {
             let recent = self
@@ -310,13 +334,12 @@ impl Producer {
                         .filter(|(id, _)| pass_ids.insert(id.clone()) && seen.insert(id.clone()))
                         .collect();
                     fetched += new.len();
-                    self.events.fetched(
-                        new.iter().map(|(id, _)| id.as_str()),
-                        (&begin, &end),
-                        label,
-                        page_no,
-                    );
-                    sink.take(new).await?;
+                    let at = PageAt {
+                        window: (&begin, &end),
+                        status: label,
+                        page: page_no,
+                    };
+                    sink.take(new, at).await?;
                     if last {
                         break;
                     }

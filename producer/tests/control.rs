@@ -308,3 +308,49 @@ async fn a_window_that_fails_tells_the_requester_where_to_start_again() {
     );
     requester.close().await;
 }
+
+#[tokio::test]
+async fn a_replying_request_sends_every_status_to_the_requester_and_publishes_nothing() {
+    let s = Setup::new("reply").await;
+    let mut requester = s.requester().await;
+    let (from, to) = period();
+    let request = BackfillRequest::new(requester.reply_queue(), &from, &to).replying();
+    requester.request(&request.message()).await.expect("sent");
+    let (_lock, server) = s.lock().await;
+    let producer = s.producer(&JstCredentials::default().app_secret);
+    let cancel = CancellationToken::new();
+    let mut documents = Vec::new();
+    let last = loop {
+        assert!(producer.serve_one(&server, &cancel, "test").await.unwrap());
+        let mut progress = reply(&mut requester).await;
+        while progress.event == Event::Accepted || progress.event == Event::Documents {
+            documents.append(&mut progress.documents);
+            progress = reply(&mut requester).await;
+        }
+        if progress.event == Event::Finished {
+            break progress;
+        }
+        assert_eq!(progress.event, Event::Window, "{progress:?}");
+    };
+    let wanted: BTreeSet<i64> = s
+        .docs
+        .iter()
+        .filter(|d| {
+            let m = common::time::parse_beijing(d["modified"].as_str().unwrap()).unwrap();
+            m >= from && m <= to
+        })
+        .map(|d| d["io_id"].as_i64().unwrap())
+        .collect();
+    let got: BTreeSet<i64> = documents
+        .iter()
+        .map(|d| d["io_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, wanted, "every status");
+    assert!(
+        documents.iter().any(|d| d["status"] == "Cancelled"),
+        "not only the published statuses"
+    );
+    assert_eq!(last.published, documents.len());
+    assert!(s.published().await.is_empty(), "nothing published");
+    requester.close().await;
+}
