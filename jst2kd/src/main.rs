@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod preflight;
 mod preview;
+mod reconcile;
 mod simulators;
 mod trace;
 
@@ -37,6 +38,8 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Print the Kingdee bills a JST count document becomes (JSON on stdout).
     Preview(preview::PreviewArgs),
+    /// Compare the bills in Kingdee with what Jushuitan's count documents of a period map to.
+    Reconcile(reconcile::ReconcileArgs),
     /// A count document's history from the outcome log, and where it is now.
     Trace(trace::TraceArgs),
     /// Run a simulator as an HTTP server.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Sim(cmd) => simulators::run(cmd).await,
             Command::Trace(args) => trace::run(args).await,
+            Command::Reconcile(args) => reconcile::run(args).await,
         }
     });
     common::worker::leave_runtime(runtime);

@@ -785,6 +785,26 @@ mod tests {
             &json!({"FormId": MIS_DELIVERY, "FieldKeys": "FBillNo", "FilterString": "FID=100001"}),
         );
         assert_eq!(rows, json!([["B1"]]));
+        // A period and our number prefix, as reconciliation asks.
+        let period = |filter: &str| {
+            sim.query(
+                &json!({"FormId": MIS_DELIVERY, "FieldKeys": "FBillNo", "FilterString": filter}),
+            )
+        };
+        assert_eq!(
+            period("FBillNo like 'B%' and FDate >= '2026-03-01' and FDate <= '2026-03-31'")
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(period("FDate > '2026-03-01'"), json!([]));
+        assert_eq!(
+            period("FDate<'2026-03-02' and FBillNo like 'B_'")
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(period("FBillNo like 'X%'"), json!([]));
         let bad = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FNope"}));
         assert!(bad.to_string().contains("FNope"));
     }

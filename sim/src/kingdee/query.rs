@@ -116,12 +116,17 @@ pub(super) fn numbers_of(field: &str, text: &str) -> Option<BTreeSet<String>> {
     }
 }
 
-/// The FilterString forms the simulator understands: `FBillNo='X'`, `FBillNo in ('A','B')`,
-/// `FID=1`, or nothing.
+/// The FilterString forms the simulator understands, alone or joined by `and` (all must
+/// hold): `FBillNo='X'`, `FBillNo in ('A','B')`, `FBillNo like 'JSTPD%'`, `FID=1`,
+/// `FDate>='2026-11-01'` (also `>`, `<=`, `<`, `=`, comparing the date part), or nothing.
+/// Anything else is refused, as Kingdee refuses a FilterString it cannot read.
 pub(super) enum Filter {
     All,
     BillNo(BTreeSet<String>),
+    BillNoLike(String),
     Id(i64),
+    Date(std::cmp::Ordering, bool, String),
+    And(Vec<Filter>),
 }
 
 impl Filter {
@@ -131,6 +136,16 @@ impl Filter {
             return Some(Filter::All);
         }
         let lower = text.to_ascii_lowercase();
+        if lower.contains(" and ") {
+            let mut parts = Vec::new();
+            let mut rest = text;
+            while let Some(at) = rest.to_ascii_lowercase().find(" and ") {
+                parts.push(Filter::parse(&rest[..at])?);
+                rest = &rest[at + 5..];
+            }
+            parts.push(Filter::parse(rest)?);
+            return Some(Filter::And(parts));
+        }
         if let Some(rest) = lower.strip_prefix("fid") {
             return rest
                 .trim()
@@ -140,6 +155,35 @@ impl Filter {
                 .ok()
                 .map(Filter::Id);
         }
+        if let Some(rest) = lower.strip_prefix("fdate") {
+            let rest = rest.trim_start();
+            let (ordering, or_equal, value) = if let Some(v) = rest.strip_prefix(">=") {
+                (std::cmp::Ordering::Greater, true, v)
+            } else if let Some(v) = rest.strip_prefix("<=") {
+                (std::cmp::Ordering::Less, true, v)
+            } else if let Some(v) = rest.strip_prefix('>') {
+                (std::cmp::Ordering::Greater, false, v)
+            } else if let Some(v) = rest.strip_prefix('<') {
+                (std::cmp::Ordering::Less, false, v)
+            } else {
+                (std::cmp::Ordering::Equal, true, rest.strip_prefix('=')?)
+            };
+            let date = value.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+            return Some(Filter::Date(
+                ordering,
+                or_equal,
+                date.get(..10)?.to_string(),
+            ));
+        }
+        if let Some(rest) = lower.strip_prefix("fbillno") {
+            let rest = rest.trim_start();
+            if rest.starts_with("like ") {
+                // The pattern as written (the bill number's case matters).
+                let original = text[text.len() - rest.len() + 5..].trim();
+                let pattern = original.strip_prefix('\'')?.strip_suffix('\'')?;
+                return Some(Filter::BillNoLike(pattern.to_string()));
+            }
+        }
         numbers_of("fbillno", text).map(Filter::BillNo)
     }
 
@@ -147,7 +191,35 @@ impl Filter {
         match self {
             Filter::All => true,
             Filter::BillNo(numbers) => numbers.contains(&bill.bill_no),
+            Filter::BillNoLike(pattern) => like(pattern, &bill.bill_no),
             Filter::Id(id) => bill.id == *id,
+            Filter::Date(ordering, or_equal, date) => {
+                let Some(day) = bill
+                    .model
+                    .get("FDate")
+                    .and_then(Value::as_str)
+                    .and_then(|d| d.get(..10))
+                else {
+                    return false;
+                };
+                let compared = day.cmp(date.as_str());
+                compared == *ordering || (*or_equal && compared == std::cmp::Ordering::Equal)
+            }
+            Filter::And(parts) => parts.iter().all(|p| p.matches(bill)),
         }
     }
+}
+
+/// SQL `like` with `%` (any run) and `_` (one character).
+fn like(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('%', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            Some(('_', rest)) => !t.is_empty() && go(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    go(&p, &t)
 }
