@@ -148,6 +148,12 @@ pub async fn ask_holder(
                 }
                 heard = true;
                 next_try = tokio::time::Instant::now() + TAKEN_PATIENCE;
+                if deliver == Deliver::Reply && progress.deliver != Some(Deliver::Reply) {
+                    break Err(anyhow::anyhow!(
+                        "{} runs an older jst2kd, which would publish the documents instead of sending them back: upgrade it first (it stops after the window in progress, whose documents reach the pipeline again, harmlessly)",
+                        progress.by
+                    ));
+                }
                 if progress.event == Event::Documents {
                     on_documents(std::mem::take(&mut progress.documents));
                     continue;
@@ -216,7 +222,8 @@ impl SelfServe {
         let server = lock
             .control(Topology::from_config(&config.amqp).control_queue())
             .await?;
-        let broker = worker::connect_rabbit(&config.amqp, "jst2kd-backfill", None, ctx).await?;
+        let broker =
+            worker::connect_rabbit(&config.amqp, &format!("jst2kd-{command}"), None, ctx).await?;
         let producer = Arc::new(Producer::new(
             client,
             broker.clone(),
@@ -359,6 +366,12 @@ impl View {
     fn failure(&self, progress: &Progress) -> anyhow::Error {
         let error = progress.error.as_deref().unwrap_or("no reason given");
         match &progress.resume_from {
+            Some(_) if self.command != "backfill" => anyhow::anyhow!(
+                "the {} stopped in window {} of {}: {error}; run it again",
+                self.command,
+                progress.done + 1,
+                progress.windows
+            ),
             Some(at) => anyhow::anyhow!(
                 "the {} stopped in window {} of {}: {error}. {} documents were fetched before; to go on, run it again with --from \"{at}\"",
                 self.command,

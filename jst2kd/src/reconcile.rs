@@ -29,7 +29,7 @@ use common::time::{beijing, now_beijing};
 use common::worker::{self, Context, WorkerArgs};
 use kingdee::{KingdeeClient, KingdeeConfig};
 use loader::Entry;
-use loader::decide::{CHECK_FIELDS, entries_of_model, entries_of_rows};
+use loader::decide::{CHECK_FIELDS, bill_no_filter, entries_of_model, entries_of_rows};
 use producer::control::Deliver;
 use producer::{MAX_WINDOW, windows};
 use serde::Serialize;
@@ -145,7 +145,7 @@ pub struct Plans {
 }
 
 /// Maps each document (the newest version of each) with `mapping`.
-pub fn plan_all(docs: &[Value], mapping: &MappingConfig) -> Plans {
+pub fn plan_all<'a>(docs: impl IntoIterator<Item = &'a Value>, mapping: &MappingConfig) -> Plans {
     let mut plans = Plans::default();
     for raw in docs {
         let doc = match CountDoc::from_value(raw) {
@@ -235,18 +235,33 @@ pub fn logged_reason(events: &[&Outcome]) -> Option<String> {
     })
 }
 
+/// What else is known of the documents and bills outside the period.
+#[derive(Debug, Default)]
+pub struct Elsewhere {
+    /// The count date of every document read whose date is outside the period now.
+    pub document_days: BTreeMap<i64, String>,
+    /// The date of each expected bill that Kingdee holds dated outside the period.
+    pub bill_dates: BTreeMap<(String, String), String>,
+}
+
 /// Every difference between what the documents map to and the bills Kingdee has.
 pub fn compare(
     plans: &Plans,
     docs: &BTreeMap<i64, Value>,
     actual: &BTreeMap<(String, String), Vec<Entry>>,
+    elsewhere: &Elsewhere,
     templates: &[&str],
     log: &BTreeMap<i64, Vec<Outcome>>,
 ) -> Vec<Difference> {
-    let reason_of = |io_id: i64, fallback: &str| {
+    // What the outcome log says last of a bill (its events, and its document's own).
+    let reason_of = |io_id: i64, bill_no: &str, fallback: &str| {
         let events: Vec<&Outcome> = log
             .get(&io_id)
-            .map(|e| e.iter().collect())
+            .map(|e| {
+                e.iter()
+                    .filter(|o| o.bill_no.as_deref().is_none_or(|b| b == bill_no))
+                    .collect()
+            })
             .unwrap_or_default();
         match logged_reason(&events) {
             Some(logged) => format!("{fallback}; outcome log: {logged}"),
@@ -254,23 +269,39 @@ pub fn compare(
             None => fallback.to_string(),
         }
     };
+    let bills_of = |io_id: i64| -> Vec<&(String, String)> {
+        actual
+            .keys()
+            .filter(|(_, no)| templates.iter().any(|t| io_id_of(no, t) == Some(io_id)))
+            .collect()
+    };
     let mut out = Vec::new();
     for (key, expected) in &plans.bills {
         match actual.get(key) {
-            None => out.push(Difference {
-                kind: Kind::Missing,
-                io_id: Some(expected.io_id),
-                bill_no: expected.bill_no.clone(),
-                reason: reason_of(expected.io_id, "not in Kingdee"),
-                expected: Some(expected.entries.clone()),
-                actual: None,
-            }),
+            None => {
+                let (kind, fallback) = match elsewhere.bill_dates.get(key) {
+                    Some(date) => (
+                        Kind::Different,
+                        format!("in Kingdee dated {date}, outside the period"),
+                    ),
+                    None => (Kind::Missing, "not in Kingdee".to_string()),
+                };
+                out.push(Difference {
+                    kind,
+                    io_id: Some(expected.io_id),
+                    bill_no: expected.bill_no.clone(),
+                    reason: reason_of(expected.io_id, &expected.bill_no, &fallback),
+                    expected: Some(expected.entries.clone()),
+                    actual: None,
+                });
+            }
             Some(entries) if *entries != expected.entries => out.push(Difference {
                 kind: Kind::Different,
                 io_id: Some(expected.io_id),
                 bill_no: expected.bill_no.clone(),
                 reason: reason_of(
                     expected.io_id,
+                    &expected.bill_no,
                     "the entries differ from what the document maps to now",
                 ),
                 expected: Some(expected.entries.clone()),
@@ -280,20 +311,34 @@ pub fn compare(
         }
     }
     for (io_id, why) in &plans.unmappable {
-        let booked = actual
-            .keys()
-            .any(|(_, no)| templates.iter().any(|t| io_id_of(no, t) == Some(*io_id)));
-        if !booked {
+        let booked = bills_of(*io_id);
+        if booked.is_empty() {
+            let bill_no = templates
+                .first()
+                .map(|t| t.replace("{io_id}", &io_id.to_string()))
+                .unwrap_or_default();
             out.push(Difference {
                 kind: Kind::Missing,
                 io_id: Some(*io_id),
-                bill_no: templates
-                    .first()
-                    .map(|t| t.replace("{io_id}", &io_id.to_string()))
-                    .unwrap_or_default(),
-                reason: reason_of(*io_id, &format!("cannot be mapped: {why}")),
+                reason: reason_of(*io_id, &bill_no, &format!("cannot be mapped: {why}")),
+                bill_no,
                 expected: None,
                 actual: None,
+            });
+        }
+        // Booked before, unmappable now: nothing to compare the bill with.
+        for key in booked {
+            out.push(Difference {
+                kind: Kind::Different,
+                io_id: Some(*io_id),
+                bill_no: key.1.clone(),
+                reason: reason_of(
+                    *io_id,
+                    &key.1,
+                    &format!("its document cannot be mapped now: {why}"),
+                ),
+                expected: None,
+                actual: actual.get(key).cloned(),
             });
         }
     }
@@ -304,10 +349,17 @@ pub fn compare(
         let io_id = templates.iter().find_map(|t| io_id_of(&key.1, t));
         let why = match io_id {
             Some(id) if plans.unmappable.contains_key(&id) => continue,
-            Some(id) => match (plans.no_bill.get(&id), docs.contains_key(&id)) {
-                (Some(why), _) => format!("its document is no longer eligible: {why}"),
-                (None, true) => "its document maps to other bills now".into(),
-                (None, false) => "no document of the period has this number".into(),
+            Some(id) => match (
+                plans.no_bill.get(&id),
+                docs.contains_key(&id),
+                elsewhere.document_days.get(&id),
+            ) {
+                (Some(why), _, _) => format!("its document is no longer eligible: {why}"),
+                (None, true, _) => "its document maps to other bills now".into(),
+                (None, false, Some(day)) => {
+                    format!("its document's count date is {day} now, outside the period")
+                }
+                (None, false, None) => "no document of the period has this number".into(),
             },
             None => "the number follows none of the templates".into(),
         };
@@ -315,13 +367,23 @@ pub fn compare(
             kind: Kind::Unexpected,
             io_id,
             bill_no: key.1.clone(),
-            reason: io_id.map_or(why.clone(), |id| reason_of(id, &why)),
+            reason: io_id.map_or(why.clone(), |id| reason_of(id, &key.1, &why)),
             expected: None,
             actual: Some(entries.clone()),
         });
     }
-    out.sort_by(|a, b| (a.kind, &a.bill_no).cmp(&(b.kind, &b.bill_no)));
+    out.sort_by(|a, b| (a.kind, a.io_id, &a.bill_no).cmp(&(b.kind, b.io_id, &b.bill_no)));
     out
+}
+
+/// The count date of a document, read as the mapping reads it (`io_date`, else `modified`).
+pub fn count_day(doc: &Value) -> Option<String> {
+    let text = |key: &str| {
+        doc.get(key)
+            .and_then(Value::as_str)
+            .and_then(common::time::date_part)
+    };
+    text("io_date").or_else(|| text("modified"))
 }
 
 /// Quantities per form × stock × material on both sides.
@@ -351,10 +413,14 @@ pub fn totals(plans: &Plans, actual: &BTreeMap<(String, String), Vec<Entry>>) ->
             form_id,
             stock,
             material,
-            jushuitan,
-            kingdee,
+            jushuitan: round6(jushuitan),
+            kingdee: round6(kingdee),
         })
         .collect()
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
 fn day(key: &str, text: &str) -> Result<NaiveDate, ConfigError> {
@@ -395,7 +461,12 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
     let ctx = Context::new(&[Stage::Producer]);
     worker::spawn_signal_handler(ctx.cancel.clone(), ctx.health.clone());
     let mut view = View::new("reconcile", terminal, windows(start, now, MAX_WINDOW).len());
-    let mut newest: BTreeMap<i64, Value> = BTreeMap::new();
+    let (first, last) = (
+        from.format("%Y-%m-%d").to_string(),
+        to.format("%Y-%m-%d").to_string(),
+    );
+    // The newest version of each document; only those of the period are kept whole.
+    let mut newest: BTreeMap<i64, (Option<String>, Result<Value, String>)> = BTreeMap::new();
     let fetched = ask_holder(
         &config,
         &ctx,
@@ -407,17 +478,19 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
                 let Some(io_id) = common::messages::int_field(doc.get("io_id")) else {
                     continue;
                 };
-                let modified = |d: &Value| {
-                    d.get("modified")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                };
-                if newest
-                    .get(&io_id)
-                    .is_none_or(|held| modified(held) <= modified(&doc))
-                {
-                    newest.insert(io_id, doc);
+                let modified = doc
+                    .get("modified")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if newest.get(&io_id).is_some_and(|(held, _)| *held > modified) {
+                    continue;
                 }
+                let kept = match count_day(&doc) {
+                    Some(day) if day >= first && day <= last => Ok(doc),
+                    Some(day) => Err(day),
+                    None => Err("unknown".into()),
+                };
+                newest.insert(io_id, (modified, kept));
             }
         },
     )
@@ -432,24 +505,26 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let (first, last) = (
-        from.format("%Y-%m-%d").to_string(),
-        to.format("%Y-%m-%d").to_string(),
-    );
-    let docs: BTreeMap<i64, Value> = newest
-        .into_iter()
-        .filter(|(_, d)| {
-            d.get("io_date")
-                .and_then(Value::as_str)
-                .and_then(|t| t.get(..10))
-                .is_some_and(|day| day >= first.as_str() && day <= last.as_str())
-        })
-        .collect();
+    let mut docs: BTreeMap<i64, Value> = BTreeMap::new();
+    let mut elsewhere = Elsewhere::default();
+    for (io_id, (_, kept)) in newest {
+        match kept {
+            Ok(doc) => {
+                docs.insert(io_id, doc);
+            }
+            Err(day) => {
+                elsewhere.document_days.insert(io_id, day);
+            }
+        }
+    }
 
     // 2. What they map to.
-    let plans = plan_all(&docs.values().cloned().collect::<Vec<_>>(), &mapping);
+    let plans = plan_all(docs.values(), &mapping);
 
     // 3. Kingdee's bills of the period with our numbers.
+    let after = (to + ChronoDuration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
     let templates = [
         mapping.bill_no_template.as_str(),
         mapping.gain_bill_no_template.as_str(),
@@ -464,7 +539,8 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
             templates[1]
         };
         let prefix = template.split("{io_id}").next().unwrap_or("");
-        let mut filter = format!("FDate >= '{first}' and FDate <= '{last}'");
+        // Kingdee compares dates with their time: before the day after the last.
+        let mut filter = format!("FDate >= '{first}' and FDate < '{after}'");
         if !prefix.is_empty() {
             filter.push_str(&format!(
                 " and FBillNo like '{}%'",
@@ -478,6 +554,30 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
         for (bill_no, entries) in entries_of_rows(&rows) {
             if templates.iter().any(|t| io_id_of(&bill_no, t).is_some()) {
                 actual.insert((form.to_string(), bill_no), entries);
+            }
+        }
+    }
+
+    // Expected bills not in the period: in Kingdee under another date?
+    for form in BILL_FORMS {
+        let absent: Vec<&str> = plans
+            .bills
+            .keys()
+            .filter(|key| key.0 == form && !actual.contains_key(*key))
+            .map(|(_, no)| no.as_str())
+            .collect();
+        for numbers in absent.chunks(500) {
+            let rows = client
+                .execute_bill_query(form, "FBillNo,FDate", &bill_no_filter(numbers))
+                .await
+                .map_err(|e| CouldNotAsk(format!("Kingdee: {e}")))?;
+            for row in rows {
+                let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+                let (no, date) = (text(row.first()), text(row.get(1)));
+                elsewhere.bill_dates.insert(
+                    (form.to_string(), no),
+                    date.get(..10).unwrap_or(&date).to_string(),
+                );
             }
         }
     }
@@ -519,7 +619,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
         events.sort_by_key(|o| o.at);
     }
 
-    let differences = compare(&plans, &docs, &actual, &templates, &log);
+    let differences = compare(&plans, &docs, &actual, &elsewhere, &templates, &log);
     let totals = totals(&plans, &actual);
     let count = |k: Kind| differences.iter().filter(|d| d.kind == k).count();
     let summary = format!(
@@ -712,7 +812,14 @@ mod tests {
                     .with("reason", "no warehouse 9"),
             ],
         );
-        let found = compare(&plans, &docs, &actual, &templates, &log);
+        let found = compare(
+            &plans,
+            &docs,
+            &actual,
+            &Elsewhere::default(),
+            &templates,
+            &log,
+        );
         let kinds: Vec<(Kind, &str)> = found.iter().map(|d| (d.kind, d.bill_no.as_str())).collect();
         assert_eq!(
             kinds,
@@ -739,6 +846,79 @@ mod tests {
         let totals = totals(&plans, &actual);
         let c = totals.iter().find(|t| t.material == "C").expect("C");
         assert_eq!((c.jushuitan, c.kingdee), (3.0, 4.0));
+    }
+
+    #[test]
+    fn bills_dated_elsewhere_and_documents_unmappable_now_are_different() {
+        let templates = ["JSTPD{io_id}", "JSTPY{io_id}"];
+        let mut plans = Plans::default();
+        plans
+            .bills
+            .extend([expected(1, vec![entry("A", "1.000000")])]);
+        plans
+            .unmappable
+            .insert(2, "no mapping for warehouse 9".into());
+        let docs: BTreeMap<i64, Value> = (1..=2).map(|i| (i, json!({"io_id": i}))).collect();
+        let mut actual = BTreeMap::new();
+        actual.insert(
+            (FORM_MIS_DELIVERY.into(), "JSTPD2".into()),
+            vec![entry("B", "1.000000")],
+        );
+        actual.insert(
+            (FORM_MIS_DELIVERY.into(), "JSTPD3".into()),
+            vec![entry("C", "1.000000")],
+        );
+        let mut elsewhere = Elsewhere::default();
+        elsewhere.bill_dates.insert(
+            (FORM_MIS_DELIVERY.into(), "JSTPD1".into()),
+            "2026-10-31".into(),
+        );
+        elsewhere.document_days.insert(3, "2026-12-02".into());
+        let found = compare(
+            &plans,
+            &docs,
+            &actual,
+            &elsewhere,
+            &templates,
+            &BTreeMap::new(),
+        );
+        let kinds: Vec<(Kind, &str)> = found.iter().map(|d| (d.kind, d.bill_no.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::Unexpected, "JSTPD3"),
+                (Kind::Different, "JSTPD1"),
+                (Kind::Different, "JSTPD2"),
+            ]
+        );
+        assert!(
+            found[0].reason.contains("count date is 2026-12-02"),
+            "{:?}",
+            found[0]
+        );
+        assert!(
+            found[1].reason.contains("dated 2026-10-31"),
+            "{:?}",
+            found[1]
+        );
+        assert!(
+            found[2].reason.contains("cannot be mapped now"),
+            "{:?}",
+            found[2]
+        );
+    }
+
+    #[test]
+    fn count_days_are_read_as_the_mapping_reads_them() {
+        assert_eq!(
+            count_day(&json!({"io_date": "2026-11-05 10:00:00"})).as_deref(),
+            Some("2026-11-05")
+        );
+        assert_eq!(
+            count_day(&json!({"modified": "2026-11-06 10:00:00"})).as_deref(),
+            Some("2026-11-06")
+        );
+        assert_eq!(count_day(&json!({})), None);
     }
 
     #[test]

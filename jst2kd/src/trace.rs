@@ -195,12 +195,18 @@ pub fn where_now(events: &[Outcome]) -> String {
         })
         .unwrap_or_default();
     let mut state: BTreeMap<&str, String> = BTreeMap::new();
+    let mut ids: BTreeMap<&str, i64> = BTreeMap::new();
     for o in &events[latest_mapping.map_or(0, |i| i + 1)..] {
         let Some(bill) = o.bill_no.as_deref() else {
             continue;
         };
         let said = match o.event {
-            OutcomeKind::Booked => format!("booked ({})", detail(o, "result")),
+            OutcomeKind::Booked => {
+                if let Some(id) = o.details.get("id").and_then(Value::as_i64) {
+                    ids.insert(bill, id);
+                }
+                format!("booked ({})", detail(o, "result"))
+            }
             OutcomeKind::Submitted => "booked, submitted".into(),
             OutcomeKind::Audited => "booked, submitted, audited".into(),
             OutcomeKind::Retried => format!("waiting to be retried {}", retry(o)),
@@ -249,7 +255,10 @@ pub fn where_now(events: &[Outcome]) -> String {
                     .get(b.as_str())
                     .cloned()
                     .unwrap_or_else(|| "waiting for the loader".into());
-                format!("bill {b} {what}")
+                match ids.get(b.as_str()) {
+                    Some(id) => format!("bill {b} (Kingdee id {id}) {what}"),
+                    None => format!("bill {b} {what}"),
+                }
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -387,7 +396,9 @@ mod tests {
             .with("delay_s", 5)
             .with("attempt", 1)
             .with("reason", "busy");
-        let booked = bill(OutcomeKind::Booked).with("result", "created");
+        let booked = bill(OutcomeKind::Booked)
+            .with("result", "created")
+            .with("id", 100_003);
         let audited = bill(OutcomeKind::Audited);
         assert_eq!(
             where_now(&[fetched.clone(), mapped.clone(), retried.clone()]),
@@ -395,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             where_now(&[fetched.clone(), mapped.clone(), retried, booked, audited]),
-            "bill JSTPD7 booked, submitted, audited; bill JSTPD7-2 waiting for the loader"
+            "bill JSTPD7 (Kingdee id 100003) booked, submitted, audited; bill JSTPD7-2 waiting for the loader"
         );
         let conflict = bill(OutcomeKind::Conflict);
         let dead = bill(OutcomeKind::DeadLettered)

@@ -98,15 +98,24 @@ impl LoaderEvents {
     /// Kingdee holds bill `bill_no` of document `io_id`: saved by this call (`created`) or
     /// before. Recorded when the save is known, before submit and audit, which can still
     /// send the bill to a retry.
-    pub fn booked(&self, io_id: i64, bill_no: &str, form_id: &str, created: bool) {
-        self.outcomes.record(
-            Outcome::new(Stage::Loader, OutcomeKind::Booked)
-                .of_document(Some(io_id))
-                .of_bill(Some(bill_no))
-                .of_message(bill_no)
-                .with("result", if created { "created" } else { "duplicate" })
-                .with("form", form_id),
-        );
+    /// `id` is Kingdee's `FID` when the save answered it (a duplicate's is not asked for).
+    pub fn booked(
+        &self,
+        io_id: i64,
+        bill_no: &str,
+        (form_id, id): (&str, Option<i64>),
+        created: bool,
+    ) {
+        let mut outcome = Outcome::new(Stage::Loader, OutcomeKind::Booked)
+            .of_document(Some(io_id))
+            .of_bill(Some(bill_no))
+            .of_message(bill_no)
+            .with("result", if created { "created" } else { "duplicate" })
+            .with("form", form_id);
+        if let Some(id) = id {
+            outcome = outcome.with("id", id);
+        }
+        self.outcomes.record(outcome);
     }
 
     /// Bill `bill_no` of document `io_id` was submitted or audited (or already was).

@@ -202,14 +202,19 @@ async fn save_batch(
             Ok(results) => {
                 let mut settled = Vec::with_capacity(group.len());
                 let mut duplicates = Vec::new();
+                let mut ids = std::collections::HashMap::new();
                 for (pending, result) in group.into_iter().zip(results) {
+                    if let kingdee::BillResult::Saved { id: Some(id), .. } = &result {
+                        ids.insert(pending.bill.bill_no.clone(), *id);
+                    }
                     match decide::save(&result, &pending.bill.bill_no) {
                         Settlement::Duplicate => duplicates.push(pending),
                         other => settled.push((pending, other)),
                     }
                 }
                 settled.extend(check_duplicates(&form, duplicates, client).await);
-                for (pending, settlement) in after_save(&form, settled, client, events).await {
+                for (pending, settlement) in after_save(&form, settled, &ids, client, events).await
+                {
                     apply(pending, settlement, settler, events).await;
                 }
             }
@@ -218,7 +223,10 @@ async fn save_batch(
                 // here (as duplicates, after after-save), only the others are retried.
                 warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; checking which bills Kingdee committed before retrying the others.");
                 let checked = check_saved(&form, group, client, &err.to_string()).await;
-                for (pending, settlement) in after_save(&form, checked, client, events).await {
+                let no_ids = std::collections::HashMap::new();
+                for (pending, settlement) in
+                    after_save(&form, checked, &no_ids, client, events).await
+                {
                     apply(pending, settlement, settler, events).await;
                 }
             }
@@ -325,6 +333,7 @@ async fn check_duplicates(
 async fn after_save(
     form: &str,
     settled: Vec<(Pending, Settlement)>,
+    ids: &std::collections::HashMap<String, i64>,
     client: &KingdeeClient,
     events: &LoaderEvents,
 ) -> Vec<(Pending, Settlement)> {
@@ -333,7 +342,7 @@ async fn after_save(
             events.booked(
                 pending.bill.source.io_id,
                 &pending.bill.bill_no,
-                form,
+                (form, ids.get(&pending.bill.bill_no).copied()),
                 *settlement == Settlement::Created,
             );
         }

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{MAX_WINDOW, PageAt, PageSink, Producer, ProducerError, windows};
 
+/// Documents sent in one reply, in bytes of JSON at most (one document larger goes alone).
+const REPLY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 /// How often an idle holder looks at the control queue.
 pub const CONTROL_POLL: Duration = Duration::from_secs(1);
 
@@ -192,6 +195,11 @@ pub struct Progress {
     /// Where a new backfill should start after a failure.
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// Where the holder delivers the documents: a requester that asked for
+    /// [`Deliver::Reply`] and reads anything else here is served by an older holder, which
+    /// would publish them; it stops at once.
+    #[serde(default)]
+    pub deliver: Option<Deliver>,
     /// The documents of an [`Event::Documents`] reply, exactly as Jushuitan returned them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<serde_json::Value>,
@@ -273,6 +281,7 @@ impl Producer {
             restarted: delivery.redelivered,
             error: None,
             resume_from: None,
+            deliver: Some(request.deliver),
             documents: Vec::new(),
         };
         let Some((from, to)) = request.period() else {
@@ -410,17 +419,27 @@ impl PageSink for Replying<'_> {
         docs: Vec<(String, Value)>,
         _: PageAt<'_>,
     ) -> Result<(), ProducerError> {
-        if docs.is_empty() {
-            return Ok(());
+        // A few megabytes per reply, however large the documents: a message over the
+        // broker's size limit would close the channel, and the step be tried again for ever.
+        let mut chunk: Vec<Value> = Vec::new();
+        let mut bytes = 0;
+        let count = docs.len();
+        for (i, (_, doc)) in docs.into_iter().enumerate() {
+            bytes += doc.to_string().len();
+            chunk.push(doc);
+            if bytes < REPLY_CHUNK_BYTES && i + 1 < count {
+                continue;
+            }
+            self.sent += chunk.len();
+            self.progress.documents = std::mem::take(&mut chunk);
+            bytes = 0;
+            let replied = reply(self.server, self.request, &self.progress).await?;
+            self.progress.documents.clear();
+            if replied == Replied::Gone {
+                return Err(ProducerError::RequesterGone);
+            }
         }
-        self.sent += docs.len();
-        self.progress.documents = docs.into_iter().map(|(_, doc)| doc).collect();
-        let replied = reply(self.server, self.request, &self.progress).await?;
-        self.progress.documents.clear();
-        match replied {
-            Replied::Delivered => Ok(()),
-            Replied::Gone => Err(ProducerError::RequesterGone),
-        }
+        Ok(())
     }
 }
 

@@ -226,7 +226,8 @@ async fn a_pipeline_run_records_every_kind_of_outcome() {
     assert!(fetched.details.contains_key("window"), "{fetched:?}");
     assert!(
         has(&all, OutcomeKind::Booked, |o| o.details["result"]
-            == "created"),
+            == "created"
+            && o.details.get("id").is_some_and(Value::is_i64)),
         "{:?}",
         all.iter()
             .filter(|o| o.event == OutcomeKind::Booked)
