@@ -47,16 +47,7 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
 pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let (process, layers) = worker::load_config(&args.worker)?;
     let config = producer::Config::from_layers(&layers)?;
-    let terminal = std::io::stderr().is_terminal();
-    // On a terminal the progress lines say what happens; the log keeps to warnings.
-    common::telemetry::init_logging_with(
-        process.runtime.log_format,
-        if terminal {
-            "warn,lapin=warn,lapin::channel=off"
-        } else {
-            common::telemetry::DEFAULT_FILTER
-        },
-    );
+    let terminal = start_logging(process.runtime.log_format);
     let time = |key: &str, text: &str| {
         parse_beijing(text).ok_or_else(|| {
             ConfigError(format!(
@@ -94,6 +85,22 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     println!("documents published: {}", progress.published);
     println!("elapsed: {:.1} s", view.started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Starts logging for a command that shows progress: on a terminal the progress lines say
+/// what happens and the log keeps to warnings; elsewhere the progress goes to the log. True on
+/// a terminal.
+pub fn start_logging(format: common::telemetry::LogFormat) -> bool {
+    let terminal = std::io::stderr().is_terminal();
+    common::telemetry::init_logging_with(
+        format,
+        if terminal {
+            "warn,lapin=warn,lapin::channel=off"
+        } else {
+            common::telemetry::DEFAULT_FILTER
+        },
+    );
+    terminal
 }
 
 /// Asks the holder of the producer lock to fetch `[from, to]` window by window, delivering

@@ -14,7 +14,6 @@
 //! 2 when it could not ask.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 
 use chrono::{Duration as ChronoDuration, NaiveDate, TimeZone};
 use clap::{Args, ValueEnum};
@@ -37,7 +36,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use transformer::{MappingConfig, Plan};
 
-use crate::backfill::{View, ask_holder};
+use crate::backfill::{View, ask_holder, start_logging};
 use crate::preflight::CouldNotAsk;
 
 #[derive(Args)]
@@ -434,15 +433,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<()> {
     let mapping = layers.section::<MappingConfig>()?;
     let kingdee = layers.section::<KingdeeConfig>()?;
     kingdee.check_credentials()?;
-    let terminal = std::io::stderr().is_terminal();
-    common::telemetry::init_logging_with(
-        process.runtime.log_format,
-        if terminal {
-            "warn,lapin=warn,lapin::channel=off"
-        } else {
-            common::telemetry::DEFAULT_FILTER
-        },
-    );
+    let terminal = start_logging(process.runtime.log_format);
     let (from, to) = (day("from", &args.from)?, day("to", &args.to)?);
     if to < from {
         return Err(ConfigError("--to must not be before --from".into()).into());

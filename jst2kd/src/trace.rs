@@ -286,14 +286,8 @@ async fn kingdee_bills(config: &KingdeeConfig, events: &[Outcome]) -> anyhow::Re
         KingdeeClient::new(config, 1, None).map_err(|e| CouldNotAsk(format!("Kingdee: {e}")))?;
     let mut bills = Vec::new();
     for (form, numbers) in by_form {
-        let filter = format!(
-            "FBillNo in ({})",
-            numbers
-                .iter()
-                .map(|n| format!("'{}'", n.replace('\'', "''")))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let numbers_text: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        let filter = loader::decide::bill_no_filter(&numbers_text);
         let rows = client
             .execute_bill_query(&form, BILL_FIELDS, &filter)
             .await
