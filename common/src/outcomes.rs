@@ -23,15 +23,14 @@ use crate::messages::{self, Headers, header};
 use crate::queue::{Broker, Destination, Outgoing, QueueError};
 use crate::telemetry::Stage;
 
-/// `jst2kd-schema` of an outcome event.
-pub const SCHEMA_OUTCOME: &str = "jst2kd.outcome.v1";
+/// `jst2kd-schema` of a message of the outcome log: a JSON array of events.
+pub const SCHEMA_OUTCOME: &str = "jst2kd.outcomes.v1";
 
 /// Events waiting for the writer at most; beyond, they are dropped and counted.
 const BUFFER: usize = 10_000;
 
-/// Events published in one batch at most: under the 256 unconfirmed messages RabbitMQ lets a
-/// channel have towards a stream before it throttles the channel.
-const BATCH: usize = 200;
+/// Events published in one message at most (a few hundred kilobytes).
+const BATCH: usize = 500;
 
 /// How long closing waits for the writer to publish what is buffered (out of the process's
 /// `runtime.shutdown_timeout`).
@@ -172,17 +171,18 @@ impl Outcome {
         self.details.insert(key.to_string(), value.into());
         self
     }
+}
 
-    /// The message that carries it into the stream.
-    pub fn message(&self) -> Outgoing {
-        let mut headers = Headers::new();
-        headers.insert(header::SCHEMA.into(), SCHEMA_OUTCOME.into());
-        Outgoing {
-            destination: Destination::Events,
-            message_id: messages::random_id(),
-            headers,
-            body: serde_json::to_vec(self).unwrap_or_default(),
-        }
+/// The message that carries a batch of events into the stream: one JSON array, so that the
+/// log costs the broker one message per batch rather than one per event.
+pub fn batch_message(outcomes: &[Outcome]) -> Outgoing {
+    let mut headers = Headers::new();
+    headers.insert(header::SCHEMA.into(), SCHEMA_OUTCOME.into());
+    Outgoing {
+        destination: Destination::Events,
+        message_id: messages::random_id(),
+        headers,
+        body: serde_json::to_vec(outcomes).unwrap_or_default(),
     }
 }
 
@@ -286,10 +286,11 @@ async fn write(
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let count = batch.len();
-        let messages = batch.drain(..).map(|o| o.message()).collect();
+        let message = batch_message(&batch);
+        batch.clear();
         let published = tokio::select! {
             () = stop.cancelled() => Err(QueueError::Cancelled),
-            r = broker.publish_all(messages) => r,
+            r = broker.publish(message) => r,
         };
         match published {
             Ok(()) => failing = false,
@@ -315,9 +316,15 @@ async fn write(
     broker.close().await;
 }
 
-/// Reads one event of the stream; `None` for what is no event.
-pub fn parse(body: &[u8]) -> Option<Outcome> {
-    serde_json::from_slice(body).ok()
+/// Reads the events of one message of the stream (a batch, or a single event); empty for
+/// what holds no event (a read's end marker, anything foreign).
+pub fn parse(body: &[u8]) -> Vec<Outcome> {
+    if let Ok(batch) = serde_json::from_slice::<Vec<Outcome>>(body) {
+        return batch;
+    }
+    serde_json::from_slice::<Outcome>(body)
+        .map(|o| vec![o])
+        .unwrap_or_default()
 }
 
 /// How long the stream may stay quiet before a read gives up on its end marker.
@@ -341,7 +348,7 @@ pub async fn read(
         Broker::Memory(memory) => Ok(memory
             .events()
             .iter()
-            .filter_map(|body| parse(body))
+            .flat_map(|body| parse(body))
             .filter(|o| o.at >= since && keep(o))
             .collect()),
         Broker::Rabbit(_) if since > Utc::now() => Ok(Vec::new()),
@@ -363,7 +370,8 @@ pub async fn read(
             let result = loop {
                 match reader.next(QUIET_WAIT).await {
                     Ok(Some(body)) => {
-                        let Some(outcome) = parse(&body) else {
+                        let events = parse(&body);
+                        if events.is_empty() {
                             let this = serde_json::from_slice::<Value>(&body)
                                 .ok()
                                 .and_then(|v| v.get("read_marker").cloned());
@@ -371,11 +379,9 @@ pub async fn read(
                                 break Ok(());
                             }
                             continue;
-                        };
-                        // The stream starts at the segment holding `since`: earlier events too.
-                        if outcome.at >= since && keep(&outcome) {
-                            kept.push(outcome);
                         }
+                        // The stream starts at the segment holding `since`: earlier events too.
+                        kept.extend(events.into_iter().filter(|o| o.at >= since && keep(o)));
                     }
                     Ok(None) => {
                         break Err(QueueError::Unavailable(format!(
@@ -404,13 +410,16 @@ mod tests {
             .with("status", "Confirmed");
         assert_eq!(o.io_id, Some(123));
         assert_eq!(o.modified.as_deref(), Some("2026-01-02 03:04:05"));
-        let message = o.message();
+        let message = batch_message(std::slice::from_ref(&o));
         assert_eq!(message.destination, Destination::Events);
-        assert_eq!(parse(&message.body), Some(o));
+        assert_eq!(parse(&message.body), vec![o.clone()]);
+        let single = serde_json::to_vec(&o).expect("json");
+        assert_eq!(parse(&single), vec![o]);
         let bill = Outcome::new(Stage::Loader, OutcomeKind::Booked).of_message("JSTPD123");
         assert_eq!(bill.io_id, None);
         assert_eq!(bill.message_id.as_deref(), Some("JSTPD123"));
-        assert_eq!(parse(b"not json"), None);
+        assert!(parse(b"not json").is_empty());
+        assert!(parse(br#"{"read_marker":"x"}"#).is_empty());
     }
 
     #[tokio::test]
