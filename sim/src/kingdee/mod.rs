@@ -85,8 +85,11 @@ struct Store {
     stats: BTreeMap<String, u64>,
     /// Stock moved by saved bills, by `"{stock}:{material}"`.
     moved: BTreeMap<String, f64>,
-    /// (form, bill number) of every saved bill: numbers are unique per form.
-    numbers: std::collections::HashSet<(String, String)>,
+    /// (form, bill number) of every saved bill, and where it is in `bills`: numbers are
+    /// unique per form, and operations and queries by number find a bill without scanning.
+    numbers: std::collections::HashMap<(String, String), usize>,
+    /// Saved so far, deleted bills included: `FID`s are never given twice.
+    saved: i64,
 }
 
 /// Faults and delays the simulator injects.
@@ -224,13 +227,18 @@ impl KingdeeSim {
     pub fn delete_bill(&self, form_id: &str, bill_no: &str) -> bool {
         let mut store = self.store();
         let Some(at) = store
-            .bills
-            .iter()
-            .position(|b| b.form_id == form_id && b.bill_no == bill_no)
+            .numbers
+            .remove(&(form_id.to_string(), bill_no.to_string()))
         else {
             return false;
         };
         let bill = store.bills.remove(at);
+        // The bills after it moved up by one.
+        for index in store.numbers.values_mut() {
+            if *index > at {
+                *index -= 1;
+            }
+        }
         if bill.status == "C" {
             let sign = if form_spec(form_id).is_some_and(|f| f.outbound) {
                 1.0
@@ -241,9 +249,6 @@ impl KingdeeSim {
                 *store.moved.entry(key).or_default() -= sign * qty;
             }
         }
-        store
-            .numbers
-            .remove(&(form_id.to_string(), bill_no.to_string()));
         true
     }
 
@@ -452,7 +457,9 @@ impl KingdeeSim {
             let mut problems = validate(spec, model, self.inner.master.as_ref());
             if problems.is_empty()
                 && let Some(no) = &bill_no
-                && (store.numbers.contains(&(form_id.to_string(), no.clone()))
+                && (store
+                    .numbers
+                    .contains_key(&(form_id.to_string(), no.clone()))
                     || !numbers_in_batch.insert(no.clone()))
             {
                 problems.push(Problem::new(
@@ -462,9 +469,11 @@ impl KingdeeSim {
                 ));
             }
             if problems.is_empty() {
-                let id = 100_001 + i64::try_from(store.bills.len()).unwrap_or(0);
+                let id = 100_001 + store.saved;
+                store.saved += 1;
                 let no = bill_no.unwrap_or_else(|| format!("QTCK{id:06}"));
-                store.numbers.insert((form_id.to_string(), no.clone()));
+                let at = store.bills.len();
+                store.numbers.insert((form_id.to_string(), no.clone()), at);
                 store.bills.push(SavedBill {
                     form_id: form_id.to_string(),
                     bill_no: no.clone(),
@@ -554,9 +563,9 @@ impl KingdeeSim {
         let mut errors = Vec::new();
         for (index, number) in numbers.iter().enumerate() {
             let Some(at) = store
-                .bills
-                .iter()
-                .position(|b| b.form_id == form_id && &b.bill_no == number)
+                .numbers
+                .get(&(form_id.to_string(), number.clone()))
+                .copied()
             else {
                 errors.push(json!({"FieldName": null, "Message": format!("单据编号为“{number}”的单据不存在"), "DIndex": index}));
                 continue;
@@ -680,9 +689,17 @@ impl KingdeeSim {
         };
         let store = self.store();
         let mut rows = Vec::new();
-        for b in store
-            .bills
-            .iter()
+        // By number through the index; any other filter reads every bill of the form.
+        let candidates: Vec<&SavedBill> = match &predicate {
+            Filter::BillNo(numbers) => numbers
+                .iter()
+                .filter_map(|no| store.numbers.get(&(form_id.to_string(), no.clone())))
+                .filter_map(|at| store.bills.get(*at))
+                .collect(),
+            _ => store.bills.iter().collect(),
+        };
+        for b in candidates
+            .into_iter()
             .filter(|b| b.form_id == form_id && predicate.matches(b))
         {
             let entries: Vec<Option<&Value>> = if per_entry {
@@ -975,10 +992,22 @@ mod tests {
             sim.store().moved.values().all(|q| *q == 0.0),
             "the movement is reversed"
         );
-        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1")]}));
+        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1"), bill("N2")]}));
         assert_eq!(
             again["Result"]["ResponseStatus"]["IsSuccess"], true,
             "{again}"
         );
+        let ids: BTreeSet<i64> = sim.bills().iter().map(|b| b.id).collect();
+        assert_eq!(ids.len(), 2, "a deleted bill's FID is not given again");
+        assert!(!ids.contains(&100_001), "{ids:?}");
+        // Operations and queries find bills by number after a delete moved them.
+        assert!(sim.delete_bill(MIS_DELIVERY, "N1"));
+        let submitted = sim.operate(false, MIS_DELIVERY, &json!({"Numbers": ["N2"]}));
+        assert_eq!(
+            submitted["Result"]["ResponseStatus"]["IsSuccess"], true,
+            "{submitted}"
+        );
+        let rows = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FBillNo,FDocumentStatus", "FilterString": "FBillNo='N2'"}));
+        assert_eq!(rows, json!([["N2", "B"]]));
     }
 }
