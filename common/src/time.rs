@@ -56,6 +56,12 @@ pub fn date_part(text: &str) -> Option<String> {
     parse_beijing(text).map(|t| t.format("%Y-%m-%d").to_string())
 }
 
+/// A count document's count date (`yyyy-MM-dd`): the date of its `io_date`, or else of its
+/// `modified`. The mapping dates bills with it; reconciliation selects documents by it.
+pub fn count_date(io_date: &str, modified: &str) -> Option<String> {
+    date_part(io_date).or_else(|| date_part(modified))
+}
+
 /// RFC 3339, for our own headers.
 pub fn rfc3339_now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -375,14 +375,10 @@ pub fn compare(
     out
 }
 
-/// The count date of a document, read as the mapping reads it (`io_date`, else `modified`).
+/// The count date of a raw document, as the mapping reads it (`common::time::count_date`).
 pub fn count_day(doc: &Value) -> Option<String> {
-    let text = |key: &str| {
-        doc.get(key)
-            .and_then(Value::as_str)
-            .and_then(common::time::date_part)
-    };
-    text("io_date").or_else(|| text("modified"))
+    let text = |key: &str| doc.get(key).and_then(Value::as_str).unwrap_or("");
+    common::time::count_date(text("io_date"), text("modified"))
 }
 
 /// Quantities per form × stock × material on both sides.

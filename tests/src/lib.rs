@@ -298,6 +298,46 @@ pub fn metric(page: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A `[mapping.warehouses]` for every warehouse the Jushuitan simulator generates
+/// (`sim::jst::GENERATED_WAREHOUSES`), as `config/local.toml` maps them.
+pub const GENERATED_WAREHOUSES: [(&str, &str); 5] = [
+    ("1", "CK001"),
+    ("2", "CK002"),
+    ("3", "CK003"),
+    ("4", "CK004"),
+    ("10001:1", "CK101"),
+];
+
+/// The local RabbitMQ as the workers of `prefix` see it (topology declared), named `name`.
+pub async fn rabbit(prefix: &str, name: &str) -> common::queue::rabbit::RabbitBroker {
+    let amqp = common::queue::AmqpConfig {
+        prefix: prefix.to_string(),
+        ..common::queue::AmqpConfig::default()
+    };
+    common::queue::rabbit::RabbitBroker::connect(
+        common::config::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+        name,
+        common::queue::Topology::from_config(&amqp),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("RabbitMQ on 127.0.0.1:5672")
+}
+
+/// Runs the `jst2kd` binary with `args` and environment `env` to its end, within three
+/// minutes (killed if the test gives up first).
+pub async fn run_jst2kd(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let run = tokio::process::Command::new(binary("jst2kd"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("jst2kd ends within three minutes")
+        .expect("jst2kd runs")
+}
+
 /// One column of `rabbitmqctl list_queues` for a queue.
 fn queue_stat(name: &str, column: &str) -> Option<u64> {
     let out = Command::new("rabbitmqctl")

@@ -6,15 +6,11 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::config::Secret;
-
 use common::messages::Headers;
-use common::queue::AmqpConfig;
 use common::queue::rabbit::RabbitBroker;
-use common::queue::{Broker, Destination, Outgoing, Topology, Work};
+use common::queue::{Broker, Destination, Outgoing, Work};
 use e2e::{Proc, Scratch, binary, delete_queues, free_port, http, queue_messages, wait_ok};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 struct Setup {
     dir: Scratch,
@@ -70,18 +66,7 @@ impl Setup {
     }
 
     async fn broker(&self) -> RabbitBroker {
-        let amqp = AmqpConfig {
-            prefix: self.prefix.clone(),
-            ..AmqpConfig::default()
-        };
-        RabbitBroker::connect(
-            Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "e2e-dlq",
-            Topology::from_config(&amqp),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap()
+        e2e::rabbit(&self.prefix, "e2e-dlq").await
     }
 }
 

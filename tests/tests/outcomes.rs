@@ -11,13 +11,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::config::Secret;
 use common::outcomes::{self, Outcome, OutcomeKind};
+use common::queue::Broker;
 use common::queue::rabbit::RabbitBroker;
-use common::queue::{AmqpConfig, Broker, Topology};
 use e2e::{Proc, Scratch, Sims, delete_queues, free_port, http};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// Every generated warehouse but `4`: its documents have no mapping.
 const WAREHOUSES: [(&str, &str); 4] = [
@@ -47,31 +45,16 @@ impl Run {
 
     /// Runs `jst2kd` with this run's configuration, to its end within three minutes.
     async fn jst2kd(&self, args: &[&str]) -> std::process::Output {
-        let run = tokio::process::Command::new(e2e::binary("jst2kd"))
-            .args(args)
-            .args(["--config", &self.config])
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .kill_on_drop(true)
-            .output();
-        tokio::time::timeout(Duration::from_secs(180), run)
-            .await
-            .expect("jst2kd ends within three minutes")
-            .expect("jst2kd runs")
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--config", self.config.as_str()])
+            .collect();
+        e2e::run_jst2kd(&args, &self.env).await
     }
 
     async fn broker(&self) -> RabbitBroker {
-        let amqp = AmqpConfig {
-            prefix: self.prefix.clone(),
-            ..AmqpConfig::default()
-        };
-        RabbitBroker::connect(
-            Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "e2e-outcomes",
-            Topology::from_config(&amqp),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap()
+        e2e::rabbit(&self.prefix, "e2e-outcomes").await
     }
 
     /// Reads the outcome log until `done` holds, or panics after `timeout`.

@@ -13,14 +13,6 @@ use e2e::{
 use serde_json::Value;
 
 /// Warehouse mapping of the test configuration (the same as config/local.toml).
-const WAREHOUSES: [(&str, &str); 5] = [
-    ("1", "CK001"),
-    ("2", "CK002"),
-    ("3", "CK003"),
-    ("4", "CK004"),
-    ("10001:1", "CK101"),
-];
-
 /// One expected entry: material, quantity, stock, lot.
 type Entry = (String, String, String, Option<String>);
 
@@ -46,10 +38,10 @@ fn expected_bills(docs: &[Value]) -> BTreeMap<String, Vec<Entry>> {
         }
         let key = format!("{}:{}", doc["wms_co_id"], doc["wh_id"]);
         let wh = doc["wh_id"].to_string();
-        let stock = WAREHOUSES
+        let stock = e2e::GENERATED_WAREHOUSES
             .iter()
             .find(|(k, _)| *k == key)
-            .or_else(|| WAREHOUSES.iter().find(|(k, _)| *k == wh))
+            .or_else(|| e2e::GENERATED_WAREHOUSES.iter().find(|(k, _)| *k == wh))
             .map(|(_, s)| s.to_string())
             .expect("the generator only uses mapped warehouses");
         let mut entries = Vec::new();
@@ -124,7 +116,7 @@ impl Pipeline {
         let config = sims.worker_toml(
             &prefix,
             &dir.path("producer.checkpoint.json"),
-            &WAREHOUSES,
+            &e2e::GENERATED_WAREHOUSES,
             &format!("[loader]\n{loader}\n"),
         );
         let path = dir.path("config.toml");

@@ -5,16 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::config::Secret;
-
-use common::queue::AmqpConfig;
-use common::queue::rabbit::RabbitBroker;
-use common::queue::{Broker, Topology, Work};
+use common::queue::{Broker, Work};
 use e2e::{
-    Proc, Scratch, delete_queues, free_port, get_json, http, queue_messages, status, wait_ok,
+    Proc, Scratch, delete_queues, free_port, get_json, http, queue_messages, run_jst2kd, status,
+    wait_ok,
 };
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 struct Setup {
     dir: Scratch,
@@ -102,18 +98,7 @@ impl Setup {
 
     /// Every message id in the counts queue (consumed and acked).
     async fn published(&self) -> Vec<String> {
-        let amqp = AmqpConfig {
-            prefix: self.prefix.clone(),
-            ..AmqpConfig::default()
-        };
-        let rabbit = RabbitBroker::connect(
-            Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "e2e-reader",
-            Topology::from_config(&amqp),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let rabbit = e2e::rabbit(&self.prefix, "e2e-reader").await;
         let mut consumer = Broker::Rabbit(rabbit.clone())
             .consume(Work::Counts, 500)
             .await
@@ -134,18 +119,6 @@ impl Setup {
         let v: Value = serde_json::from_slice(&bytes).ok()?;
         chrono::DateTime::parse_from_rfc3339(v["until"].as_str()?).ok()
     }
-}
-
-/// Runs `jst2kd` with `args` to its end, within three minutes.
-async fn jst2kd(args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::new(e2e::binary("jst2kd"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("jst2kd ends within three minutes")
-        .expect("jst2kd runs")
 }
 
 impl Drop for Setup {
@@ -324,15 +297,18 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
             m >= from && m <= to
         })
         .count();
-    let out = jst2kd(&[
-        "backfill",
-        "--config",
-        &s.config,
-        "--from",
-        &common::time::format_beijing(&from),
-        "--to",
-        &common::time::format_beijing(&to),
-    ])
+    let out = run_jst2kd(
+        &[
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            &common::time::format_beijing(&from),
+            "--to",
+            &common::time::format_beijing(&to),
+        ],
+        &[],
+    )
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -348,15 +324,18 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
     assert!(s.checkpoint().is_none(), "the checkpoint is not touched");
     assert_eq!(s.published().await.len(), expected);
 
-    let bad = jst2kd(&[
-        "backfill",
-        "--config",
-        &s.config,
-        "--from",
-        "yesterday",
-        "--to",
-        "today",
-    ])
+    let bad = run_jst2kd(
+        &[
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            "yesterday",
+            "--to",
+            "today",
+        ],
+        &[],
+    )
     .await;
     assert_eq!(bad.status.code(), Some(2), "a bad time is a usage error");
 }
@@ -401,15 +380,18 @@ async fn backfill_beside_a_polling_producer_shares_its_quota() {
         })
         .collect();
     assert!(expected.len() > 500, "{} documents", expected.len());
-    let out = jst2kd(&[
-        "backfill",
-        "--config",
-        &s.config,
-        "--from",
-        &common::time::format_beijing(&from),
-        "--to",
-        &common::time::format_beijing(&to),
-    ])
+    let out = run_jst2kd(
+        &[
+            "backfill",
+            "--config",
+            &s.config,
+            "--from",
+            &common::time::format_beijing(&from),
+            "--to",
+            &common::time::format_beijing(&to),
+        ],
+        &[],
+    )
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,21 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use common::config::Secret;
 use common::outcomes::{self, OutcomeKind};
-use common::queue::rabbit::RabbitBroker;
-use common::queue::{AmqpConfig, Broker, Topology};
+use common::queue::Broker;
 use e2e::{Proc, Scratch, Sims, delete_queues, free_port, get_json, http};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const WAREHOUSES: [(&str, &str); 5] = [
-    ("1", "CK001"),
-    ("2", "CK002"),
-    ("3", "CK003"),
-    ("4", "CK004"),
-    ("10001:1", "CK101"),
-];
 
 struct Run {
     dir: Scratch,
@@ -50,8 +39,8 @@ impl Run {
             .format("%Y-%m-%d")
             .to_string();
         let to = today.format("%Y-%m-%d").to_string();
-        let run = tokio::process::Command::new(e2e::binary("jst2kd"))
-            .args([
+        e2e::run_jst2kd(
+            &[
                 "reconcile",
                 "--config",
                 &self.config,
@@ -59,14 +48,12 @@ impl Run {
                 &from,
                 "--to",
                 &to,
-            ])
-            .args(["--format", format])
-            .kill_on_drop(true)
-            .output();
-        tokio::time::timeout(Duration::from_secs(180), run)
-            .await
-            .expect("reconcile ends within three minutes")
-            .expect("reconcile runs")
+                "--format",
+                format,
+            ],
+            &[],
+        )
+        .await
     }
 
     async fn post_counts(&self, docs: Value) {
@@ -88,7 +75,7 @@ async fn reconcile_finds_each_kind_of_difference_once() {
     let config = sims.worker_toml(
         &prefix,
         &dir.path("producer.checkpoint.json"),
-        &WAREHOUSES,
+        &e2e::GENERATED_WAREHOUSES,
         "",
     );
     let path = dir.path("config.toml");
@@ -209,17 +196,7 @@ async fn reconcile_finds_each_kind_of_difference_once() {
     run.post_counts(json!([cancel, change, unmapped])).await;
 
     // The pipeline meets them: a mapping dead letter and a conflict.
-    let broker = RabbitBroker::connect(
-        Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-        "e2e-reconcile",
-        Topology::from_config(&AmqpConfig {
-            prefix: run.prefix.clone(),
-            ..AmqpConfig::default()
-        }),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let broker = e2e::rabbit(&run.prefix, "e2e-reconcile").await;
     let since = chrono::Utc::now() - chrono::Duration::minutes(10);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -5,7 +5,7 @@
 
 use crate::config::{Gains, LossSign, MappingConfig, Warehouse};
 use common::messages::{BillMessage, BillSource, CountBatch, CountDoc, CountItem, DocError};
-use common::time::date_part;
+use common::time::{count_date, date_part};
 use serde_json::{Map, Value, json};
 
 pub use common::messages::{FORM_MIS_DELIVERY, FORM_MISCELLANEOUS};
@@ -328,14 +328,12 @@ pub fn plan<'a>(doc: &'a CountDoc, config: &'a MappingConfig) -> Result<Plan<'a>
             missing.join("; ")
         )));
     };
-    let date = date_part(&doc.io_date)
-        .or_else(|| date_part(&doc.modified))
-        .ok_or_else(|| {
-            DocError(format!(
-                "document {}: neither io_date nor modified is a readable date",
-                doc.io_id
-            ))
-        })?;
+    let date = count_date(&doc.io_date, &doc.modified).ok_or_else(|| {
+        DocError(format!(
+            "document {}: neither io_date nor modified is a readable date",
+            doc.io_id
+        ))
+    })?;
     let mut bills = Vec::new();
     if !losses.is_empty() {
         bills.push((Kind::Loss, losses));

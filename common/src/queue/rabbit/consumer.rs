@@ -27,12 +27,7 @@ pub struct RabbitConsumer {
 
 impl RabbitConsumer {
     pub(super) async fn start(&mut self) -> Result<(), QueueError> {
-        let live = self.broker.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.broker.channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await

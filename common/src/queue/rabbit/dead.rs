@@ -63,12 +63,7 @@ impl RabbitBroker {
     /// `basic.get`: on this broker's quorum queues, the last message taken with `basic.get`
     /// came back second after a requeue.)
     pub async fn read_dead_letters(&self) -> Result<DeadLetterBatch, QueueError> {
-        let live = self.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.channel().await?;
         let queue = self.inner.topology.dead();
         let count = channel
             .queue_declare(

@@ -272,6 +272,12 @@ impl RabbitBroker {
         })
     }
 
+    /// A new channel on the current connection (connecting first when there is none).
+    pub(super) async fn channel(&self) -> Result<Channel, QueueError> {
+        let live = self.live(true).await?;
+        live.connection.create_channel().await.map_err(unavailable)
+    }
+
     /// Drops a connection that failed beyond lapin's recovery, so the next call rebuilds it.
     async fn discard(&self, generation: u64) {
         let mut guard = self.inner.live.lock().await;
@@ -409,12 +415,7 @@ impl RabbitBroker {
     }
 
     async fn depth_of(&self, name: &str) -> Result<u64, QueueError> {
-        let live = self.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.channel().await?;
         let queue = channel
             .queue_declare(
                 name.into(),
@@ -432,12 +433,7 @@ impl RabbitBroker {
 
     /// Deletes every queue and exchange of the topology (tests, demo clean-up).
     pub async fn delete_topology(&self) -> Result<(), QueueError> {
-        let live = self.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.channel().await?;
         for queue in self.inner.topology.all_queues() {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -22,12 +22,7 @@ pub struct StreamReader {
 impl RabbitBroker {
     /// Reads the outcome stream from the first event at or after `since`.
     pub async fn read_events(&self, since: DateTime<Utc>) -> Result<StreamReader, QueueError> {
-        let live = self.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
+        let channel = self.channel().await?;
         channel
             .basic_qos(CREDIT, BasicQosOptions::default())
             .await
