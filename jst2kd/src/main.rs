@@ -4,6 +4,7 @@
 //! 2 usage or configuration error.
 
 mod backfill;
+mod bench;
 mod check;
 mod demo;
 mod dlq;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the whole pipeline once against built-in simulators and print a summary.
     Demo(demo::DemoArgs),
+    /// Measure the pipeline on this machine against the broker's own ceiling.
+    Bench(bench::BenchArgs),
     /// Publish the documents of a past period without touching the producer's checkpoint.
     Backfill(backfill::BackfillArgs),
     /// Check the configuration and reach RabbitMQ, Jushuitan and Kingdee.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Backfill(args) => backfill::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Preview(args) => preview::run(args),
             Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Check(args) => check::run(args).await,

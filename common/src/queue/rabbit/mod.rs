@@ -132,19 +132,6 @@ impl RabbitBroker {
         Ok(broker)
     }
 
-    /// A broker of the same URL and names on a connection of its own, opened at its first
-    /// use and stopped by `cancel`: the outcome log writes through one, so that its stream
-    /// publishing never slows the pipeline's connection (RabbitMQ throttles a channel that
-    /// has many unconfirmed stream messages, and with it the whole connection).
-    pub fn sibling(&self, suffix: &str, cancel: CancellationToken) -> Self {
-        Self::new(
-            self.inner.url.clone(),
-            format!("{}-{suffix}", self.inner.name),
-            self.inner.topology.clone(),
-            cancel,
-        )
-    }
-
     /// The names it declares.
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
