@@ -100,11 +100,17 @@ struct Tokens {
     generation: u64,
 }
 
-/// Documents in the order the platform pages them: `modified`, then `io_id`.
+/// Where a document is in paging order: `modified`, then `io_id`.
+type Key = (Option<DateTime<FixedOffset>>, i64);
+
+/// Documents in the order the platform pages them, and the same order by status: a page
+/// asked with a status reads only that status's keys, not every document of the window
+/// (a window is paged many times, and each page counts its matches).
 #[derive(Default)]
 struct Docs {
-    sorted: BTreeMap<(Option<DateTime<FixedOffset>>, i64), Value>,
-    key_of: HashMap<i64, Option<DateTime<FixedOffset>>>,
+    sorted: BTreeMap<Key, Value>,
+    key_of: HashMap<i64, (Key, Option<String>)>,
+    by_status: HashMap<String, std::collections::BTreeSet<Key>>,
 }
 
 struct Inner {
@@ -171,10 +177,21 @@ impl JstSim {
         for doc in docs {
             if let Some(id) = int_field(doc.get("io_id")) {
                 let modified = text_field(doc.get("modified")).and_then(|m| parse_beijing(&m));
-                if let Some(old) = held.key_of.insert(id, modified) {
-                    held.sorted.remove(&(old, id));
+                let key = (modified, id);
+                let status = doc
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let Some((old, old_status)) = held.key_of.insert(id, (key, status.clone())) {
+                    held.sorted.remove(&old);
+                    if let Some(keys) = old_status.and_then(|s| held.by_status.get_mut(&s)) {
+                        keys.remove(&old);
+                    }
                 }
-                held.sorted.insert((modified, id), doc);
+                if let Some(status) = status {
+                    held.by_status.entry(status).or_default().insert(key);
+                }
+                held.sorted.insert(key, doc);
                 n += 1;
             }
         }
@@ -526,19 +543,34 @@ async fn count_query(
             Some((b, e)) => (Included((Some(b), i64::MIN)), Included((Some(e), i64::MAX))),
             None => (Unbounded, Unbounded),
         };
-        let range = docs.sorted.range(bounds);
-        let matches = range.filter(|((_, id), doc)| {
-            query.io_ids.as_ref().is_none_or(|ids| ids.contains(id))
-                && query
-                    .status
-                    .as_deref()
-                    .is_none_or(|s| doc.get("status").and_then(Value::as_str) == Some(s))
-        });
-        for (_, doc) in matches {
-            if total >= start && datas.len() < query.page_size {
-                datas.push(doc.clone());
+        match (&query.status, &query.io_ids) {
+            (Some(status), None) => {
+                let keys = docs.by_status.get(status).map(|k| k.range(bounds));
+                for key in keys.into_iter().flatten() {
+                    if total >= start
+                        && datas.len() < query.page_size
+                        && let Some(doc) = docs.sorted.get(key)
+                    {
+                        datas.push(doc.clone());
+                    }
+                    total += 1;
+                }
             }
-            total += 1;
+            _ => {
+                let matches = docs.sorted.range(bounds).filter(|((_, id), doc)| {
+                    query.io_ids.as_ref().is_none_or(|ids| ids.contains(id))
+                        && query
+                            .status
+                            .as_deref()
+                            .is_none_or(|s| doc.get("status").and_then(Value::as_str) == Some(s))
+                });
+                for (_, doc) in matches {
+                    if total >= start && datas.len() < query.page_size {
+                        datas.push(doc.clone());
+                    }
+                    total += 1;
+                }
+            }
         }
         (total, datas)
     };

@@ -188,6 +188,96 @@ async fn paging_is_stable_and_reports_counts() {
     assert_eq!(v["data"]["has_next"], json!(count > 5));
 }
 
+/// Every page of a window asked with `status`, as (io_id, status) in paging order.
+async fn paged(url: &str, status: Option<&str>) -> (u64, Vec<(i64, String)>) {
+    let mut biz = window_biz();
+    biz["modified_begin"] = json!(common::time::format_beijing(
+        &(common::time::now_beijing() - chrono::Duration::days(6))
+    ));
+    biz["page_size"] = json!(7);
+    if let Some(s) = status {
+        biz["status"] = json!(s);
+    }
+    let (mut seen, mut count) = (Vec::new(), 0);
+    for page in 1.. {
+        biz["page_index"] = json!(page);
+        let (_, body) = Call::business(&biz).send(url, Q).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        count = v["data"]["data_count"].as_u64().unwrap();
+        for d in v["data"]["datas"].as_array().unwrap() {
+            seen.push((
+                d["io_id"].as_i64().unwrap(),
+                d["status"].as_str().unwrap().to_string(),
+            ));
+        }
+        if v["data"]["has_next"] != json!(true) {
+            break;
+        }
+    }
+    (count, seen)
+}
+
+#[tokio::test]
+async fn a_status_reads_the_same_documents_as_a_filter_of_all_of_them() {
+    let (sim, url) = start(JstBehaviour {
+        rate_limit: false,
+        ..JstBehaviour::default()
+    })
+    .await;
+    let (all_count, all) = paged(&url, None).await;
+    assert_eq!(all_count as usize, all.len());
+    let confirmed: Vec<(i64, String)> = all
+        .iter()
+        .filter(|(_, s)| s == "Confirmed")
+        .cloned()
+        .collect();
+    assert!(
+        confirmed.len() > 5,
+        "the generator gives confirmed documents"
+    );
+    assert_eq!(
+        paged(&url, Some("Confirmed")).await,
+        (confirmed.len() as u64, confirmed.clone())
+    );
+
+    // A confirmed document cancelled (and modified) leaves the status; another one joins it.
+    let mut docs = sim.all();
+    let leaving = docs
+        .iter_mut()
+        .find(|d| d["io_id"].as_i64() == Some(confirmed[0].0))
+        .unwrap();
+    leaving["status"] = json!("Cancelled");
+    let leaving = leaving.clone();
+    let mut joining = docs
+        .iter()
+        .find(|d| d["status"] == "WaitConfirm")
+        .unwrap()
+        .clone();
+    joining["status"] = json!("Confirmed");
+    joining["modified"] = json!(common::time::format_beijing(
+        &(common::time::now_beijing() - chrono::Duration::hours(2))
+    ));
+    sim.put(vec![leaving.clone(), joining.clone()]);
+    let (count, now) = paged(&url, Some("Confirmed")).await;
+    assert_eq!(count as usize, now.len());
+    assert!(
+        !now.iter()
+            .any(|(id, _)| Some(*id) == leaving["io_id"].as_i64())
+    );
+    assert_eq!(
+        now.last().map(|(id, _)| *id),
+        joining["io_id"].as_i64(),
+        "last modified, last paged"
+    );
+    assert_eq!(now.len(), confirmed.len());
+    let (_, cancelled) = paged(&url, Some("Cancelled")).await;
+    assert!(
+        cancelled
+            .iter()
+            .any(|(id, _)| Some(*id) == leaving["io_id"].as_i64())
+    );
+}
+
 #[tokio::test]
 async fn the_sliding_limits_answer_199_and_200() {
     let (sim, url) = start(JstBehaviour {
