@@ -434,12 +434,13 @@ impl KingdeeSim {
         Ok(())
     }
 
-    fn batch_save(&self, form_id: &str, data: &Value) -> Value {
-        let models: Vec<Value> = match data.get("Model") {
-            Some(Value::Array(m)) => m.clone(),
-            Some(m @ Value::Object(_)) => vec![m.clone()],
+    fn batch_save(&self, form_id: &str, mut data: Value) -> Value {
+        let models: Vec<Value> = match data.get_mut("Model").map(Value::take) {
+            Some(Value::Array(m)) => m,
+            Some(m @ Value::Object(_)) => vec![m],
             _ => return status_error(8, "参数Model不能为空"),
         };
+        let count = models.len();
         let Some(spec) = form_spec(form_id) else {
             return status_error(9, &format!("业务对象“{form_id}”不存在"));
         };
@@ -448,13 +449,13 @@ impl KingdeeSim {
         let mut errors = Vec::new();
         let mut saved = Vec::new();
         let mut msg_code = 0;
-        for (index, model) in models.iter().enumerate() {
+        for (index, model) in models.into_iter().enumerate() {
             let bill_no = model
                 .get("FBillNo")
                 .and_then(Value::as_str)
                 .map(str::to_string);
             // Stock moves at audit, not at save: a save checks no stock.
-            let mut problems = validate(spec, model, self.inner.master.as_ref());
+            let mut problems = validate(spec, &model, self.inner.master.as_ref());
             if problems.is_empty()
                 && let Some(no) = &bill_no
                 && (store
@@ -478,7 +479,7 @@ impl KingdeeSim {
                     form_id: form_id.to_string(),
                     bill_no: no.clone(),
                     id,
-                    model: model.clone(),
+                    model,
                     status: "A".into(),
                 });
                 saved.push(json!({"Id": id, "Number": no, "DIndex": index}));
@@ -494,7 +495,7 @@ impl KingdeeSim {
         }
         *store.stats.entry("bills_saved".into()).or_default() += saved.len() as u64;
         *store.stats.entry("bills_refused".into()).or_default() +=
-            models.len().saturating_sub(saved.len()) as u64;
+            count.saturating_sub(saved.len()) as u64;
         let need_return: Vec<Value> = saved
             .iter()
             .map(|s| json!({"FID": s["Id"], "FBillNo": s["Number"]}))
@@ -754,7 +755,7 @@ mod tests {
         lot["FEntity"][0]["FMaterialId"] = json!({"FNumber": "LOT-1"});
         let answer = sim.batch_save(
             MIS_DELIVERY,
-            &json!({"Model": [bill("B1"), bare, unknown_field, lot, bill("B1")]}),
+            json!({"Model": [bill("B1"), bare, unknown_field, lot, bill("B1")]}),
         );
         let status = &answer["Result"]["ResponseStatus"];
         assert_eq!(status["IsSuccess"], false);
@@ -770,7 +771,7 @@ mod tests {
         assert!(text.contains("元数据中标识为FXxx的字段不存在"));
         assert!(text.contains("已经被使用"));
         assert!(text.contains("批号"));
-        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("B1")]}));
+        let again = sim.batch_save(MIS_DELIVERY, json!({"Model": [bill("B1")]}));
         assert!(again.to_string().contains("[B1]在当前系统中已经被使用"));
         let gain = json!({"FBillNo": "G1", "FBillTypeID": {"FNUMBER": "QTRKD01_SYS"}, "FStockOrgId": {"FNumber": "100"},
             "FOwnerIdHead": {"FNumber": "100"}, "FDate": "2026-03-01",
@@ -779,7 +780,7 @@ mod tests {
         let mut gain_with_pick = gain.clone();
         gain_with_pick["FPickOrgId"] = json!({"FNumber": "100"});
         gain_with_pick["FBillNo"] = json!("G2");
-        let gains = sim.batch_save(MISCELLANEOUS, &json!({"Model": [gain, gain_with_pick]}));
+        let gains = sim.batch_save(MISCELLANEOUS, json!({"Model": [gain, gain_with_pick]}));
         let gain_status = &gains["Result"]["ResponseStatus"];
         assert_eq!(
             gain_status["SuccessEntitys"].as_array().map(Vec::len),
@@ -795,7 +796,7 @@ mod tests {
     #[test]
     fn queries_filter_by_bill_number_or_id() {
         let sim = KingdeeSim::new(KingdeeCredentials::default(), None);
-        sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("B1"), bill("B2")]}));
+        sim.batch_save(MIS_DELIVERY, json!({"Model": [bill("B1"), bill("B2")]}));
         let rows = sim.query(&json!({"FormId": MIS_DELIVERY, "FieldKeys": "FID,FBillNo", "FilterString": "FBillNo in ('B2','B9')"}));
         assert_eq!(rows, json!([[100_002, "B2"]]));
         let rows = sim.query(
@@ -842,7 +843,7 @@ mod tests {
         };
         let answer = sim.batch_save(
             MIS_DELIVERY,
-            &json!({"Model": [
+            json!({"Model": [
                 in_org("L1", "100", Some("A-01")),
                 in_org("L2", "200", Some("A-01")),
                 in_org("L3", "100", None),
@@ -869,7 +870,7 @@ mod tests {
         let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(strict));
         let answer = sim.batch_save(
             MIS_DELIVERY,
-            &json!({"Model": [in_org("L5", "100", Some("A-01"))]}),
+            json!({"Model": [in_org("L5", "100", Some("A-01"))]}),
         );
         assert!(
             answer
@@ -910,7 +911,7 @@ mod tests {
         };
         let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
         // 5 out of 3 on hand: the save takes no stock, so it passes.
-        let saved = sim.batch_save(MIS_DELIVERY, &json!({"Model": [big("N1"), big("N2")]}));
+        let saved = sim.batch_save(MIS_DELIVERY, json!({"Model": [big("N1"), big("N2")]}));
         assert_eq!(saved["Result"]["ResponseStatus"]["IsSuccess"], true);
         let refused = audit(&sim, "N1", false);
         let text = refused["Result"]["ResponseStatus"].to_string();
@@ -930,7 +931,7 @@ mod tests {
         let mut strict = master();
         strict.allow_negative = false;
         let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(strict));
-        sim.batch_save(MIS_DELIVERY, &json!({"Model": [big("N1"), bill("N3")]}));
+        sim.batch_save(MIS_DELIVERY, json!({"Model": [big("N1"), bill("N3")]}));
         let refused = audit(&sim, "N1", true);
         assert!(
             refused.to_string().contains("仓存参数不允许负库存"),
@@ -943,7 +944,7 @@ mod tests {
         );
         let mut more = bill("N4");
         more["FEntity"][0]["FQty"] = json!(2.0);
-        sim.batch_save(MIS_DELIVERY, &json!({"Model": [more]}));
+        sim.batch_save(MIS_DELIVERY, json!({"Model": [more]}));
         assert!(
             audit(&sim, "N4", true)
                 .to_string()
@@ -973,7 +974,7 @@ mod tests {
     #[test]
     fn a_deleted_bill_is_gone_with_its_stock_movement_and_its_number_is_free() {
         let sim = KingdeeSim::new(KingdeeCredentials::default(), Some(master()));
-        sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1")]}));
+        sim.batch_save(MIS_DELIVERY, json!({"Model": [bill("N1")]}));
         sim.operate(false, MIS_DELIVERY, &json!({"Numbers": ["N1"]}));
         sim.operate(
             true,
@@ -992,7 +993,7 @@ mod tests {
             sim.store().moved.values().all(|q| *q == 0.0),
             "the movement is reversed"
         );
-        let again = sim.batch_save(MIS_DELIVERY, &json!({"Model": [bill("N1"), bill("N2")]}));
+        let again = sim.batch_save(MIS_DELIVERY, json!({"Model": [bill("N1"), bill("N2")]}));
         assert_eq!(
             again["Result"]["ResponseStatus"]["IsSuccess"], true,
             "{again}"

@@ -45,22 +45,23 @@ pub(super) fn session_lost() -> Value {
     status_error(1, "会话信息已丢失，请重新登录")
 }
 
-/// Reads a JSON argument that may arrive as an object or as JSON text.
-pub(super) fn argument(v: Option<&Value>) -> Option<Value> {
+/// Takes a JSON argument that may arrive as an object or as JSON text.
+pub(super) fn argument(v: Option<&mut Value>) -> Option<Value> {
     match v? {
         Value::String(s) => serde_json::from_str(s).ok(),
-        other => Some(other.clone()),
+        other => Some(other.take()),
     }
 }
 
-/// The (formid, data) of either body shape; ExecuteBillQuery has only `data`.
-pub(super) fn arguments(body: &Value, data_only: bool) -> Option<(String, Value)> {
-    if let Some(params) = body.get("parameters").and_then(Value::as_array) {
+/// The (formid, data) of either body shape, taken out of it (a bill is never copied on its
+/// way to the store); ExecuteBillQuery has only `data`.
+pub(super) fn arguments(mut body: Value, data_only: bool) -> Option<(String, Value)> {
+    if let Some(params) = body.get_mut("parameters").and_then(Value::as_array_mut) {
         if data_only {
-            return Some((String::new(), argument(params.first())?));
+            return Some((String::new(), argument(params.first_mut())?));
         }
         let form = params.first()?.as_str()?.to_string();
-        return Some((form, argument(params.get(1))?));
+        return Some((form, argument(params.get_mut(1))?));
     }
     let form = body
         .get("formid")
@@ -68,7 +69,7 @@ pub(super) fn arguments(body: &Value, data_only: bool) -> Option<(String, Value)
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    Some((form, argument(body.get("data"))?))
+    Some((form, argument(body.get_mut("data"))?))
 }
 
 pub(super) async fn service(
@@ -117,18 +118,18 @@ pub(super) async fn service(
     match name.as_str() {
         "dynamicformservice.batchsave" | "dynamicformservice.save" => {
             sim.count("batch_save");
-            let Some((form, data)) = arguments(&body, false) else {
+            let Some((form, data)) = arguments(body, false) else {
                 return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
             };
             match sim.write_fault() {
-                WriteFault::None => Json(sim.batch_save(&form, &data)).into_response(),
+                WriteFault::None => Json(sim.batch_save(&form, data)).into_response(),
                 WriteFault::FailBeforeCommit => {
                     sim.count("fault_500_before_commit");
                     server_error()
                 }
                 WriteFault::FailAfterCommit => {
                     sim.count("fault_500_after_commit");
-                    sim.batch_save(&form, &data);
+                    sim.batch_save(&form, data);
                     server_error()
                 }
                 WriteFault::Busy(code) => {
@@ -140,7 +141,7 @@ pub(super) async fn service(
         "dynamicformservice.submit" | "dynamicformservice.audit" => {
             let audit = name.ends_with("audit");
             sim.count(if audit { "audit" } else { "submit" });
-            let Some((form, data)) = arguments(&body, false) else {
+            let Some((form, data)) = arguments(body, false) else {
                 return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
             };
             match sim.write_fault() {
@@ -155,14 +156,14 @@ pub(super) async fn service(
         }
         "dynamicformservice.view" => {
             sim.count("view");
-            let Some((form, data)) = arguments(&body, false) else {
+            let Some((form, data)) = arguments(body, false) else {
                 return Json(status_error(8, "缺少参数 formid 或 data")).into_response();
             };
             Json(sim.view(&form, &data)).into_response()
         }
         "dynamicformservice.executebillquery" => {
             sim.count("execute_bill_query");
-            let Some((_, data)) = arguments(&body, true) else {
+            let Some((_, data)) = arguments(body, true) else {
                 return Json(json!([[status_error(8, "缺少参数 data")]])).into_response();
             };
             Json(sim.query(&data)).into_response()
