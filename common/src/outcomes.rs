@@ -32,6 +32,11 @@ const BUFFER: usize = 10_000;
 /// Events published in one message at most (a few hundred kilobytes).
 const BATCH: usize = 500;
 
+/// How long a batch waits for more events before it is published. Fewer, larger messages
+/// cost the broker less: the log took about a tenth of its CPU in the pipeline with batches
+/// of what arrived during one confirm (`jst2kd bench`).
+const LINGER: Duration = Duration::from_millis(100);
+
 /// How long closing waits for the writer to publish what is buffered (out of the process's
 /// `runtime.shutdown_timeout`).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -284,6 +289,17 @@ async fn write(
     let mut failing = false;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // A batch fills for a moment before it goes: the broker then writes a few messages a
+        // second per worker instead of one per confirm round trip. A closed log (shutdown)
+        // goes at once.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            let more = tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room));
+            if !matches!(more.await, Ok(n) if n > 0) {
+                break;
+            }
+        }
         let count = batch.len();
         let message = batch_message(&batch);
         batch.clear();

@@ -77,6 +77,23 @@ pub trait PageSink {
         docs: Vec<(String, Value)>,
         at: PageAt<'_>,
     ) -> impl std::future::Future<Output = Result<(), ProducerError>> + Send;
+
+    /// Finishes what the pages taken so far started; the scan returns only after it.
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), ProducerError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Pages a scan has published and not yet seen confirmed: the next page is fetched while the
+/// broker confirms the ones before it (awaiting each page's confirms before fetching the
+/// next held a poll to one page per round trip). The checkpoint still moves only after every
+/// confirm of its window ([`PageSink::flush`]).
+pub const PAGES_IN_FLIGHT: usize = 4;
+
+/// A page published, once confirmed.
+struct Sent {
+    ids: Vec<String>,
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Publishes pages to the counts queue, skipping versions published lately when asked.
@@ -84,6 +101,45 @@ struct Publishing<'a> {
     producer: &'a Producer,
     skip_recent: bool,
     published: usize,
+    in_flight: VecDeque<tokio::task::JoinHandle<Result<Sent, QueueError>>>,
+}
+
+impl<'a> Publishing<'a> {
+    fn new(producer: &'a Producer, skip_recent: bool) -> Self {
+        Self {
+            producer,
+            skip_recent,
+            published: 0,
+            in_flight: VecDeque::with_capacity(PAGES_IN_FLIGHT + 1),
+        }
+    }
+
+    /// Waits for the oldest page's confirms, then counts it published.
+    async fn settle_oldest(&mut self) -> Result<(), ProducerError> {
+        let Some(page) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match page.await {
+            Ok(Ok(sent)) => {
+                self.producer.sent(sent);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(ProducerError::Queue(QueueError::Unavailable(format!(
+                "the publishing task failed: {e}"
+            )))),
+        }
+    }
+}
+
+impl Drop for Publishing<'_> {
+    /// A scan that ended early (an error, shutdown) leaves its pages unconfirmed: the
+    /// checkpoint did not pass them, and whatever was published is sent again.
+    fn drop(&mut self) {
+        for page in &self.in_flight {
+            page.abort();
+        }
+    }
 }
 
 impl PageSink for Publishing<'_> {
@@ -113,7 +169,25 @@ impl PageSink for Publishing<'_> {
             .events
             .already_published(new_count - docs.len());
         self.published += docs.len();
-        self.producer.publish(docs).await
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let (messages, sent) = Producer::messages(docs);
+        let broker = self.producer.broker.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            broker.publish_all(messages).await.map(|()| sent)
+        }));
+        while self.in_flight.len() > PAGES_IN_FLIGHT {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ProducerError> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
     }
 }
 
@@ -297,11 +371,7 @@ impl Producer {
     ) -> Result<(usize, usize), ProducerError> {
         let statuses: Vec<Option<String>> =
             self.config.statuses.iter().cloned().map(Some).collect();
-        let mut sink = Publishing {
-            producer: self,
-            skip_recent,
-            published: 0,
-        };
+        let mut sink = Publishing::new(self, skip_recent);
         let fetched = self.scan_window(begin, end, &statuses, &mut sink).await?;
         Ok((fetched, sink.published))
     }
@@ -382,16 +452,16 @@ impl Producer {
                 }
             }
         }
+        // Handed over is not done: the caller moves its checkpoint once this returns.
+        sink.flush().await?;
         Ok(fetched)
     }
 
-    /// Publishes documents exactly as JST returned them, and waits for every confirm.
-    async fn publish(&self, docs: Vec<(String, Value)>) -> Result<(), ProducerError> {
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let sent_at = chrono::Utc::now();
-        let published_at = sent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    /// The messages of documents exactly as JST returned them, and what to record once they
+    /// are confirmed.
+    fn messages(docs: Vec<(String, Value)>) -> (Vec<Outgoing>, Sent) {
+        let at = chrono::Utc::now();
+        let published_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
         let messages: Vec<Outgoing> = docs
             .into_iter()
@@ -413,16 +483,19 @@ impl Producer {
                 }
             })
             .collect();
-        self.broker.publish_all(messages).await?;
-        self.events.published(&ids, sent_at);
+        (messages, Sent { ids, at })
+    }
+
+    /// Records a confirmed page: its events, and its versions as published lately.
+    fn sent(&self, sent: Sent) {
+        self.events.published(&sent.ids, sent.at);
         let mut recent = self
             .recent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in &ids {
+        for id in &sent.ids {
             recent.insert(id);
         }
-        Ok(())
     }
 
     /// Polls every `poll_interval` until `cancel`. A failed poll is retried at the next
