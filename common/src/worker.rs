@@ -191,13 +191,12 @@ pub async fn connect_rabbit(
 ) -> Result<Broker, QueueError> {
     let topology = Topology::from_config(amqp);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let rabbit = RabbitBroker::connect(
-        amqp.url.clone(),
-        format!("{name}@{host}-{}", std::process::id()),
-        topology,
-        ctx.cancel.clone(),
-    )
-    .await?;
+    let name = format!("{name}@{host}-{}", std::process::id());
+    let (url, cancel) = (amqp.url.clone(), ctx.cancel.clone());
+    let rabbit = match consumes {
+        Some(_) => RabbitBroker::connect(url, name, topology, cancel).await?,
+        None => RabbitBroker::connect_publisher(url, name, topology, cancel).await?,
+    };
     let broker = Broker::Rabbit(rabbit);
     ctx.metrics.outcomes.attach(broker.clone());
     let watched = broker.clone();

@@ -284,3 +284,55 @@ async fn the_outcome_log_records_into_a_stream_that_reads_back_in_order() {
     broker.delete_topology().await.expect("deleted");
     broker.close().await;
 }
+
+#[tokio::test]
+async fn a_publishing_connection_uses_small_frames_and_still_sends_large_bodies() {
+    let t = topology("frames");
+    let publisher = RabbitBroker::connect_publisher(
+        Secret::new(URL),
+        "frames-publisher",
+        t.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("connect");
+    let consumer = connect(t.clone(), "frames-consumer")
+        .await
+        .expect("connect");
+    // A body of many frames.
+    let mut large = message(Destination::Work(Work::Counts), "large");
+    large.body = format!("{{\"x\":\"{}\"}}", "y".repeat(300_000)).into_bytes();
+    let sent = large.body.clone();
+    Broker::Rabbit(publisher.clone())
+        .publish(large)
+        .await
+        .expect("confirmed");
+    let mut deliveries = Broker::Rabbit(consumer.clone())
+        .consume(Work::Counts, 10)
+        .await
+        .expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+        .await
+        .expect("delivered")
+        .expect("a delivery");
+    assert_eq!(d.body, sent);
+    d.ack().await.expect("ack");
+    // Headers that cannot fit its frame are refused before anything is sent, by name.
+    let mut crowded = message(Destination::Work(Work::Counts), "crowded");
+    crowded
+        .headers
+        .insert("x-big".into(), "z".repeat(40_000).into());
+    let refused = Broker::Rabbit(publisher.clone()).publish(crowded).await;
+    assert!(
+        matches!(&refused, Err(QueueError::TooLarge { what, .. }) if what.contains("32768")),
+        "{refused:?}"
+    );
+    // The connection is still good.
+    Broker::Rabbit(publisher.clone())
+        .publish(message(Destination::Work(Work::Counts), "after"))
+        .await
+        .expect("confirmed after the refusal");
+    consumer.delete_topology().await.expect("clean up");
+    publisher.close().await;
+    consumer.close().await;
+}

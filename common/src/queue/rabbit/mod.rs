@@ -49,6 +49,11 @@ pub use lock::{LockError, ProducerLock};
 pub use stream::StreamReader;
 use topology::declare;
 
+/// The frame size a publishing-only connection asks for ([`RabbitBroker::connect_publisher`]):
+/// lapin's buffers are then 2 MiB instead of 8 MiB, and our largest headers (a count
+/// document's, under 1 KiB) fit with room to spare.
+pub const PUBLISHER_FRAME_MAX: u32 = 32_768;
+
 /// How many times a publish whose channel could not be recovered is tried on a new connection.
 const PUBLISH_ROUNDS: usize = 6;
 
@@ -61,6 +66,8 @@ pub struct RabbitBroker {
 struct Inner {
     url: Secret,
     name: String,
+    /// The frame size asked for when `amqp.url` does not say (none: the broker's).
+    frame_max: Option<u32>,
     topology: Topology,
     live: Mutex<Option<Live>>,
     /// The current connection, for readiness checks that must not wait for `live`.
@@ -103,11 +110,35 @@ impl RabbitBroker {
         Ok(broker)
     }
 
+    /// Like [`RabbitBroker::connect`], for a process that only publishes on this connection
+    /// (the producer): it asks for frames of [`PUBLISHER_FRAME_MAX`] unless `amqp.url` sets
+    /// `frame_max`. lapin keeps a receive and a send buffer of 32 frames per connection,
+    /// 8 MiB at RabbitMQ's default 128 KiB frame, touched page by page as they are used; a
+    /// connection that consumes nothing needs no large frame (bodies are split into frames;
+    /// headers are checked against the frame size before publishing). Consumers keep the
+    /// broker's frame size: a delivery's headers must fit in one frame, and a message with
+    /// large headers put on a work queue by someone else would otherwise break the
+    /// connection.
+    pub async fn connect_publisher(
+        url: Secret,
+        connection_name: impl Into<String>,
+        topology: Topology,
+        cancel: CancellationToken,
+    ) -> Result<Self, QueueError> {
+        let mut broker = Self::new(url, connection_name.into(), topology, cancel);
+        if let Some(inner) = Arc::get_mut(&mut broker.inner) {
+            inner.frame_max = Some(PUBLISHER_FRAME_MAX);
+        }
+        broker.live(true).await?;
+        Ok(broker)
+    }
+
     fn new(url: Secret, name: String, topology: Topology, cancel: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
                 url,
                 name,
+                frame_max: None,
                 topology,
                 live: Mutex::new(None),
                 current: std::sync::Mutex::new(None),
@@ -224,9 +255,16 @@ impl RabbitBroker {
             .with_connection_name(self.inner.name.clone().into())
             .enable_auto_recover();
         let url = self.inner.url.expose();
+        // The parser's error may quote the URL, password and all: not shown.
+        let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|_: String| {
+            QueueError::Unavailable("amqp.url is not a valid AMQP URL".into())
+        })?;
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = self.inner.frame_max;
+        }
         let connection = match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect(url, properties),
+            Connection::connect_uri(uri, properties),
         )
         .await
         {
