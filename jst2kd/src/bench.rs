@@ -196,6 +196,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         timeout,
     };
     let docs = plan.first(args.documents);
+    quiet(broker, ticks, &mut show).await;
     let pipeline = setup
         .pipeline(&format!("{prefix}-pipeline"), &docs, &mut show)
         .await;
@@ -216,6 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let backlog = if args.backlog > 0 {
         let docs = plan.first(args.backlog);
+        quiet(broker, ticks, &mut show).await;
         match setup
             .backlog(&format!("{prefix}-backlog"), &docs, &mut show)
             .await
@@ -704,6 +706,24 @@ impl Setup<'_> {
         rabbit.delete_topology().await.ok();
         rabbit.close().await;
         result.map(|()| stages)
+    }
+}
+
+/// Waits (at most 20 s) until the broker has finished the work of the phase before: RabbitMQ
+/// goes on writing and deleting its quorum queues' logs for a few seconds after the last
+/// message, and that CPU would be counted, and felt, in the next phase.
+async fn quiet(broker: Option<u32>, ticks: f64, show: &mut Progress) {
+    let Some(pid) = broker else { return };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(before) = procs::usage(pid, ticks) else { return };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(after) = procs::usage(pid, ticks) else { return };
+        // Under a tenth of a core.
+        if after.cpu_seconds - before.cpu_seconds < 0.05 {
+            return;
+        }
+        show.update("waiting for RabbitMQ to finish the phase before");
     }
 }
 

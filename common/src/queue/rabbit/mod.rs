@@ -70,8 +70,10 @@ struct Inner {
     frame_max: Option<u32>,
     topology: Topology,
     live: Mutex<Option<Live>>,
-    /// The current connection, for readiness checks that must not wait for `live`.
-    current: std::sync::Mutex<Option<Arc<Connection>>>,
+    /// The current connection and publishing channel, for readiness checks and publishes
+    /// that must not wait for `live` (a tokio mutex: a hundred tasks publishing at once
+    /// queued on it, each waking the next).
+    current: std::sync::Mutex<Option<Live>>,
     generation: AtomicU64,
     cancel: CancellationToken,
     /// A failure retrying cannot fix (the topology changed under us); the process stops.
@@ -184,6 +186,10 @@ impl RabbitBroker {
     }
 
     fn current(&self) -> Option<Arc<Connection>> {
+        self.current_live().map(|live| live.connection)
+    }
+
+    fn current_live(&self) -> Option<Live> {
         self.inner
             .current
             .lock()
@@ -191,17 +197,24 @@ impl RabbitBroker {
             .clone()
     }
 
-    fn set_current(&self, connection: Option<Arc<Connection>>) {
+    fn set_current(&self, live: Option<Live>) {
         *self
             .inner
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
     }
 
     /// The current connection, or a new one when lapin's recovery gave up; with `retry`
     /// false, one attempt.
     async fn live(&self, retry: bool) -> Result<Live, QueueError> {
+        // The common case, without the lock that building a connection takes.
+        if let Some(live) = self.current_live() {
+            let status = live.connection.status();
+            if !(status.closed() || status.errored() || status.closing()) {
+                return Ok(live);
+            }
+        }
         let mut guard = self.inner.live.lock().await;
         if let Some(live) = guard.as_ref() {
             let status = live.connection.status();
@@ -221,7 +234,7 @@ impl RabbitBroker {
             match opened {
                 Ok(live) => {
                     info!(connection = %self.inner.name, "Connected to RabbitMQ, topology declared.");
-                    self.set_current(Some(live.connection.clone()));
+                    self.set_current(Some(live.clone()));
                     *guard = Some(live.clone());
                     return Ok(live);
                 }
