@@ -716,9 +716,13 @@ async fn quiet(broker: Option<u32>, ticks: f64, show: &mut Progress) {
     let Some(pid) = broker else { return };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let Some(before) = procs::usage(pid, ticks) else { return };
+        let Some(before) = procs::usage(pid, ticks) else {
+            return;
+        };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(after) = procs::usage(pid, ticks) else { return };
+        let Some(after) = procs::usage(pid, ticks) else {
+            return;
+        };
         // Under a tenth of a core.
         if after.cpu_seconds - before.cpu_seconds < 0.05 {
             return;

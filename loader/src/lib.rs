@@ -82,18 +82,28 @@ pub async fn run(
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut batch_entries = 0;
+    let quiet = linger.min(QUIET);
     loop {
+        // The batch goes when it is full, when `loader.linger` has passed since its first
+        // bill, or when no bill came for QUIET: the end of a burst does not wait the linger.
         let linger_over = async {
             match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
+                Some(d) => {
+                    tokio::time::sleep_until(d.min(tokio::time::Instant::now() + quiet)).await
+                }
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = linger_over => {
-                flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
-                deadline = None;
-                batch_entries = 0;
+                // Quiet with every slot busy: the batch keeps filling until one is free or
+                // the linger is over.
+                let lingered = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                if lingered || slots.available_permits() > 0 {
+                    flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
+                    deadline = None;
+                    batch_entries = 0;
+                }
             }
             next = intake.next() => {
                 let Some(delivery) = next else { break };
@@ -124,6 +134,13 @@ pub async fn run(
     flush(&mut batch, &slots, &tasks, &client, &settler, &events).await;
     intake.finish().await
 }
+
+/// How long an open batch waits for the next bill before it goes (at most `loader.linger`).
+/// Bills come in bursts (a producer page, a document's parts): a burst's bills are
+/// milliseconds apart and still fill batches, and the last batch of a burst is not held for
+/// the whole linger. It adds no call while every `loader.concurrency` slot is busy: the batch
+/// then keeps filling until a slot is free or the linger is over.
+pub const QUIET: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Hands the open batch to a BatchSave task once a concurrency slot is free.
 async fn flush(
