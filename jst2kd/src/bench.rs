@@ -128,6 +128,33 @@ struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Interrupted, the bench stops its children (dropped, they are killed) before it exits.
+    tokio::select! {
+        r = bench(args) => r,
+        () = interrupted() => bail!(
+            "interrupted: the processes it started are stopped; queues named jst2kd-bench-{}* may be left (rabbitmqctl delete_queue)",
+            std::process::id()
+        ),
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    tokio::signal::ctrl_c().await.ok();
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     common::telemetry::init_logging_with(common::telemetry::LogFormat::Pretty, "warn,lapin=off");
     if args.documents == 0 {
         bail!(common::config::ConfigError(
@@ -158,6 +185,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let mut broker_cpu = Some(0.0);
     for round in 1..=CEILING_RUNS {
+        quiet(broker, ticks, &mut show).await;
         let before = broker.and_then(|p| procs::usage(p, ticks));
         let measured = ceiling::run(&args.amqp, &prefix, n, |done| {
             show.update(&format!(
@@ -521,22 +549,22 @@ impl Setup<'_> {
         show: &mut Progress,
     ) -> anyhow::Result<PipelineReport> {
         let mut sims = self.sims("pipeline", batch).await?;
-        let rabbit = self.rabbit(prefix).await?;
         let env = self.worker_env("pipeline", prefix, &sims)?;
         let http = common::http::client(Duration::from_secs(5))?;
         let sims_before = (
             sims.jst.sample(self.ticks)?,
             sims.kingdee.sample(self.ticks)?,
         );
+        // From here on, the prefix's queues exist: every way out deletes them.
+        let rabbit = self.rabbit(prefix).await?;
         let broker_before = self.broker.and_then(|p| procs::usage(p, self.ticks));
         let started = Instant::now();
-        let mut workers = vec![
-            self.worker("producer", &env)?,
-            self.worker("transformer", &env)?,
-            self.worker("loader", &env)?,
-        ];
+        let mut workers = Vec::new();
         let mut first_bill = None;
         let result = async {
+            for name in ["producer", "transformer", "loader"] {
+                workers.push(self.worker(name, &env)?);
+            }
             loop {
                 let bills = kingdee_bills(&http, &sims.kingdee_url).await;
                 let elapsed = started.elapsed().as_secs_f64();
@@ -566,23 +594,25 @@ impl Setup<'_> {
         }
         .await;
         let broker_after = self.broker.and_then(|p| procs::usage(p, self.ticks));
-        let sims_after = (
-            sims.jst.sample(self.ticks)?,
-            sims.kingdee.sample(self.ticks)?,
-        );
+        let sims_after = (sims.jst.sample(self.ticks), sims.kingdee.sample(self.ticks));
         let mut ends = Vec::new();
         for w in &mut workers {
             ends.push(w.sample(self.ticks));
         }
-        let dead = rabbit.dead_depth().await.unwrap_or(0);
+        let dead = bounded(rabbit.dead_depth()).await.unwrap_or(0);
         for w in &mut workers {
             w.stop(Duration::from_secs(30)).await;
         }
         sims.jst.stop(Duration::from_secs(5)).await;
         sims.kingdee.stop(Duration::from_secs(5)).await;
-        rabbit.delete_topology().await.ok();
-        rabbit.close().await;
+        bounded(rabbit.delete_topology()).await;
+        bounded(async {
+            rabbit.close().await;
+            Ok(())
+        })
+        .await;
         let elapsed = result?;
+        let sims_after = (sims_after.0?, sims_after.1?);
         let per_1000 = |cpu: f64| cpu * 1000.0 / batch.documents as f64;
         let mut costs = Vec::new();
         for (w, end) in workers.iter().zip(ends) {
@@ -635,6 +665,7 @@ impl Setup<'_> {
         show: &mut Progress,
     ) -> anyhow::Result<Vec<BacklogStage>> {
         let mut sims = self.sims("backlog", batch).await?;
+        // From here on, the prefix's queues exist: every way out deletes them.
         let rabbit = self.rabbit(prefix).await?;
         let env = self.worker_env("backlog", prefix, &sims)?;
         let http = common::http::client(Duration::from_secs(5))?;
@@ -645,19 +676,20 @@ impl Setup<'_> {
                 ("transformer", batch.documents),
                 ("loader", batch.bills),
             ] {
+                quiet(self.broker, self.ticks, show).await;
                 let started = Instant::now();
                 let broker_before = self.broker.and_then(|p| procs::usage(p, self.ticks));
                 let mut worker = self.worker(name, &env)?;
                 loop {
                     let (done, of) = match name {
                         "producer" => (
-                            rabbit.depth(Work::Counts).await.unwrap_or(0) as usize,
+                            bounded(rabbit.depth(Work::Counts)).await.unwrap_or(0) as usize,
                             batch.documents,
                         ),
                         // Bills are published before their document is acked: all there is
                         // all done.
                         "transformer" => (
-                            rabbit.depth(Work::Bills).await.unwrap_or(0) as usize,
+                            bounded(rabbit.depth(Work::Bills)).await.unwrap_or(0) as usize,
                             batch.bills,
                         ),
                         _ => (kingdee_bills(&http, &sims.kingdee_url).await, batch.bills),
@@ -703,8 +735,12 @@ impl Setup<'_> {
         .await;
         sims.jst.stop(Duration::from_secs(5)).await;
         sims.kingdee.stop(Duration::from_secs(5)).await;
-        rabbit.delete_topology().await.ok();
-        rabbit.close().await;
+        bounded(rabbit.delete_topology()).await;
+        bounded(async {
+            rabbit.close().await;
+            Ok(())
+        })
+        .await;
         result.map(|()| stages)
     }
 }
@@ -729,6 +765,17 @@ async fn quiet(broker: Option<u32>, ticks: f64, show: &mut Progress) {
         }
         show.update("waiting for RabbitMQ to finish the phase before");
     }
+}
+
+/// A broker call of the bench's own, given up after 10 s: its connection reconnects for as
+/// long as it takes, and a broker gone for good must not hold the bench past its timeout.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, common::queue::QueueError>>,
+) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// Bills the Kingdee simulator holds (0 while it does not answer).

@@ -116,10 +116,14 @@ impl<'a> Publishing<'a> {
 
     /// Waits for the oldest page's confirms, then counts it published.
     async fn settle_oldest(&mut self) -> Result<(), ProducerError> {
-        let Some(page) = self.in_flight.pop_front() else {
+        // Awaited in place, taken out once done: a scan dropped during the wait (shutdown,
+        // the lock lost) still aborts it.
+        let Some(page) = self.in_flight.front_mut() else {
             return Ok(());
         };
-        match page.await {
+        let done = page.await;
+        self.in_flight.pop_front();
+        match done {
             Ok(Ok(sent)) => {
                 self.producer.sent(sent);
                 Ok(())

@@ -96,7 +96,29 @@ pub async fn run(
     let hops = [format!("{prefix}.ceiling.1"), format!("{prefix}.ceiling.2")];
     let setup = connect(url, "jst2kd-bench-ceiling").await?;
     let declarer = setup.create_channel().await?;
+    let declared = declare(&declarer, &hops).await;
+    let measured = match declared {
+        Ok(()) => measure(url, &hops, messages, &mut progress).await,
+        Err(e) => Err(e),
+    };
+    // Both, whatever failed: a queue declared before a failure is deleted too.
     for queue in &hops {
+        let delete = declarer.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
+        tokio::time::timeout(Duration::from_secs(10), delete)
+            .await
+            .ok();
+    }
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        setup.close(200, "bench done".into()),
+    )
+    .await
+    .ok();
+    measured
+}
+
+async fn declare(declarer: &Channel, hops: &[String; 2]) -> anyhow::Result<()> {
+    for queue in hops {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -114,20 +136,7 @@ pub async fn run(
             .await
             .with_context(|| format!("cannot declare {queue}"))?;
     }
-    let measured = measure(url, &hops, messages, &mut progress).await;
-    for queue in &hops {
-        let delete = declarer.queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
-        tokio::time::timeout(Duration::from_secs(10), delete)
-            .await
-            .ok();
-    }
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        setup.close(200, "bench done".into()),
-    )
-    .await
-    .ok();
-    measured
+    Ok(())
 }
 
 async fn measure(

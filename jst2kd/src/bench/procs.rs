@@ -82,7 +82,15 @@ impl Proc {
         let out = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        // Only the bench's own settings: a deployment's JST2KD_… variables (credentials, a
+        // mapping, retry tiers) would point the workers elsewhere than the bench expects.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("JST2KD_") {
+                command.env_remove(&name);
+            }
+        }
+        let child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -125,8 +133,9 @@ impl Proc {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status.success();
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+        // The shell's own `kill` (slim images have no procps).
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.pid)])
             .status()
             .await;
         match tokio::time::timeout(grace, self.child.wait()).await {
