@@ -10,6 +10,9 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use super::*;
 
+/// How far before the asked time a read starts, for a broker whose clock is behind.
+const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Deliveries asked ahead of the reader.
 const CREDIT: u16 = 1_000;
 
@@ -27,10 +30,15 @@ impl RabbitBroker {
             .basic_qos(CREDIT, BasicQosOptions::default())
             .await
             .map_err(unavailable)?;
+        // The broker stamps chunks with its own clock, which may be behind ours (an Erlang VM
+        // corrects a jump of the system clock only slowly: 6 s behind was seen here). Started
+        // at `since` itself, a read would then begin after the events it wants and wait for
+        // ever; so it starts a margin earlier, and the caller filters by the events' own time.
+        let start = since - chrono::Duration::from_std(CLOCK_MARGIN).unwrap_or_default();
         let mut args = FieldTable::default();
         args.insert(
             "x-stream-offset".into(),
-            AMQPValue::Timestamp(u64::try_from(since.timestamp()).unwrap_or(0)),
+            AMQPValue::Timestamp(u64::try_from(start.timestamp()).unwrap_or(0)),
         );
         let consumer = channel
             .basic_consume(
