@@ -420,6 +420,23 @@ struct Sims {
     kingdee_url: String,
 }
 
+impl Sims {
+    async fn stop(&mut self) {
+        self.jst.stop(Duration::from_secs(5)).await;
+        self.kingdee.stop(Duration::from_secs(5)).await;
+    }
+}
+
+/// The end of a phase on the broker: its queues deleted, the bench's connection closed.
+async fn delete_and_close(rabbit: &RabbitBroker) {
+    bounded(rabbit.delete_topology()).await;
+    bounded(async {
+        rabbit.close().await;
+        Ok(())
+    })
+    .await;
+}
+
 impl Setup<'_> {
     /// Both simulators (limits off, no latency), the Jushuitan one holding `batch`, answering.
     async fn sims(&self, name: &str, batch: &Batch) -> anyhow::Result<Sims> {
@@ -603,14 +620,8 @@ impl Setup<'_> {
         for w in &mut workers {
             w.stop(Duration::from_secs(30)).await;
         }
-        sims.jst.stop(Duration::from_secs(5)).await;
-        sims.kingdee.stop(Duration::from_secs(5)).await;
-        bounded(rabbit.delete_topology()).await;
-        bounded(async {
-            rabbit.close().await;
-            Ok(())
-        })
-        .await;
+        sims.stop().await;
+        delete_and_close(&rabbit).await;
         let elapsed = result?;
         let sims_after = (sims_after.0?, sims_after.1?);
         let per_1000 = |cpu: f64| cpu * 1000.0 / batch.documents as f64;
@@ -733,14 +744,8 @@ impl Setup<'_> {
             anyhow::Ok(())
         }
         .await;
-        sims.jst.stop(Duration::from_secs(5)).await;
-        sims.kingdee.stop(Duration::from_secs(5)).await;
-        bounded(rabbit.delete_topology()).await;
-        bounded(async {
-            rabbit.close().await;
-            Ok(())
-        })
-        .await;
+        sims.stop().await;
+        delete_and_close(&rabbit).await;
         result.map(|()| stages)
     }
 }

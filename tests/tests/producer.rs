@@ -114,6 +114,27 @@ impl Setup {
         ids
     }
 
+    /// `jst2kd backfill --from … --to …` with this setup's configuration, to its end.
+    async fn backfill(
+        &self,
+        from: &chrono::DateTime<chrono::FixedOffset>,
+        to: &chrono::DateTime<chrono::FixedOffset>,
+    ) -> std::process::Output {
+        run_jst2kd(
+            &[
+                "backfill",
+                "--config",
+                &self.config,
+                "--from",
+                &common::time::format_beijing(from),
+                "--to",
+                &common::time::format_beijing(to),
+            ],
+            &[],
+        )
+        .await
+    }
+
     fn checkpoint(&self) -> Option<chrono::DateTime<chrono::FixedOffset>> {
         let bytes = std::fs::read(self.dir.path("producer.checkpoint.json")).ok()?;
         let v: Value = serde_json::from_slice(&bytes).ok()?;
@@ -297,19 +318,7 @@ async fn backfill_publishes_a_past_period_without_touching_the_checkpoint() {
             m >= from && m <= to
         })
         .count();
-    let out = run_jst2kd(
-        &[
-            "backfill",
-            "--config",
-            &s.config,
-            "--from",
-            &common::time::format_beijing(&from),
-            "--to",
-            &common::time::format_beijing(&to),
-        ],
-        &[],
-    )
-    .await;
+    let out = s.backfill(&from, &to).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -380,19 +389,7 @@ async fn backfill_beside_a_polling_producer_shares_its_quota() {
         })
         .collect();
     assert!(expected.len() > 500, "{} documents", expected.len());
-    let out = run_jst2kd(
-        &[
-            "backfill",
-            "--config",
-            &s.config,
-            "--from",
-            &common::time::format_beijing(&from),
-            "--to",
-            &common::time::format_beijing(&to),
-        ],
-        &[],
-    )
-    .await;
+    let out = s.backfill(&from, &to).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -97,6 +97,14 @@ struct Live {
     generation: u64,
 }
 
+impl Live {
+    /// Not closed, closing or errored: still lapin's to recover if it must.
+    fn usable(&self) -> bool {
+        let status = self.connection.status();
+        !(status.closed() || status.errored() || status.closing())
+    }
+}
+
 impl RabbitBroker {
     /// Connects and declares the topology, retrying with backoff until it succeeds, `cancel`
     /// fires, or the broker refuses a declaration (a [`QueueError::TopologyMismatch`], which
@@ -107,7 +115,7 @@ impl RabbitBroker {
         topology: Topology,
         cancel: CancellationToken,
     ) -> Result<Self, QueueError> {
-        let broker = Self::new(url, connection_name.into(), topology, cancel);
+        let broker = Self::new(url, connection_name.into(), topology, cancel, None);
         broker.live(true).await?;
         Ok(broker)
     }
@@ -127,20 +135,29 @@ impl RabbitBroker {
         topology: Topology,
         cancel: CancellationToken,
     ) -> Result<Self, QueueError> {
-        let mut broker = Self::new(url, connection_name.into(), topology, cancel);
-        if let Some(inner) = Arc::get_mut(&mut broker.inner) {
-            inner.frame_max = Some(PUBLISHER_FRAME_MAX);
-        }
+        let broker = Self::new(
+            url,
+            connection_name.into(),
+            topology,
+            cancel,
+            Some(PUBLISHER_FRAME_MAX),
+        );
         broker.live(true).await?;
         Ok(broker)
     }
 
-    fn new(url: Secret, name: String, topology: Topology, cancel: CancellationToken) -> Self {
+    fn new(
+        url: Secret,
+        name: String,
+        topology: Topology,
+        cancel: CancellationToken,
+        frame_max: Option<u32>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 url,
                 name,
-                frame_max: None,
+                frame_max,
                 topology,
                 live: Mutex::new(None),
                 current: std::sync::Mutex::new(None),
@@ -160,7 +177,7 @@ impl RabbitBroker {
         topology: Topology,
         cancel: CancellationToken,
     ) -> Result<Self, QueueError> {
-        let broker = Self::new(url, connection_name.into(), topology, cancel);
+        let broker = Self::new(url, connection_name.into(), topology, cancel, None);
         broker.live(false).await?;
         Ok(broker)
     }
@@ -209,16 +226,12 @@ impl RabbitBroker {
     /// false, one attempt.
     async fn live(&self, retry: bool) -> Result<Live, QueueError> {
         // The common case, without the lock that building a connection takes.
-        if let Some(live) = self.current_live() {
-            let status = live.connection.status();
-            if !(status.closed() || status.errored() || status.closing()) {
-                return Ok(live);
-            }
+        if let Some(live) = self.current_live().filter(Live::usable) {
+            return Ok(live);
         }
         let mut guard = self.inner.live.lock().await;
         if let Some(live) = guard.as_ref() {
-            let status = live.connection.status();
-            if !(status.closed() || status.errored() || status.closing()) {
+            if live.usable() {
                 return Ok(live.clone());
             }
             warn!(connection = %self.inner.name, "RabbitMQ connection lost for good; building a new one.");
