@@ -336,3 +336,82 @@ async fn a_publishing_connection_uses_small_frames_and_still_sends_large_bodies(
     publisher.close().await;
     consumer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_together_never_cover_a_delivery_still_at_work_or_requeued() {
+    let t = topology("acks");
+    let broker = connect(t.clone(), "acks").await.expect("connect");
+    let broker = Broker::Rabbit(broker);
+    let ids: Vec<String> = (0..120).map(|i| format!("m{i:03}")).collect();
+    broker
+        .publish_all(
+            ids.iter()
+                .map(|id| message(Destination::Work(Work::Counts), id))
+                .collect(),
+        )
+        .await
+        .expect("confirmed");
+    let mut consumer = broker.consume(Work::Counts, 200).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("in time")
+            .expect("a delivery");
+        deliveries.push(d);
+    }
+    // Settled in no particular order, concurrently: every seventh requeued, a few held back
+    // (still at work) while the ones after them are acked, the rest acked.
+    let mut settles = tokio::task::JoinSet::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let pause = Duration::from_millis(match i {
+            _ if i % 11 == 0 => 300,
+            _ => (i as u64 * 37) % 13,
+        });
+        settles.spawn(async move {
+            tokio::time::sleep(pause).await;
+            if i % 7 == 0 {
+                d.requeue().await
+            } else {
+                d.ack().await
+            }
+        });
+    }
+    while let Some(settled) = settles.join_next().await {
+        settled.expect("joined").expect("settled");
+    }
+    // Exactly the requeued ones come again.
+    let mut again = BTreeSet::new();
+    let wanted: BTreeSet<String> = ids.iter().step_by(7).cloned().collect();
+    while again.len() < wanted.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("the requeued come again")
+            .expect("a delivery");
+        assert!(d.redelivered);
+        again.insert(d.message_id.clone().expect("an id"));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(again, wanted);
+    let extra = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+    assert!(extra.is_err(), "nothing else comes: {extra:?}");
+    // Every ack reached the broker: with the channel closed, nothing goes back to the queue.
+    consumer.cancel().await;
+    drop(consumer);
+    broker.close().await;
+    let checker = connect(t.clone(), "acks-check").await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let depth = Broker::Rabbit(checker.clone())
+            .depth(Work::Counts)
+            .await
+            .expect("depth");
+        assert_eq!(depth, 0, "an ack was never sent");
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    checker.delete_topology().await.expect("clean up");
+    checker.close().await;
+}

@@ -230,10 +230,8 @@ async fn save_batch(
                     }
                 }
                 settled.extend(check_duplicates(&form, duplicates, client).await);
-                for (pending, settlement) in after_save(&form, settled, &ids, client, events).await
-                {
-                    apply(pending, settlement, settler, events).await;
-                }
+                let settled = after_save(&form, settled, &ids, client, events).await;
+                apply_all(settled, settler, events).await;
             }
             Err(err) if err.is_transient() => {
                 // Kingdee may have committed before failing: the bills it holds now are settled
@@ -241,11 +239,8 @@ async fn save_batch(
                 warn!(form = %form, bills = group.len(), error = %err, "BatchSave failed; checking which bills Kingdee committed before retrying the others.");
                 let checked = check_saved(&form, group, client, &err.to_string()).await;
                 let no_ids = std::collections::HashMap::new();
-                for (pending, settlement) in
-                    after_save(&form, checked, &no_ids, client, events).await
-                {
-                    apply(pending, settlement, settler, events).await;
-                }
+                let settled = after_save(&form, checked, &no_ids, client, events).await;
+                apply_all(settled, settler, events).await;
             }
             Err(kingdee::KingdeeError::Http(kingdee::HTTP_TOO_LARGE)) if group.len() > 1 => {
                 // Too large together: each bill on its own, so only the one too large for
@@ -263,21 +258,17 @@ async fn save_batch(
                         "{err}: the bill is too large for Kingdee's web server; lower mapping.max_entries so documents are split into smaller bills, then replay"
                     ),
                 };
-                for pending in group {
-                    apply(
-                        pending,
-                        Settlement::Rejected(vec![refused.clone()]),
-                        settler,
-                        events,
-                    )
-                    .await;
-                }
+                let settled = group
+                    .into_iter()
+                    .map(|p| (p, Settlement::Rejected(vec![refused.clone()])));
+                apply_all(settled, settler, events).await;
             }
             Err(err) => {
                 error!(form = %form, bills = group.len(), error = %err, "Kingdee refused the call; check the kingdee section of the configuration. The bills go to a retry tier.");
-                for pending in group {
-                    apply(pending, Settlement::Retry(err.to_string()), settler, events).await;
-                }
+                let settled = group
+                    .into_iter()
+                    .map(|p| (p, Settlement::Retry(err.to_string())));
+                apply_all(settled, settler, events).await;
             }
         }
     }
@@ -397,6 +388,22 @@ async fn after_save(
         }
     }
     settled
+}
+
+/// Settles the bills of one call together: their acks leave as one frame where they can
+/// (see `common::queue::rabbit`'s ack window), their dead letters and retries are published
+/// side by side instead of one confirm after another.
+async fn apply_all(
+    settled: impl IntoIterator<Item = (Pending, Settlement)>,
+    settler: &Settler,
+    events: &LoaderEvents,
+) {
+    futures_util::future::join_all(
+        settled
+            .into_iter()
+            .map(|(pending, settlement)| apply(pending, settlement, settler, events)),
+    )
+    .await;
 }
 
 async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, events: &LoaderEvents) {

@@ -1,5 +1,6 @@
 //! Deliveries from one work queue, on a channel of its own, rebuilt when recovery fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -8,11 +9,14 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tracing::warn;
 
+use super::acker::AckWindow;
 use super::*;
 
 pub(super) struct ConsumerState {
     channel: Channel,
     stream: lapin::Consumer,
+    /// The unsettled deliveries of this channel, whose acks go out together where they can.
+    window: Arc<AckWindow>,
 }
 
 /// Deliveries from one work queue, on a channel of its own; rebuilt when recovery fails.
@@ -41,7 +45,11 @@ impl RabbitConsumer {
             )
             .await
             .map_err(unavailable)?;
-        self.state = Some(ConsumerState { channel, stream });
+        self.state = Some(ConsumerState {
+            channel,
+            stream,
+            window: Arc::default(),
+        });
         Ok(())
     }
 
@@ -67,7 +75,21 @@ impl RabbitConsumer {
                 }
             };
             match state.stream.next().await {
-                Some(Ok(delivery)) => return Some(convert(delivery)),
+                Some(Ok(delivery)) => {
+                    let tag = delivery.delivery_tag;
+                    if !state.window.register(tag) {
+                        // A recovered channel numbers its deliveries from 1 again; the
+                        // deliveries of the old one are the broker's to redeliver.
+                        state.window = Arc::default();
+                        state.window.register(tag);
+                    }
+                    let acker = RabbitAcker::windowed(
+                        delivery.acker.clone(),
+                        Arc::clone(&state.window),
+                        tag,
+                    );
+                    return Some(convert(delivery, acker));
+                }
                 Some(Err(err)) => {
                     warn!(queue = self.work.key(), error = %err, "Consumer interrupted; waiting for recovery.");
                     let channel = state.channel.clone();
@@ -124,13 +146,14 @@ pub(super) fn id_and_headers(properties: &BasicProperties) -> (Option<String>, H
     (message_id, headers)
 }
 
-pub(super) fn convert(delivery: lapin::message::Delivery) -> Delivery {
+/// Our delivery of lapin's, settled through `acker`.
+pub(super) fn convert(delivery: lapin::message::Delivery, acker: RabbitAcker) -> Delivery {
     let (message_id, headers) = id_and_headers(&delivery.properties);
     Delivery::new(
         message_id,
         headers,
         delivery.data,
         delivery.redelivered,
-        Acker::Rabbit(RabbitAcker(delivery.acker)),
+        Acker::Rabbit(acker),
     )
 }

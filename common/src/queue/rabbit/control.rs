@@ -91,7 +91,10 @@ impl ControlServer {
             .basic_get(self.queue.clone().into(), BasicGetOptions { no_ack: false })
             .await
             .map_err(unavailable)?;
-        Ok(got.map(|message| super::consumer::convert(message.delivery)))
+        Ok(got.map(|message| {
+            let acker = super::RabbitAcker::single(message.delivery.acker.clone());
+            super::consumer::convert(message.delivery, acker)
+        }))
     }
 
     /// Sends `body` to the requester's queue `to` and waits for the broker's confirm.
