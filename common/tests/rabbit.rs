@@ -360,8 +360,10 @@ async fn acks_sent_together_never_cover_a_delivery_still_at_work_or_requeued() {
             .expect("a delivery");
         deliveries.push(d);
     }
-    // Settled in no particular order, concurrently: every seventh requeued, a few held back
-    // (still at work) while the ones after them are acked, the rest acked.
+    // Settled in no particular order, concurrently: every seventh requeued, a few dropped
+    // unsettled (requeued by their `Drop`), a few acked by a caller that stops waiting at once,
+    // a few held back (still at work) while the ones after them are acked, the rest acked.
+    let requeued = |i: usize| i.is_multiple_of(7) || i % 5 == 1;
     let mut settles = tokio::task::JoinSet::new();
     for (i, d) in deliveries.into_iter().enumerate() {
         let pause = Duration::from_millis(match i {
@@ -370,8 +372,15 @@ async fn acks_sent_together_never_cover_a_delivery_still_at_work_or_requeued() {
         });
         settles.spawn(async move {
             tokio::time::sleep(pause).await;
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 d.requeue().await
+            } else if i % 5 == 1 {
+                drop(d);
+                Ok(())
+            } else if i % 5 == 2 {
+                // Polled once, then dropped: the ack still goes out.
+                tokio::time::timeout(Duration::ZERO, d.ack()).await.ok();
+                Ok(())
             } else {
                 d.ack().await
             }
@@ -382,7 +391,12 @@ async fn acks_sent_together_never_cover_a_delivery_still_at_work_or_requeued() {
     }
     // Exactly the requeued ones come again.
     let mut again = BTreeSet::new();
-    let wanted: BTreeSet<String> = ids.iter().step_by(7).cloned().collect();
+    let wanted: BTreeSet<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| requeued(*i))
+        .map(|(_, id)| id.clone())
+        .collect();
     while again.len() < wanted.len() {
         let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
             .await

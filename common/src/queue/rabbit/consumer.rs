@@ -1,6 +1,5 @@
 //! Deliveries from one work queue, on a channel of its own, rebuilt when recovery fails.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,7 +15,9 @@ pub(super) struct ConsumerState {
     channel: Channel,
     stream: lapin::Consumer,
     /// The unsettled deliveries of this channel, whose acks go out together where they can.
-    window: Arc<AckWindow>,
+    window: AckWindow,
+    /// The tag of the last delivery registered in `window`.
+    last_tag: u64,
 }
 
 /// Deliveries from one work queue, on a channel of its own; rebuilt when recovery fails.
@@ -48,7 +49,8 @@ impl RabbitConsumer {
         self.state = Some(ConsumerState {
             channel,
             stream,
-            window: Arc::default(),
+            window: AckWindow::start(),
+            last_tag: 0,
         });
         Ok(())
     }
@@ -77,17 +79,14 @@ impl RabbitConsumer {
             match state.stream.next().await {
                 Some(Ok(delivery)) => {
                     let tag = delivery.delivery_tag;
-                    if !state.window.register(tag) {
+                    if tag <= state.last_tag {
                         // A recovered channel numbers its deliveries from 1 again; the
                         // deliveries of the old one are the broker's to redeliver.
-                        state.window = Arc::default();
-                        state.window.register(tag);
+                        state.window = AckWindow::start();
                     }
-                    let acker = RabbitAcker::windowed(
-                        delivery.acker.clone(),
-                        Arc::clone(&state.window),
-                        tag,
-                    );
+                    state.last_tag = tag;
+                    state.window.arrived(tag);
+                    let acker = RabbitAcker::windowed(delivery.acker.clone(), &state.window, tag);
                     return Some(convert(delivery, acker));
                 }
                 Some(Err(err)) => {
