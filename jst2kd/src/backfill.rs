@@ -278,6 +278,8 @@ pub struct View {
     taken: Option<(Instant, usize)>,
     last: Option<Progress>,
     waiting_shown: bool,
+    /// On a terminal, once a holder took the request: windows done, rate and time left.
+    bar: Option<crate::progress::Progress>,
 }
 
 impl View {
@@ -291,14 +293,22 @@ impl View {
             taken: None,
             last: None,
             waiting_shown: false,
+            bar: None,
         }
     }
 
     fn say(&self, line: &str) {
-        if self.terminal {
-            eprintln!("  {line}");
-        } else {
-            info!("{line}");
+        match (&self.bar, self.terminal) {
+            (Some(bar), _) => bar.println(&format!("  {line}")),
+            (None, true) => eprintln!("  {line}"),
+            (None, false) => info!("{line}"),
+        }
+    }
+
+    /// Ends the bar, if one is shown.
+    fn finish_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
         }
     }
 
@@ -323,6 +333,15 @@ impl View {
         match event {
             Event::Accepted => {
                 self.taken = Some((Instant::now(), progress.done));
+                if self.terminal && self.bar.is_none() {
+                    let mut bar = crate::progress::Progress::new(
+                        self.command,
+                        "windows",
+                        Some(progress.windows as u64),
+                    );
+                    bar.set(progress.done as u64);
+                    self.bar = Some(bar);
+                }
                 if progress.restarted {
                     self.say(&format!(
                         "{} took the request again: window {} of {} is fetched again",
@@ -354,8 +373,15 @@ impl View {
                     ));
                 }
                 self.last = Some(progress.clone());
+                if let Some(bar) = &mut self.bar {
+                    bar.set(progress.done as u64);
+                }
+                if event == Event::Finished {
+                    self.finish_bar();
+                }
             }
-            Event::Failed | Event::Documents => {}
+            Event::Failed => self.finish_bar(),
+            Event::Documents => {}
         }
         Some(event)
     }

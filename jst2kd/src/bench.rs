@@ -188,9 +188,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         quiet(broker, ticks, &mut show).await;
         let before = broker.and_then(|p| procs::usage(p, ticks));
         let measured = ceiling::run(&args.amqp, &prefix, n, |done| {
-            show.update(&format!(
-                "ceiling, run {round} of {CEILING_RUNS}: {done}/{n} messages through two hops"
-            ));
+            show.count(
+                &format!("ceiling, run {round} of {CEILING_RUNS}"),
+                "messages through two hops",
+                done,
+                n,
+            );
         })
         .await
         .context("the ceiling run failed")?;
@@ -588,10 +591,12 @@ impl Setup<'_> {
                 if bills > 0 {
                     first_bill.get_or_insert(elapsed);
                 }
-                show.update(&format!(
-                    "pipeline: {bills}/{} bills in Kingdee, {:.0} s",
-                    batch.bills, elapsed
-                ));
+                show.count(
+                    "pipeline",
+                    "bills in Kingdee",
+                    bills as u64,
+                    batch.bills as u64,
+                );
                 if bills >= batch.bills {
                     break;
                 }
@@ -705,10 +710,12 @@ impl Setup<'_> {
                         ),
                         _ => (kingdee_bills(&http, &sims.kingdee_url).await, batch.bills),
                     };
-                    show.update(&format!(
-                        "backlog, {name} alone: {done}/{of}, {:.0} s",
-                        started.elapsed().as_secs_f64()
-                    ));
+                    show.count(
+                        &format!("backlog, {name} alone"),
+                        "messages",
+                        done as u64,
+                        of as u64,
+                    );
                     worker.sample(self.ticks)?;
                     if done >= of {
                         break;
@@ -807,6 +814,8 @@ fn free_port() -> anyhow::Result<u16> {
 struct Progress {
     terminal: bool,
     last: Option<Instant>,
+    /// The step being counted: a bar on a terminal, plain lines otherwise.
+    counting: Option<crate::progress::Progress>,
 }
 
 impl Progress {
@@ -814,10 +823,28 @@ impl Progress {
         Self {
             terminal: std::io::stderr().is_terminal(),
             last: None,
+            counting: None,
+        }
+    }
+
+    /// `done` of `total` `unit`s of the step `what` (a new step ends the one before).
+    fn count(&mut self, what: &str, unit: &'static str, done: u64, total: u64) {
+        if self.counting.as_ref().is_some_and(|c| c.what() != what) {
+            self.end_count();
+        }
+        self.counting
+            .get_or_insert_with(|| crate::progress::Progress::new(what, unit, Some(total)))
+            .set(done);
+    }
+
+    fn end_count(&mut self) {
+        if let Some(counting) = self.counting.take() {
+            counting.clear();
         }
     }
 
     fn update(&mut self, text: &str) {
+        self.end_count();
         if self.terminal {
             eprint!("\r\x1b[2K{text}");
         } else if self
@@ -830,6 +857,7 @@ impl Progress {
     }
 
     fn line(&mut self, text: &str) {
+        self.end_count();
         if self.terminal {
             eprint!("\r\x1b[2K");
         }

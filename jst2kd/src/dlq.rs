@@ -345,14 +345,28 @@ async fn act(
             }
         }
         DlqCommand::Export(_) => {
+            let mut progress = crate::progress::Progress::new(
+                "exporting",
+                "dead letters",
+                Some(chosen.len() as u64),
+            );
             for (l, v) in chosen {
                 let doc = json!({"position": v.position, "message_id": v.message_id, "headers": l.headers, "body": body_json(&l.body)});
                 writeln!(out, "{}", serde_json::to_string(&doc)?)?;
+                progress.inc(1);
             }
+            out.flush()?;
+            progress.finish();
         }
         DlqCommand::Replay(_) => {
             let broker = Broker::Rabbit(rabbit.clone());
-            let progress = std::io::stderr().is_terminal();
+            let mut progress = (!sel.dry_run).then(|| {
+                crate::progress::Progress::new(
+                    "replaying",
+                    "dead letters",
+                    Some(chosen.len() as u64),
+                )
+            });
             let mut replayed = 0;
             for (l, v) in chosen {
                 let Some(work) = Work::ALL.into_iter().find(|w| w.key() == v.origin_key) else {
@@ -392,12 +406,12 @@ async fn act(
                     format!("#{} {} was replayed but is still in the dead-letter queue; replaying it again is harmless", v.position, esc(&v.message_id))
                 })?;
                 replayed += 1;
-                if progress && replayed % 100 == 0 {
-                    eprint!("\r  replayed {replayed} of {}", chosen.len());
+                if let Some(progress) = &mut progress {
+                    progress.set(replayed as u64);
                 }
             }
-            if progress && replayed >= 100 {
-                eprintln!();
+            if let Some(progress) = progress {
+                progress.finish();
             }
             if !sel.dry_run {
                 writeln!(out, "replayed: {replayed}")?;

@@ -10,6 +10,7 @@ mod demo;
 mod dlq;
 mod preflight;
 mod preview;
+mod progress;
 mod reconcile;
 mod simulators;
 mod trace;

@@ -234,7 +234,13 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
             .map_err(|e| ConfigError(format!("jst: {e}")))?;
         let to = now_beijing();
         let from = to - chrono::Duration::days(i64::from(ask.days.max(1)));
-        for (begin, end) in windows(from, to, MAX_WINDOW) {
+        let windows = windows(from, to, MAX_WINDOW);
+        let mut progress = crate::progress::Progress::new(
+            "reading Jushuitan",
+            "windows",
+            Some((windows.len() * polling.statuses.len()) as u64),
+        );
+        for (begin, end) in windows {
             for status in &polling.statuses {
                 let query = CountQuery {
                     modified_begin: format_beijing(&begin),
@@ -257,8 +263,10 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
                         &mut problems,
                     );
                 }
+                progress.inc(1);
             }
         }
+        progress.finish();
         notes.push(format!(
             "jushuitan: {documents} documents of the last {} days read (statuses {})",
             ask.days,

@@ -132,6 +132,12 @@ async fn a_clean_mapping_passes_and_shows_a_real_document() {
     );
     assert!(text.contains("mapping: ok"), "{text}");
     assert!(!text.contains("PROBLEM"), "{text}");
+    // Progress goes to stderr, as plain lines when it is not a terminal.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("reading Jushuitan: ") && progress.contains(" windows in "),
+        "{progress}"
+    );
     assert!(text.contains("3 documents of the last 7 days"), "{text}");
     assert!(text.contains("preview of a document"), "{text}");
     assert!(text.contains("mapping.loss_sign"), "{text}");

@@ -152,6 +152,18 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_after_the_mapping_is
     assert_eq!(s.list(&["--message-id", "3@m"]).len(), 1);
     let shown = s.dlq(&["show", "3"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains("jst2kd-error-kind"));
+    // Export: one JSON line per dead letter on stdout; on a non-terminal, plain progress on
+    // stderr ending with what was done.
+    let export = s.dlq(&["export"]);
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout).lines().count(),
+        DEAD as usize
+    );
+    let progress = String::from_utf8_lossy(&export.stderr);
+    assert!(
+        progress.contains(&format!("exporting: {DEAD} dead letters in ")),
+        "{progress}"
+    );
     let purge = s.dlq(&["purge"]);
     assert_eq!(
         purge.status.code(),
@@ -174,6 +186,11 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_after_the_mapping_is
         String::from_utf8_lossy(&out.stdout).contains("replayed: 4"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("replaying: 4 dead letters in "),
+        "{progress}"
     );
     wait_for(&bills, 5).await;
     wait_for(&dead, DEAD as u64 - 4).await;
