@@ -52,11 +52,20 @@ pub const DEFAULT_FILTER: &str = "info,lapin=warn,lapin::channel=off";
 
 /// Starts logging with `default_filter` where `RUST_LOG` is not set.
 pub fn init_logging_with(format: LogFormat, default_filter: &str) {
+    init_logging_to(format, default_filter, std::io::stderr);
+}
+
+/// Starts logging with `default_filter` to `writer` (for the CLI: stderr, around its progress
+/// bar). Colours only when stderr is a terminal.
+pub fn init_logging_to<W>(format: LogFormat, default_filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second initialisation (tests, the demo) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder

@@ -92,7 +92,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
 /// a terminal.
 pub fn start_logging(format: common::telemetry::LogFormat) -> bool {
     let terminal = std::io::stderr().is_terminal();
-    common::telemetry::init_logging_with(
+    crate::progress::init_logging(
         format,
         if terminal {
             "warn,lapin=warn,lapin::channel=off"
@@ -380,7 +380,12 @@ impl View {
                     self.finish_bar();
                 }
             }
-            Event::Failed => self.finish_bar(),
+            Event::Failed => {
+                // Without its closing line, which would read like success.
+                if let Some(bar) = self.bar.take() {
+                    bar.clear();
+                }
+            }
             Event::Documents => {}
         }
         Some(event)

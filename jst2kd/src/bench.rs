@@ -155,7 +155,7 @@ async fn interrupted() {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    common::telemetry::init_logging_with(common::telemetry::LogFormat::Pretty, "warn,lapin=off");
+    crate::progress::init_logging(common::telemetry::LogFormat::Pretty, "warn,lapin=off");
     if args.documents == 0 {
         bail!(common::config::ConfigError(
             "--documents must be at least 1".into()
@@ -831,6 +831,10 @@ impl Progress {
     fn count(&mut self, what: &str, unit: &'static str, done: u64, total: u64) {
         if self.counting.as_ref().is_some_and(|c| c.what() != what) {
             self.end_count();
+        }
+        if self.counting.is_none() && self.terminal {
+            // A status line of `update` may be on screen: the bar starts on a clean line.
+            eprint!("\r\x1b[2K");
         }
         self.counting
             .get_or_insert_with(|| crate::progress::Progress::new(what, unit, Some(total)))

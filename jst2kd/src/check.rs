@@ -68,7 +68,7 @@ fn loads<C: FromLayers>(layers: &Layers) -> Result<String, String> {
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let (process, layers) = worker::load_config(&args.worker)?;
-    common::telemetry::init_logging_with(process.runtime.log_format, "error,lapin::channel=off");
+    crate::progress::init_logging(process.runtime.log_format, "error,lapin::channel=off");
     if args.mapping {
         let ask = preflight::Preflight {
             days: args.days,

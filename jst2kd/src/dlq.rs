@@ -264,7 +264,7 @@ fn selection(cmd: &DlqCommand) -> &Selection {
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
     let sel = selection(&cmd).clone();
     let (process, layers) = worker::load_config(&sel.worker)?;
-    common::telemetry::init_logging_with(process.runtime.log_format, "warn,lapin=error");
+    crate::progress::init_logging(process.runtime.log_format, "warn,lapin=error");
     let amqp: AmqpConfig = layers.section()?;
     let topology = Topology::from_config(&amqp);
     let cancel = CancellationToken::new();
@@ -352,7 +352,8 @@ async fn act(
             );
             for (l, v) in chosen {
                 let doc = json!({"position": v.position, "message_id": v.message_id, "headers": l.headers, "body": body_json(&l.body)});
-                writeln!(out, "{}", serde_json::to_string(&doc)?)?;
+                let line = serde_json::to_string(&doc)?;
+                progress.suspend(|| writeln!(out, "{line}"))?;
                 progress.inc(1);
             }
             out.flush()?;
@@ -368,14 +369,23 @@ async fn act(
                 )
             });
             let mut replayed = 0;
-            for (l, v) in chosen {
+            for (done, (l, v)) in chosen.iter().enumerate() {
+                if let Some(progress) = &mut progress {
+                    progress.set(done as u64);
+                }
                 let Some(work) = Work::ALL.into_iter().find(|w| w.key() == v.origin_key) else {
-                    writeln!(
-                        out,
-                        "skipped #{} {}: no origin to replay to",
-                        v.position,
-                        esc(&v.message_id)
-                    )?;
+                    let skipped = |out: &mut std::io::StdoutLock| {
+                        writeln!(
+                            out,
+                            "skipped #{} {}: no origin to replay to",
+                            v.position,
+                            esc(&v.message_id)
+                        )
+                    };
+                    match &progress {
+                        Some(progress) => progress.suspend(|| skipped(&mut out))?,
+                        None => skipped(&mut out)?,
+                    }
                     continue;
                 };
                 if sel.dry_run {
@@ -406,11 +416,9 @@ async fn act(
                     format!("#{} {} was replayed but is still in the dead-letter queue; replaying it again is harmless", v.position, esc(&v.message_id))
                 })?;
                 replayed += 1;
-                if let Some(progress) = &mut progress {
-                    progress.set(replayed as u64);
-                }
             }
-            if let Some(progress) = progress {
+            if let Some(mut progress) = progress {
+                progress.set(chosen.len() as u64);
                 progress.finish();
             }
             if !sel.dry_run {

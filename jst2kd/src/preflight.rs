@@ -237,7 +237,7 @@ pub async fn run(layers: &Layers, ask: &Preflight) -> anyhow::Result<bool> {
         let windows = windows(from, to, MAX_WINDOW);
         let mut progress = crate::progress::Progress::new(
             "reading Jushuitan",
-            "windows",
+            "queries",
             Some((windows.len() * polling.statuses.len()) as u64),
         );
         for (begin, end) in windows {

@@ -3,12 +3,48 @@
 //! the end, so a log shows that the command advances. The command's summary stays on stdout.
 
 use std::io::IsTerminal as _;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often a plain line is written when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// The bar on screen, if any: log lines are written around it (see [`init_logging`]).
+static SHOWN: Mutex<Option<(u64, ProgressBar)>> = Mutex::new(None);
+
+/// Numbers the bars, to know which one is on screen.
+static BARS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn shown() -> std::sync::MutexGuard<'static, Option<(u64, ProgressBar)>> {
+    SHOWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the command's logging on stderr, written around the progress bar on screen so that
+/// a warning never tears it (a line of its own above the bar).
+pub fn init_logging(format: common::telemetry::LogFormat, default_filter: &str) {
+    common::telemetry::init_logging_to(format, default_filter, || LogLine);
+}
+
+/// Stderr for the log: through the bar on screen, when there is one.
+struct LogLine;
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = shown().as_ref().map(|(_, bar)| bar.clone());
+        match bar {
+            Some(bar) => bar
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// One step of a command (reading, replaying, exporting …) counted in `unit`s.
 pub struct Progress {
@@ -18,7 +54,8 @@ pub struct Progress {
     done: u64,
     started: Instant,
     shown: Instant,
-    bar: Option<ProgressBar>,
+    /// On a terminal: the bar and its number.
+    bar: Option<(u64, ProgressBar)>,
 }
 
 impl Progress {
@@ -65,7 +102,9 @@ impl Progress {
                 .progress_chars("=> ");
             bar.set_style(style);
             bar.set_message(what.clone());
-            bar
+            let id = BARS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *shown() = Some((id, bar.clone()));
+            (id, bar)
         });
         let now = Instant::now();
         Self {
@@ -88,7 +127,7 @@ impl Progress {
     pub fn set(&mut self, done: u64) {
         self.done = done;
         match &self.bar {
-            Some(bar) => bar.set_position(done),
+            Some((_, bar)) => bar.set_position(done),
             None if self.shown.elapsed() >= PLAIN_EVERY => {
                 self.shown = Instant::now();
                 eprintln!("{}", self.line());
@@ -97,10 +136,19 @@ impl Progress {
         }
     }
 
+    /// Runs `f` (which writes to the terminal, e.g. a result line on stdout) with the bar
+    /// off the screen.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some((_, bar)) => bar.suspend(f),
+            None => f(),
+        }
+    }
+
     /// A line of its own (above the bar on a terminal).
     pub fn println(&self, line: &str) {
         match &self.bar {
-            Some(bar) => bar.println(line),
+            Some((_, bar)) => bar.println(line),
             None => eprintln!("{line}"),
         }
     }
@@ -134,10 +182,8 @@ impl Progress {
     }
 
     /// Ends the step: the bar is cleared, a plain line says what was done in how long.
-    pub fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+    pub fn finish(mut self) {
+        self.take_down();
         eprintln!(
             "{}: {} {} in {}",
             self.what,
@@ -150,15 +196,34 @@ impl Progress {
 
 impl Progress {
     /// Ends the step without a line (the caller says what was done its own way).
-    pub fn clear(self) {
-        if let Some(bar) = &self.bar {
+    pub fn clear(mut self) {
+        self.take_down();
+    }
+
+    /// The bar off the screen (and no longer the one log lines go around).
+    fn take_down(&mut self) {
+        if let Some((id, bar)) = self.bar.take() {
             bar.finish_and_clear();
+            let mut shown = shown();
+            if shown
+                .as_ref()
+                .is_some_and(|(on_screen, _)| *on_screen == id)
+            {
+                *shown = None;
+            }
         }
     }
 
     /// What this step counts.
     pub fn what(&self) -> &str {
         &self.what
+    }
+}
+
+/// A step that ends early (an error, `?`) takes its bar down too.
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.take_down();
     }
 }
 

@@ -135,7 +135,7 @@ async fn a_clean_mapping_passes_and_shows_a_real_document() {
     // Progress goes to stderr, as plain lines when it is not a terminal.
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(
-        progress.contains("reading Jushuitan: ") && progress.contains(" windows in "),
+        progress.contains("reading Jushuitan: ") && progress.contains(" queries in "),
         "{progress}"
     );
     assert!(text.contains("3 documents of the last 7 days"), "{text}");

@@ -14,8 +14,16 @@ HEAD = """# The alert rules of deploy/prometheus/alerts.yml for the Prometheus O
 """
 
 
+# The Prometheus Operator routes an AlertmanagerConfig's alerts by their namespace label; most
+# of the rules aggregate it away, so every alert gets it here.
+NAMESPACE = "jst2kd"
+
+
 def wanted():
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            rule.setdefault("labels", {})["namespace"] = NAMESPACE
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
