@@ -53,7 +53,8 @@ pub struct Progress {
     total: Option<u64>,
     done: u64,
     started: Instant,
-    shown: Instant,
+    /// When the last plain line was written.
+    last_line: Instant,
     /// On a terminal: the bar and its number.
     bar: Option<(u64, ProgressBar)>,
 }
@@ -73,13 +74,7 @@ impl Progress {
     ) -> Self {
         let what = what.into();
         let bar = terminal.then(|| {
-            let bar = match total {
-                Some(total) => ProgressBar::with_draw_target(
-                    Some(total),
-                    ProgressDrawTarget::stderr_with_hz(4),
-                ),
-                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4)),
-            };
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(4));
             let template = if total.is_some() {
                 "{msg} [{bar:30}] {human_pos}/{human_len} {unit} ({rate}, {eta} left)"
             } else {
@@ -113,7 +108,7 @@ impl Progress {
             total,
             done: 0,
             started: now,
-            shown: now,
+            last_line: now,
             bar,
         }
     }
@@ -128,8 +123,8 @@ impl Progress {
         self.done = done;
         match &self.bar {
             Some((_, bar)) => bar.set_position(done),
-            None if self.shown.elapsed() >= PLAIN_EVERY => {
-                self.shown = Instant::now();
+            None if self.last_line.elapsed() >= PLAIN_EVERY => {
+                self.last_line = Instant::now();
                 eprintln!("{}", self.line());
             }
             None => {}

@@ -78,6 +78,9 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
     // `None`: being worked on; `Some`: acked, the frame not sent yet.
     let mut open: BTreeMap<u64, Option<(lapin::Acker, Reply)>> = BTreeMap::new();
     let mut taken = Vec::new();
+    // The tags acked in this round: after the head run, the ones left are behind a delivery
+    // still at work (every acked one is sent by the end of its round).
+    let mut acked = Vec::new();
     while ops.recv_many(&mut taken, 1_024).await > 0 {
         for op in taken.drain(..) {
             match op {
@@ -85,7 +88,10 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
                     open.insert(tag, None);
                 }
                 Op::Ack(tag, acker, reply) => match open.get_mut(&tag) {
-                    Some(slot) => *slot = Some((acker, reply)),
+                    Some(slot) => {
+                        *slot = Some((acker, reply));
+                        acked.push(tag);
+                    }
                     // Not registered (cannot happen): acked on its own.
                     None => answer(reply, sent(acker.ack(BasicAckOptions::default()).await)),
                 },
@@ -112,12 +118,10 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
                 answer(reply, result.clone());
             }
         }
-        // Acked behind one still at work: each on its own, now.
-        let behind: Vec<u64> = open
-            .iter()
-            .filter_map(|(tag, slot)| slot.is_some().then_some(*tag))
-            .collect();
-        for tag in behind {
+        // Acked behind one still at work: each on its own, now (in tag order; the ones the
+        // run took are gone).
+        acked.sort_unstable();
+        for tag in acked.drain(..) {
             if let Some(Some((acker, reply))) = open.remove(&tag) {
                 answer(reply, sent(acker.ack(BasicAckOptions::default()).await));
             }
