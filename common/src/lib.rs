@@ -15,4 +15,5 @@ pub mod queue;
 pub mod settle;
 pub mod telemetry;
 pub mod time;
+pub mod traces;
 pub mod worker;

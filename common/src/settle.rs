@@ -264,6 +264,8 @@ impl Settler {
             Ok(()) => {
                 let id = delivery.message_id.as_deref().unwrap_or("");
                 self.events.dead_lettered(id, &reason);
+                // The dead letter keeps the traceparent; the span of the work on it says why.
+                crate::traces::dead_lettered(reason.kind.as_str(), &reason.error);
                 delivery.ack().await
             }
             Err(err) => {

@@ -61,25 +61,98 @@ pub fn init_logging_to<W>(format: LogFormat, default_filter: &str, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    init_subscriber(format, default_filter, writer, None);
+}
+
+/// Starts a worker's logging, with its spans exported when `traces` is given (see
+/// [`crate::traces`]); log lines inside a traced span then carry `trace_id` and `span_id`.
+pub fn init_logging_traced(format: LogFormat, traces: Option<crate::traces::Layer>) {
+    init_subscriber(format, DEFAULT_FILTER, std::io::stderr, traces);
+}
+
+fn init_subscriber<W>(
+    format: LogFormat,
+    default_filter: &str,
+    writer: W,
+    traces: Option<crate::traces::Layer>,
+) where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(traces).with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     // A second initialisation (tests, the demo) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Json => registry
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .map_event_format(WithTraceIds),
+            )
             .try_init(),
-        LogFormat::Pretty => builder
-            .compact()
-            // Colours for a person at a terminal; none in a file or a pipe.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .fmt_fields(escaped_fields())
+        LogFormat::Pretty => registry
+            .with(
+                layer
+                    .compact()
+                    // Colours for a person at a terminal; none in a file or a pipe.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .fmt_fields(escaped_fields())
+                    .map_event_format(WithTraceIds),
+            )
             .try_init(),
     };
+}
+
+/// An event format that adds `trace_id` and `span_id` to a line written inside a traced span
+/// (the JSON object gains two keys; a human line ends with them), so a log search finds the
+/// trace. Lines outside a span, or with tracing off, are the inner format's, unchanged.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let span = event
+            .parent()
+            .cloned()
+            .or_else(|| ctx.lookup_current().map(|s| s.id()));
+        let Some((trace_id, span_id)) = span.and_then(|id| crate::traces::ids_of(&id)) else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        writer.write_str(&with_ids(&line, &trace_id, &span_id))
+    }
+}
+
+/// `line` (one formatted event) with the ids added: inside the JSON object when it is one,
+/// else at the end of the line.
+fn with_ids(line: &str, trace_id: &str, span_id: &str) -> String {
+    let body = line.trim_end_matches('\n');
+    match body.strip_suffix('}') {
+        Some(open) if body.starts_with('{') => {
+            format!("{open},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}\n")
+        }
+        _ => format!("{body} trace_id={trace_id} span_id={span_id}\n"),
+    }
 }
 
 /// Fields of the human log format with control characters escaped: a message, an error or
@@ -196,6 +269,9 @@ pub struct Metrics {
     /// `jst2kd_events_dropped_total`: outcome events not recorded (buffer full, broker
     /// refusing).
     pub events_dropped: IntCounter,
+    /// `jst2kd_spans_dropped_total{reason}` (`queue_full`, `export_failed`): finished spans not
+    /// exported (see [`crate::traces`]); 0 while tracing is off.
+    pub spans_dropped: IntCounterVec,
     /// The outcome log every stage records into (detached until the stage has a broker).
     pub outcomes: crate::outcomes::OutcomeLog,
     /// `jst2kd_build_info{version}`
@@ -317,6 +393,11 @@ impl Metrics {
                 &["queue"],
             )
             .unwrap_or_else(|e| unreachable_metric(&e)),
+            spans_dropped: counter(
+                "jst2kd_spans_dropped_total",
+                "Finished trace spans not exported (queue full, export failed).",
+                &["reason"],
+            ),
             events_dropped: events_dropped.clone(),
             outcomes: crate::outcomes::OutcomeLog::new(events_dropped),
             amqp_connected: IntGauge::new(
@@ -346,12 +427,16 @@ impl Metrics {
         let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.amqp_connected.clone()),
             Box::new(self.events_dropped.clone()),
+            Box::new(self.spans_dropped.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.published.clone()),
         ];
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for reason in ["queue_full", "export_failed"] {
+            self.spans_dropped.with_label_values(&[reason]);
+        }
         let consumes = stages.iter().any(|s| *s != Stage::Producer);
         if consumes {
             collectors.push(Box::new(self.consumed.clone()));
@@ -653,6 +738,26 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trace_ids_go_inside_a_json_line_and_at_the_end_of_a_human_one() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let json = with_ids(
+            "{\"level\":\"INFO\",\"message\":\"Saved.\"}\n",
+            t,
+            "00f067aa0ba902b7",
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).expect("still one JSON object");
+        assert_eq!(v["trace_id"], t);
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["message"], "Saved.");
+        assert!(json.ends_with("}\n") && json.matches('\n').count() == 1);
+        let human = with_ids("12:00:01 INFO Saved. io_id=7\n", t, "00f067aa0ba902b7");
+        assert_eq!(
+            human,
+            format!("12:00:01 INFO Saved. io_id=7 trace_id={t} span_id=00f067aa0ba902b7\n")
+        );
+    }
+
     use super::*;
 
     #[test]

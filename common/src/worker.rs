@@ -245,7 +245,15 @@ where
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(process.runtime.log_format);
+    let (mut traces, layer) = match crate::traces::from_env(stage.as_str()) {
+        Ok(Some((traces, layer))) => (Some(traces), Some(layer)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("{}: {e}", stage.as_str());
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging_traced(process.runtime.log_format, layer);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -258,6 +266,10 @@ where
     };
     let code = runtime.block_on(async move {
         let ctx = Context::new(&[stage]);
+        if let Some(traces) = traces.as_mut() {
+            traces.start(ctx.metrics.spans_dropped.clone());
+            info!(service = traces.service(), "Exporting traces over OTLP.");
+        }
         let listen = process
             .metrics
             .listen
@@ -301,6 +313,12 @@ where
                 .is_err()
         {
             warn!("Background tasks did not stop in time.");
+        }
+        if let Some(traces) = &traces {
+            // Past the shutdown deadline nothing more is awaited, spans included.
+            if !timed_out {
+                traces.flush(Duration::from_secs(5)).await;
+            }
         }
         http_cancel.cancel();
         server.abort();

@@ -92,6 +92,8 @@ impl LoaderEvents {
                     .of_message(bill_no),
             );
         }
+        // The bill's span (the current one while it is settled) shows how it ended.
+        tracing::Span::current().record("result", result.label());
         debug!(io_id, bill_no, result = result.label(), "Bill settled.");
     }
 

@@ -30,12 +30,14 @@ use events::{LoaderEvents, Settled};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, error, info, warn};
 
 /// A bill read from its delivery.
 struct Pending {
     delivery: Delivery,
     bill: BillMessage,
+    /// The bill's span in its document's trace, from its arrival to its settlement.
+    span: tracing::Span,
     _in_flight: InFlight,
 }
 
@@ -110,15 +112,25 @@ pub async fn run(
                 let Some((delivery, in_flight)) = intake.admit(delivery).await else {
                     continue;
                 };
+                let span = common::trace_span!(
+                    parent: None,
+                    "load",
+                    io_id = tracing::field::Empty,
+                    bill_no = tracing::field::Empty,
+                    result = tracing::field::Empty,
+                );
+                common::traces::continue_from(&span, &delivery.headers);
                 match BillMessage::from_slice(&delivery.body) {
                     Ok(bill) => {
+                        span.record("io_id", bill.source.io_id);
+                        span.record("bill_no", bill.bill_no.as_str());
                         batch_entries += bill.entry_count();
-                        batch.push(Pending { delivery, bill, _in_flight: in_flight });
+                        batch.push(Pending { delivery, bill, span, _in_flight: in_flight });
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
                     }
                     Err(e) => {
                         let reason = DeadReason::new(DeadKind::Malformed, e.to_string());
-                        settler.dead_letter(delivery, reason).await.ok();
+                        settler.dead_letter(delivery, reason).instrument(span).await.ok();
                         drop(in_flight);
                     }
                 }
@@ -215,7 +227,13 @@ async fn save_batch(
     while let Some((form, group)) = calls.pop_front() {
         events.batch(group.len());
         let models: Vec<&serde_json::Value> = group.iter().map(|p| &p.bill.model).collect();
-        match client.batch_save(&form, &models).await {
+        // One call saves bills of many documents: its span links to each bill's trace.
+        let call =
+            common::trace_span!(parent: None, "BatchSave", form = %form, bills = group.len());
+        for p in &group {
+            common::traces::link(&call, &p.span);
+        }
+        match client.batch_save(&form, &models).instrument(call).await {
             Ok(results) => {
                 let mut settled = Vec::with_capacity(group.len());
                 let mut duplicates = Vec::new();
@@ -398,11 +416,10 @@ async fn apply_all(
     settler: &Settler,
     events: &LoaderEvents,
 ) {
-    futures_util::future::join_all(
-        settled
-            .into_iter()
-            .map(|(pending, settlement)| apply(pending, settlement, settler, events)),
-    )
+    futures_util::future::join_all(settled.into_iter().map(|(pending, settlement)| {
+        let span = pending.span.clone();
+        apply(pending, settlement, settler, events).instrument(span)
+    }))
     .await;
 }
 
@@ -410,6 +427,7 @@ async fn apply(pending: Pending, settlement: Settlement, settler: &Settler, even
     let Pending {
         delivery,
         bill,
+        span: _,
         _in_flight,
     } = pending;
     let (io_id, bill_no) = (bill.source.io_id, bill.bill_no.as_str());

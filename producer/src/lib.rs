@@ -94,6 +94,9 @@ pub const PAGES_IN_FLIGHT: usize = 4;
 struct Sent {
     ids: Vec<String>,
     at: chrono::DateTime<chrono::Utc>,
+    /// Each document's publish span, the root of its trace: it ends when the page is
+    /// confirmed (or abandoned).
+    _spans: Vec<tracing::Span>,
 }
 
 /// Publishes pages to the counts queue, skipping versions published lately when asked.
@@ -462,11 +465,13 @@ impl Producer {
     }
 
     /// The messages of documents exactly as JST returned them, and what to record once they
-    /// are confirmed.
+    /// are confirmed. Each document starts its trace here: its `traceparent` names its publish
+    /// span when traces are exported, and is a random root otherwise.
     fn messages(docs: Vec<(String, Value)>) -> (Vec<Outgoing>, Sent) {
         let at = chrono::Utc::now();
         let published_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+        let mut spans = Vec::new();
         let messages: Vec<Outgoing> = docs
             .into_iter()
             .map(|(message_id, doc)| {
@@ -474,9 +479,20 @@ impl Producer {
                 // as malformed, so it is kept and visible rather than dropped here.
                 let mut headers = Headers::new();
                 headers.insert(header::SCHEMA.into(), messages::SCHEMA_COUNT.into());
+                let traceparent = if common::traces::enabled() {
+                    let io_id = messages::int_field(doc.get("io_id")).unwrap_or_default();
+                    let span = tracing::info_span!(parent: None, "publish", io_id, message_id = %message_id);
+                    let traceparent = common::traces::traceparent(&span);
+                    spans.push(span);
+                    traceparent
+                } else {
+                    None
+                };
                 headers.insert(
                     header::TRACEPARENT.into(),
-                    messages::new_traceparent().into(),
+                    traceparent
+                        .unwrap_or_else(messages::new_traceparent)
+                        .into(),
                 );
                 headers.insert(header::PUBLISHED_AT.into(), published_at.clone().into());
                 Outgoing {
@@ -487,7 +503,14 @@ impl Producer {
                 }
             })
             .collect();
-        (messages, Sent { ids, at })
+        (
+            messages,
+            Sent {
+                ids,
+                at,
+                _spans: spans,
+            },
+        )
     }
 
     /// Records a confirmed page: its events, and its versions as published lately.

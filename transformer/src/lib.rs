@@ -17,7 +17,7 @@ use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, WorkerError};
 use serde_json::Value;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 pub use config::{Config, Gains, LossSign, MappingConfig, Warehouse};
 use events::TransformerEvents;
@@ -49,10 +49,16 @@ pub async fn run(config: &MappingConfig, broker: Broker, ctx: Context) -> Result
             config.clone(),
             events.clone(),
         );
-        intake.tasks().spawn(async move {
-            handle(delivery, &config, &broker, &settler, &events).await;
-            drop(in_flight);
-        });
+        // The document's span in its trace (a child of the producer's publish span).
+        let span = common::trace_span!(parent: None, "map", io_id = tracing::field::Empty, message_id = delivery.message_id.as_deref().unwrap_or(""));
+        common::traces::continue_from(&span, &delivery.headers);
+        intake.tasks().spawn(
+            async move {
+                handle(delivery, &config, &broker, &settler, &events).await;
+                drop(in_flight);
+            }
+            .instrument(span),
+        );
     }
     intake.finish().await
 }
@@ -87,6 +93,7 @@ async fn handle(
     // The typed document is all the mapping needs: the raw one goes before bills are built.
     drop(raw);
     let io_id = doc.io_id;
+    tracing::Span::current().record("io_id", io_id);
     match mapping::plan(&doc, config) {
         Ok(Plan::Skipped(reason)) => {
             let message_id = delivery.message_id.clone().unwrap_or_default();
@@ -131,6 +138,10 @@ async fn publish_bills(
         {
             copied.insert(name.into(), v.clone());
         }
+    }
+    // The bills carry this document's span, so the loader's work joins the trace.
+    if let Some(traceparent) = common::traces::traceparent(&tracing::Span::current()) {
+        copied.insert(header::TRACEPARENT.into(), traceparent.into());
     }
     let sent_at = chrono::Utc::now();
     let mut bill_nos: Vec<String> = Vec::new();
