@@ -8,7 +8,7 @@
 //! (what could not settle is redelivered by the broker).
 
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{Instrument as _, info};
 
 use crate::events::StageEvents;
 use crate::queue::{Broker, Consumer, Delivery, QueueError, Work};
@@ -73,7 +73,14 @@ impl Intake {
         let in_flight = InFlight::start(&self.ctx);
         self.settler.events().consumed();
         if let Some(reason) = self.settler.oversized(&delivery) {
-            self.settler.dead_letter(delivery, reason).await.ok();
+            // Unread, but still in its document's trace.
+            let span = crate::trace_span!(parent: None, "oversized");
+            crate::traces::continue_from(&span, &delivery.headers);
+            self.settler
+                .dead_letter(delivery, reason)
+                .instrument(span)
+                .await
+                .ok();
             return None;
         }
         Some((delivery, in_flight))

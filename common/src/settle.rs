@@ -250,7 +250,7 @@ impl Settler {
             // Even the bounded copy does not fit (a broker with a small frame_max): keep the
             // dead-letter headers alone, which replay and the dlq tools need.
             message.headers.retain(|name, _| {
-                name.starts_with("jst2kd-")
+                (name.starts_with("jst2kd-") || name == header::TRACEPARENT)
                     && name != header::KINGDEE_ERRORS
                     && name != header::KINGDEE_EXISTING
             });

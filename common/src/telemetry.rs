@@ -78,11 +78,13 @@ fn init_subscriber<W>(
 ) where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // `RUST_LOG` filters the log lines; exported spans have their own filter (traces.rs).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let registry = tracing_subscriber::registry().with(traces).with(filter);
+    let registry = tracing_subscriber::registry().with(traces);
     let layer = tracing_subscriber::fmt::layer().with_writer(writer);
     // A second initialisation (tests, the demo) keeps the first subscriber.
     let _ = match format {
@@ -93,7 +95,8 @@ fn init_subscriber<W>(
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .map_event_format(WithTraceIds),
+                    .map_event_format(WithTraceIds)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Pretty => registry
@@ -103,7 +106,8 @@ fn init_subscriber<W>(
                     // Colours for a person at a terminal; none in a file or a pipe.
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .fmt_fields(escaped_fields())
-                    .map_event_format(WithTraceIds),
+                    .map_event_format(WithTraceIds)
+                    .with_filter(filter),
             )
             .try_init(),
     };
@@ -111,7 +115,8 @@ fn init_subscriber<W>(
 
 /// An event format that adds `trace_id` and `span_id` to a line written inside a traced span
 /// (the JSON object gains two keys; a human line ends with them), so a log search finds the
-/// trace. Lines outside a span, or with tracing off, are the inner format's, unchanged.
+/// trace. Lines outside a span, with tracing off, or in colour at a terminal (a person reading,
+/// and the colours could not be kept around the ids) are the inner format's, unchanged.
 struct WithTraceIds<F>(F);
 
 impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
@@ -126,6 +131,9 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
+        if !crate::traces::enabled() || writer.has_ansi_escapes() {
+            return self.0.format_event(ctx, writer, event);
+        }
         let span = event
             .parent()
             .cloned()

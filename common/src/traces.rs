@@ -5,9 +5,12 @@
 //! of its work over OTLP, HTTP/protobuf (the SDKs' default protocol; the exporter appends
 //! `/v1/traces` to the generic endpoint, as the specification says), through
 //! `tracing-opentelemetry`. `OTEL_SERVICE_NAME` names the service (default: the binary's
-//! name); `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_MAX_QUEUE_SIZE`,
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BSP_SCHEDULE_DELAY` mean what the specification
-//! says (<https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>).
+//! name); `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` (per export request, our
+//! client enforces it), `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
+//! `OTEL_BSP_SCHEDULE_DELAY` mean what the specification says
+//! (<https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/>).
+//! `RUST_LOG` filters the log lines only: the exported spans are our crates' `info` spans and
+//! events, whatever the log level.
 //!
 //! Invariants:
 //! - **Exporting never blocks or fails the pipeline.** A finished span goes into a bounded
@@ -40,6 +43,7 @@ use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer as _;
 
 use crate::messages::{Headers, header};
 
@@ -64,13 +68,35 @@ macro_rules! trace_span {
     };
 }
 
-/// The `tracing` layer that turns spans into OpenTelemetry spans.
-pub type Layer = tracing_opentelemetry::OpenTelemetryLayer<
+/// The `tracing` layer that turns spans into OpenTelemetry spans, with its own filter (our
+/// crates at `info`), so `RUST_LOG` cannot turn traces off by accident.
+pub type Layer = tracing_subscriber::filter::Filtered<
+    tracing_opentelemetry::OpenTelemetryLayer<
+        tracing_subscriber::Registry,
+        opentelemetry_sdk::trace::Tracer,
+    >,
+    tracing_subscriber::filter::Targets,
     tracing_subscriber::Registry,
-    opentelemetry_sdk::trace::Tracer,
 >;
 
-/// Why the trace set-up could not be made (a malformed endpoint or header variable).
+/// The crates whose spans and events are exported.
+const TRACED: [&str; 7] = [
+    "producer",
+    "transformer",
+    "loader",
+    "common",
+    "jst",
+    "kingdee",
+    "jst2kd",
+];
+
+/// Links a BatchSave span keeps at most: one per bill of the largest `loader.batch_size`
+/// (the SDK's default, 128, would cut them silently).
+const MAX_LINKS: u32 = 1000;
+
+/// Why the trace set-up could not be made (an endpoint variable that is not a URL). A
+/// malformed `OTEL_EXPORTER_OTLP_HEADERS` pair is left out by the exporter without a word;
+/// the collector's refusal then shows as `export_failed`.
 #[derive(Debug, thiserror::Error)]
 #[error("traces: {0}")]
 pub struct TraceError(String);
@@ -82,6 +108,7 @@ struct Settings {
     max_queue: usize,
     max_batch: usize,
     delay: Duration,
+    timeout: Duration,
 }
 
 impl Settings {
@@ -103,6 +130,13 @@ impl Settings {
             max_queue,
             max_batch: num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(max_queue),
             delay: Duration::from_millis(num("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64),
+            timeout: Duration::from_millis(
+                var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                    .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or(10_000),
+            ),
         }
     }
 }
@@ -178,10 +212,9 @@ pub fn from_env(default_service: &str) -> Result<Option<(Traces, Layer)>, TraceE
         return Ok(None);
     }
     let settings = Settings::from_env(default_service);
-    // The exporter's own timeout (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default) bounds each
-    // export; the client's is a backstop with the same rules as our API clients.
-    let client =
-        crate::http::client(Duration::from_secs(30)).map_err(|e| TraceError(e.to_string()))?;
+    // The exporter applies OTEL_EXPORTER_OTLP_TIMEOUT only to a client it builds itself: ours
+    // (no redirects, like every API client) enforces it on each request.
+    let client = crate::http::client(settings.timeout).map_err(|e| TraceError(e.to_string()))?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -196,6 +229,7 @@ pub fn from_env(default_service: &str) -> Result<Option<(Traces, Layer)>, TraceE
     let dropped = Arc::new(OnceLock::new());
     let provider = SdkTracerProvider::builder()
         .with_resource(resource)
+        .with_max_links_per_span(MAX_LINKS)
         .with_span_processor(Queue {
             spans: spans_tx,
             dropped: dropped.clone(),
@@ -205,7 +239,14 @@ pub fn from_env(default_service: &str) -> Result<Option<(Traces, Layer)>, TraceE
         .with_tracer(provider.tracer("jst2kd"))
         .with_location(false)
         .with_threads(false)
-        .with_target(false);
+        .with_target(false)
+        .with_filter(
+            TRACED
+                .iter()
+                .fold(tracing_subscriber::filter::Targets::new(), |t, name| {
+                    t.with_target(*name, tracing::Level::INFO)
+                }),
+        );
     let (flushes, flush_requests) = mpsc::unbounded_channel();
     ENABLED.store(true, Ordering::Relaxed);
     let traces = Traces {
@@ -277,7 +318,9 @@ async fn export_loop(
         if batch.is_empty() {
             tokio::select! {
                 n = spans.recv_many(&mut batch, settings.max_batch) => if n == 0 { return },
-                reply = flushes.recv() => flush = reply,
+                // Once `Traces` is gone (the process is ending) no flush can come: the branch
+                // is disabled rather than ready forever.
+                Some(reply) = flushes.recv() => flush = Some(reply),
             }
         }
         if flush.is_none() && batch.len() < settings.max_batch {
@@ -287,7 +330,7 @@ async fn export_loop(
                 tokio::select! {
                     n = spans.recv_many(&mut batch, room) => if n == 0 { break },
                     () = tokio::time::sleep_until(deadline) => break,
-                    reply = flushes.recv() => { flush = reply; break }
+                    Some(reply) = flushes.recv() => { flush = Some(reply); break }
                 }
             }
         }
@@ -388,6 +431,9 @@ pub fn link(span: &Span, other: &Span) {
     span.add_link(linked);
 }
 
+/// Longest reason a span's status carries (the dead-letter header keeps the whole of it).
+const STATUS_BYTES: usize = 512;
+
 /// Marks the current span failed: its message was dead-lettered (`kind`) with `reason`.
 pub fn dead_lettered(kind: &'static str, reason: &str) {
     if !enabled() {
@@ -395,7 +441,19 @@ pub fn dead_lettered(kind: &'static str, reason: &str) {
     }
     let span = Span::current();
     span.set_attribute("jst2kd.error_kind", kind);
-    span.set_status(Status::error(format!("dead-lettered ({kind}): {reason}")));
+    failed(&span, &format!("dead-lettered ({kind}): {reason}"));
+}
+
+/// Marks `span` failed with `reason` (cut to [`STATUS_BYTES`]).
+pub fn failed(span: &Span, reason: &str) {
+    if !enabled() {
+        return;
+    }
+    let mut end = reason.len().min(STATUS_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    span.set_status(Status::error(reason[..end].to_string()));
 }
 
 /// The trace and span id of the span an event belongs to, for log lines.
@@ -426,6 +484,7 @@ mod tests {
                 max_queue: 2048,
                 max_batch: 512,
                 delay: Duration::from_secs(5),
+                timeout: Duration::from_secs(10),
             }
         );
         let vars = HashMap::from([
@@ -433,6 +492,7 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
             ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
         ]);
         let set = Settings::from_lookup("loader", |n| vars.get(n).map(|v| v.to_string()));
         assert_eq!(set.service, "jst2kd-loader-eu");
@@ -442,6 +502,7 @@ mod tests {
             "a batch never exceeds the queue"
         );
         assert_eq!(set.delay, Duration::from_millis(250));
+        assert_eq!(set.timeout, Duration::from_secs(3));
         let bad = HashMap::from([
             ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
             ("OTEL_SERVICE_NAME", " "),

@@ -306,19 +306,23 @@ where
         tracker.close();
         // Past the shutdown deadline nothing more is awaited: the orchestrator's own grace
         // period (kept a little longer than shutdown_timeout) would kill us anyway.
+        // The background tasks and the spans share one 5 s: the grace periods of compose
+        // and Kubernetes are shutdown_timeout + 10 s.
         let timed_out = matches!(result, Err(WorkerError::ShutdownTimeout));
+        let last = tokio::time::Instant::now() + Duration::from_secs(5);
         if !timed_out
-            && tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            && tokio::time::timeout_at(last, tracker.wait())
                 .await
                 .is_err()
         {
             warn!("Background tasks did not stop in time.");
         }
-        if let Some(traces) = &traces {
+        if let Some(traces) = &traces
+            && !timed_out
+        {
             // Past the shutdown deadline nothing more is awaited, spans included.
-            if !timed_out {
-                traces.flush(Duration::from_secs(5)).await;
-            }
+            let left = last.saturating_duration_since(tokio::time::Instant::now());
+            traces.flush(left.max(Duration::from_millis(500))).await;
         }
         http_cancel.cancel();
         server.abort();

@@ -94,9 +94,6 @@ pub const PAGES_IN_FLIGHT: usize = 4;
 struct Sent {
     ids: Vec<String>,
     at: chrono::DateTime<chrono::Utc>,
-    /// Each document's publish span, the root of its trace: it ends when the page is
-    /// confirmed (or abandoned).
-    _spans: Vec<tracing::Span>,
 }
 
 /// Publishes pages to the counts queue, skipping versions published lately when asked.
@@ -179,10 +176,18 @@ impl PageSink for Publishing<'_> {
         if docs.is_empty() {
             return Ok(());
         }
-        let (messages, sent) = Producer::messages(docs);
+        let (messages, sent, spans) = Producer::messages(docs);
         let broker = self.producer.broker.clone();
         self.in_flight.push_back(tokio::spawn(async move {
-            broker.publish_all(messages).await.map(|()| sent)
+            let published = broker.publish_all(messages).await;
+            // Each document's publish span ends with its confirm (or the failure).
+            if let Err(e) = &published {
+                for span in &spans {
+                    common::traces::failed(span, &e.to_string());
+                }
+            }
+            drop(spans);
+            published.map(|()| sent)
         }));
         while self.in_flight.len() > PAGES_IN_FLIGHT {
             self.settle_oldest().await?;
@@ -466,8 +471,9 @@ impl Producer {
 
     /// The messages of documents exactly as JST returned them, and what to record once they
     /// are confirmed. Each document starts its trace here: its `traceparent` names its publish
-    /// span when traces are exported, and is a random root otherwise.
-    fn messages(docs: Vec<(String, Value)>) -> (Vec<Outgoing>, Sent) {
+    /// span (returned, to end once the page is confirmed) when traces are exported, and is a
+    /// random root otherwise.
+    fn messages(docs: Vec<(String, Value)>) -> (Vec<Outgoing>, Sent, Vec<tracing::Span>) {
         let at = chrono::Utc::now();
         let published_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
@@ -503,14 +509,7 @@ impl Producer {
                 }
             })
             .collect();
-        (
-            messages,
-            Sent {
-                ids,
-                at,
-                _spans: spans,
-            },
-        )
+        (messages, Sent { ids, at }, spans)
     }
 
     /// Records a confirmed page: its events, and its versions as published lately.
