@@ -175,6 +175,20 @@ async fn a_pipeline_run_records_every_kind_of_outcome() {
                     && has(all, OutcomeKind::DeadLettered, |o| {
                         o.io_id.is_some_and(|id| unmapped.contains(&id))
                     })
+                    // The producer records a page's `published` once it settles the page,
+                    // which can be after its documents were booked (the next pages are being
+                    // fetched meanwhile): wait for one document whose whole story is there.
+                    && all.iter().any(|m| {
+                        m.event == OutcomeKind::Mapped
+                            && m.details["bills"].as_array().is_some_and(|bills| {
+                                bills.iter().all(|b| {
+                                    has(all, OutcomeKind::Audited, |o| {
+                                        o.bill_no.as_deref() == b.as_str()
+                                    })
+                                })
+                            })
+                            && has(all, OutcomeKind::Published, |p| p.io_id == m.io_id)
+                    })
             },
         )
         .await;
@@ -229,7 +243,7 @@ async fn a_pipeline_run_records_every_kind_of_outcome() {
                         o.bill_no.as_deref() == b.as_str()
                     })
                 })
-            })
+            }) && has(&all, OutcomeKind::Published, |p| p.io_id == m.io_id)
         })
         .and_then(|m| m.io_id)
         .expect("a document with every bill audited");
