@@ -205,7 +205,12 @@ pub async fn connect_rabbit(
     ctx.tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
-            let ready = watched.is_ready();
+            let mut ready = watched.is_ready();
+            if !ready {
+                // A connection lost for good is rebuilt here too (on the next node of a
+                // cluster), not only when the stage next publishes or consumes.
+                ready = watched.reconnect().await.is_ok() && watched.is_ready();
+            }
             events.connected(ready);
             ctx2.health.set_ready(ready);
             if let (Some(work), true) = (consumes, ready) {

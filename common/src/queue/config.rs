@@ -55,19 +55,36 @@ impl Section for AmqpConfig {
     const SECRET_DEFAULTS: &'static [(&'static str, &'static str)] = &[("url", DEFAULT_URL)];
 
     fn check(&self) -> Result<(), ConfigError> {
-        let url = self.url.expose();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        let nodes = super::rabbit::nodes(self.url.expose());
+        if nodes.is_empty() {
             return Err(ConfigError::key(
                 "amqp.url",
-                "must start with amqp:// or amqps://",
+                "is empty (amqp://user:password@host:port/vhost, or several such URLs of one cluster separated by commas)",
             ));
         }
-        if !super::rabbit::is_valid_url(url) {
-            // Caught here, it is a configuration error (exit 2), not an endless "cannot reach".
-            return Err(ConfigError::key(
-                "amqp.url",
-                "is not a valid AMQP URL (amqp://user:password@host:port/vhost?heartbeat=10)",
-            ));
+        for (i, url) in nodes.iter().enumerate() {
+            // The URL itself is never quoted (it holds the password): its position is.
+            let which = if nodes.len() == 1 {
+                String::new()
+            } else {
+                format!(" (URL {} of {})", i + 1, nodes.len())
+            };
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::key(
+                    "amqp.url",
+                    format!("must start with amqp:// or amqps://{which}"),
+                ));
+            }
+            if !super::rabbit::is_valid_url(url) {
+                // Caught here, it is a configuration error (exit 2), not an endless "cannot
+                // reach".
+                return Err(ConfigError::key(
+                    "amqp.url",
+                    format!(
+                        "is not a valid AMQP URL{which} (amqp://user:password@host:port/vhost?heartbeat=10; several nodes of one cluster: full URLs separated by commas)"
+                    ),
+                ));
+            }
         }
         let prefix = &self.prefix;
         if prefix.is_empty()
@@ -174,6 +191,35 @@ mod tests {
         ])
         .expect_err("both");
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn several_nodes_of_one_cluster_are_full_urls_separated_by_commas() {
+        let two = "amqp://u:p@rabbit-1:5672/%2f?heartbeat=10, amqps://u:p@rabbit-2:5671/%2f";
+        let a = amqp(&[("JST2KD_AMQP__URL", two)]).expect("two nodes");
+        let nodes = crate::queue::rabbit::nodes(a.url.expose());
+        assert_eq!(nodes.len(), 2);
+        let where_: Vec<String> = nodes
+            .iter()
+            .map(|u| crate::queue::rabbit::node_address(u))
+            .collect();
+        assert_eq!(where_, ["rabbit-1:5672", "rabbit-2:5671"]);
+        // A bad second node is named by its position, never quoted (it holds a password).
+        let e = amqp(&[(
+            "JST2KD_AMQP__URL",
+            "amqp://u:p@rabbit-1:5672/%2f,amqp://u:hunter2@rabbit-2:notaport/%2f",
+        )])
+        .expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("URL 2 of 2"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = amqp(&[("JST2KD_AMQP__URL", "amqp://u:p@a/%2f,rabbit-2:5672")])
+            .expect_err("a bare host is not a URL");
+        assert!(e.to_string().contains("amqp:// or amqps://"), "{e}");
+        assert!(
+            amqp(&[("JST2KD_AMQP__URL", " , ")]).is_err(),
+            "no node at all"
+        );
     }
 
     #[test]

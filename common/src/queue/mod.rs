@@ -435,6 +435,15 @@ impl Broker {
         }
     }
 
+    /// One attempt to connect again when the connection is lost for good (no publish or
+    /// consumer may ask for one soon: a producer between polls).
+    pub async fn reconnect(&self) -> Result<(), QueueError> {
+        match self {
+            Broker::Memory(_) => Ok(()),
+            Broker::Rabbit(b) => b.reconnect().await,
+        }
+    }
+
     /// Dead letters waiting for a person.
     pub async fn dead_depth(&self) -> Result<u64, QueueError> {
         match self {

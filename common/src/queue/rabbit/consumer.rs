@@ -18,6 +18,8 @@ pub(super) struct ConsumerState {
     window: AckWindow,
     /// The tag of the last delivery registered in `window`.
     last_tag: u64,
+    /// The generation of the connection the channel is on.
+    generation: u64,
 }
 
 /// Deliveries from one work queue, on a channel of its own; rebuilt when recovery fails.
@@ -32,7 +34,7 @@ pub struct RabbitConsumer {
 
 impl RabbitConsumer {
     pub(super) async fn start(&mut self) -> Result<(), QueueError> {
-        let channel = self.broker.channel().await?;
+        let (channel, generation) = self.broker.channel_of_generation().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
@@ -51,6 +53,7 @@ impl RabbitConsumer {
             stream,
             window: AckWindow::start(),
             last_tag: 0,
+            generation,
         });
         Ok(())
     }
@@ -76,7 +79,32 @@ impl RabbitConsumer {
                     }
                 }
             };
-            match state.stream.next().await {
+            // Without lapin's recovery (several nodes), a connection closed by the broker can
+            // leave the consumer's stream silent instead of ended (seen after RabbitMQ closed a
+            // connection with INTERNAL_ERROR while a node was lost): once the supervisor
+            // replaced the connection, or it is no longer usable, consume again.
+            let watched =
+                (!self.broker.lapin_recovers()).then(|| (self.broker.clone(), state.generation));
+            let gone = async move {
+                let Some((broker, generation)) = watched else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if broker.is_gone(generation) {
+                        return;
+                    }
+                }
+            };
+            let next = tokio::select! {
+                next = state.stream.next() => next,
+                () = gone => {
+                    warn!(queue = self.work.key(), "The consumer's connection is gone; consuming again on a new connection.");
+                    self.state = None;
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(delivery)) => {
                     let tag = delivery.delivery_tag;
                     if tag <= state.last_tag {
@@ -88,6 +116,12 @@ impl RabbitConsumer {
                     state.window.arrived(tag);
                     let acker = RabbitAcker::windowed(delivery.acker.clone(), &state.window, tag);
                     return Some(convert(delivery, acker));
+                }
+                Some(Err(err)) if !self.broker.lapin_recovers() => {
+                    // Several nodes: no recovery to wait for (it could wait forever); consume
+                    // again on the connection the supervisor builds on another node.
+                    warn!(queue = self.work.key(), error = %err, "Consumer interrupted; consuming again on a new connection.");
+                    self.state = None;
                 }
                 Some(Err(err)) => {
                     warn!(queue = self.work.key(), error = %err, "Consumer interrupted; waiting for recovery.");

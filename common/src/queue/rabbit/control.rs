@@ -181,18 +181,9 @@ impl ControlClient {
     ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name.to_string().into());
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(url.expose(), properties),
-        )
-        .await
-        .map_err(|_| {
-            QueueError::Unavailable(format!(
-                "RabbitMQ did not complete the connection within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(unavailable)?;
+        let connection = connect_first(url, properties)
+            .await
+            .map_err(QueueError::Unavailable)?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
         super::topology::declare(&channel, topology).await?;
         let reply = channel

@@ -38,9 +38,11 @@ impl ProducerLock {
     ) -> Result<Self, LockError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name.to_string().into());
-        let connection = Connection::connect(url.expose(), properties)
+        // Any node of the cluster will do: the queue lives on the node of this connection,
+        // and is lost with it (another producer may then take over).
+        let connection = connect_first(url, properties)
             .await
-            .map_err(|e| LockError::Unavailable(e.to_string()))?;
+            .map_err(LockError::Unavailable)?;
         let channel = connection
             .create_channel()
             .await

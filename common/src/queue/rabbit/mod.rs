@@ -12,7 +12,7 @@
 //! channel that died are redelivered by the broker, never acked here on its behalf.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{
@@ -64,7 +64,13 @@ pub struct RabbitBroker {
 }
 
 struct Inner {
-    url: Secret,
+    /// The nodes of `amqp.url`, in its order (one URL, or several of one cluster).
+    nodes: Vec<Secret>,
+    /// The node of the current (or last) connection.
+    node: AtomicUsize,
+    /// The node the next connection tries first: the one after a node whose connection was
+    /// lost.
+    next: AtomicUsize,
     name: String,
     /// The frame size asked for when `amqp.url` does not say (none: the broker's).
     frame_max: Option<u32>,
@@ -84,6 +90,58 @@ struct Inner {
 /// typo is a configuration error rather than endless reconnects).
 pub fn is_valid_url(url: &str) -> bool {
     url.parse::<lapin::uri::AMQPUri>().is_ok()
+}
+
+/// The nodes an `amqp.url` names: one URL, or the full URLs of one cluster's nodes separated
+/// by commas (`amqp://u:p@host1:5672/%2f,amqp://u:p@host2:5672/%2f`). Empty parts are left
+/// out.
+pub fn nodes(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// `host:port` of a node's URL, for messages (never the credentials); `?` when unreadable.
+pub fn node_address(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A connection of its own (the producer lock, the control client) to the first node of
+/// `url` that answers, each within [`CONNECT_TIMEOUT`]; the error names the last node tried
+/// (`host:port`, never the credentials).
+pub(super) async fn connect_first(
+    url: &Secret,
+    properties: ConnectionProperties,
+) -> Result<Connection, String> {
+    let mut last = String::from("amqp.url names no node");
+    for node in nodes(url.expose()) {
+        let attempt = Connection::connect(node, properties.clone());
+        last = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => format!("{}: {e}", node_address(node)),
+            Err(_) => format!(
+                "{}: RabbitMQ did not complete the connection within {} s",
+                node_address(node),
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        };
+    }
+    Err(last)
+}
+
+/// Whether lapin recovers a lost connection itself. With one node, yes: it reconnects to
+/// the same node and replays channels, consumers and confirms (a restart of the broker is
+/// waited out). With several, no: lapin's recovery knows one address only, and against a
+/// node that is gone for good (seen with SIGKILL on RabbitMQ 3.10) its channels stayed
+/// `Reconnecting` for minutes; the connection is instead dropped at once and the supervisor
+/// ([`RabbitBroker::live`]) builds a new one on the next node of the list, where consumers
+/// consume again and unconfirmed publishes are sent again.
+fn lapin_recovers(nodes: usize) -> bool {
+    nodes <= 1
 }
 
 /// How long opening a connection (TCP, TLS, AMQP handshake) may take: a TLS client talking
@@ -153,9 +211,15 @@ impl RabbitBroker {
         cancel: CancellationToken,
         frame_max: Option<u32>,
     ) -> Self {
+        let nodes = nodes(url.expose())
+            .into_iter()
+            .map(|u| Secret::new(u.to_string()))
+            .collect();
         Self {
             inner: Arc::new(Inner {
-                url,
+                nodes,
+                node: AtomicUsize::new(0),
+                next: AtomicUsize::new(0),
                 name,
                 frame_max,
                 topology,
@@ -222,6 +286,12 @@ impl RabbitBroker {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
     }
 
+    /// One attempt at a new connection when the current one is lost for good; nothing while
+    /// it is up or lapin is recovering it.
+    pub async fn reconnect(&self) -> Result<(), QueueError> {
+        self.live(false).await.map(|_| ())
+    }
+
     /// The current connection, or a new one when lapin's recovery gave up; with `retry`
     /// false, one attempt.
     async fn live(&self, retry: bool) -> Result<Live, QueueError> {
@@ -234,19 +304,25 @@ impl RabbitBroker {
             if live.usable() {
                 return Ok(live.clone());
             }
-            warn!(connection = %self.inner.name, "RabbitMQ connection lost for good; building a new one.");
+            let lost = self.inner.node.load(Ordering::SeqCst);
+            warn!(connection = %self.inner.name, node = %self.node_address(lost), "RabbitMQ connection lost for good; building a new one.");
+            self.after_loss();
             *guard = None;
         }
+        // The first connection starts at the first node; after a loss, at the next one (its
+        // node is likely what was lost), walking the list.
+        let start = self.inner.next.load(Ordering::SeqCst);
         let mut delays =
             crate::backoff::jittered(Duration::from_millis(500), Duration::from_secs(10), None);
         loop {
             let opened = tokio::select! {
                 () = self.inner.cancel.cancelled() => return Err(QueueError::Cancelled),
-                r = self.open() => r,
+                r = self.open_any(start) => r,
             };
             match opened {
                 Ok(live) => {
-                    info!(connection = %self.inner.name, "Connected to RabbitMQ, topology declared.");
+                    let node = self.node_address(self.inner.node.load(Ordering::SeqCst));
+                    info!(connection = %self.inner.name, node = %node, "Connected to RabbitMQ, topology declared.");
                     self.set_current(Some(live.clone()));
                     *guard = Some(live.clone());
                     return Ok(live);
@@ -276,11 +352,57 @@ impl RabbitBroker {
         }
     }
 
-    async fn open(&self) -> Result<Live, QueueError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.inner.name.clone().into())
-            .enable_auto_recover();
-        let url = self.inner.url.expose();
+    /// `host:port` of node `index`.
+    fn node_address(&self, index: usize) -> String {
+        self.inner
+            .nodes
+            .get(index)
+            .map(|url| node_address(url.expose()))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Connects to the first node that answers, from `start` round the list. A refused
+    /// topology stops the walk (every node of a cluster would refuse it).
+    async fn open_any(&self, start: usize) -> Result<Live, QueueError> {
+        let count = self.inner.nodes.len();
+        let mut last = QueueError::Unavailable("amqp.url names no node".into());
+        for step in 0..count {
+            let index = (start + step) % count;
+            match self.open(index).await {
+                Ok(live) => {
+                    self.inner.node.store(index, Ordering::SeqCst);
+                    return Ok(live);
+                }
+                Err(err @ (QueueError::TopologyMismatch { .. } | QueueError::Cancelled)) => {
+                    return Err(err);
+                }
+                Err(err) => {
+                    let node = self.node_address(index);
+                    if count > 1 {
+                        warn!(connection = %self.inner.name, node = %node, error = %err, "Cannot reach this RabbitMQ node; trying the next.");
+                    }
+                    last = match err {
+                        QueueError::Unavailable(why) if count > 1 => {
+                            QueueError::Unavailable(format!("{node}: {why}"))
+                        }
+                        other => other,
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn open(&self, index: usize) -> Result<Live, QueueError> {
+        let mut properties =
+            ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
+        if lapin_recovers(self.inner.nodes.len()) {
+            properties = properties.enable_auto_recover();
+        }
+        let Some(url) = self.inner.nodes.get(index) else {
+            return Err(QueueError::Unavailable("amqp.url names no node".into()));
+        };
+        let url = url.expose();
         // The parser's error may quote the URL, password and all: not shown.
         let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|_: String| {
             QueueError::Unavailable("amqp.url is not a valid AMQP URL".into())
@@ -325,14 +447,45 @@ impl RabbitBroker {
 
     /// A new channel on the current connection (connecting first when there is none).
     pub(super) async fn channel(&self) -> Result<Channel, QueueError> {
+        Ok(self.channel_of_generation().await?.0)
+    }
+
+    /// A new channel, with the generation of the connection it is on.
+    pub(super) async fn channel_of_generation(&self) -> Result<(Channel, u64), QueueError> {
         let live = self.live(true).await?;
-        live.connection.create_channel().await.map_err(unavailable)
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        Ok((channel, live.generation))
+    }
+
+    /// Whether the connection of `generation` is gone: replaced by the supervisor, or no
+    /// longer usable.
+    pub(super) fn is_gone(&self, generation: u64) -> bool {
+        self.current_live()
+            .is_none_or(|live| live.generation != generation || !live.usable())
+    }
+
+    /// Whether lapin recovers this broker's connections (one node) or the supervisor replaces
+    /// them (several; see [`lapin_recovers`]).
+    pub(super) fn lapin_recovers(&self) -> bool {
+        lapin_recovers(self.inner.nodes.len())
+    }
+
+    /// The next connection starts at the node after the one just lost.
+    fn after_loss(&self) {
+        let lost = self.inner.node.load(Ordering::SeqCst);
+        let count = self.inner.nodes.len().max(1);
+        self.inner.next.store((lost + 1) % count, Ordering::SeqCst);
     }
 
     /// Drops a connection that failed beyond lapin's recovery, so the next call rebuilds it.
     async fn discard(&self, generation: u64) {
         let mut guard = self.inner.live.lock().await;
         if guard.as_ref().is_some_and(|l| l.generation == generation) {
+            self.after_loss();
             *guard = None;
             self.set_current(None);
         }

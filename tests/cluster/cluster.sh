@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A RabbitMQ cluster of its own on this machine, beside the usual broker: separate node names,
+# ports and data directories, the machine's Erlang cookie.
+#
+#   cluster.sh start DIR NAME N     start N nodes NAME-1@localhost … (AMQP ports printed, one a line)
+#   cluster.sh kill DIR NAME I      SIGKILL node I (no goodbye to its peers)
+#   cluster.sh stop DIR NAME N      stop every node still running and delete DIR
+#
+# Used by tests/tests/cluster.rs; runnable by hand to try a failover.
+set -euo pipefail
+cmd=$1 dir=$2 name=$3 n=$4
+
+ctl() { rabbitmqctl -q -n "$1" "${@:2}"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+case "$cmd" in
+start)
+  mkdir -p "$dir"
+  echo "[]." > "$dir/enabled_plugins"   # no management plugin: its port is the usual broker's
+  for i in $(seq 1 "$n"); do
+    node="$name-$i@localhost" base="$dir/n$i"
+    mkdir -p "$base"
+    port=$(free_port) dist=$(free_port)
+    cat > "$base/rabbitmq-env.conf" <<ENV
+NODENAME=$node
+NODE_PORT=$port
+DIST_PORT=$dist
+MNESIA_BASE=$base/mnesia
+LOG_BASE=$base/log
+PID_FILE=$base/pid
+ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+CONFIG_FILE=$base/rabbitmq.conf
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+ENV
+    cat > "$base/rabbitmq.conf" <<CONF
+listeners.tcp.local = 127.0.0.1:$port
+loopback_users.guest = true
+CONF
+    echo "$port" > "$base/port"
+  done
+  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
+  for i in $(seq 1 "$n"); do
+    RABBITMQ_CONF_ENV_FILE="$dir/n$i/rabbitmq-env.conf" rabbitmq-server -detached
+  done
+  for i in $(seq 1 "$n"); do
+    # await_startup fails at once while the node has not registered yet: ask again.
+    up=no
+    for _ in $(seq 240); do
+      if ctl "$name-$i@localhost" await_startup --timeout 60 >/dev/null 2>&1; then up=yes; break; fi
+      sleep 0.5
+    done
+    [ "$up" = yes ] || { echo "node $name-$i did not start; its log:" >&2; cat "$dir/n$i"/log/*.log >&2 || true; exit 1; }
+  done
+  for i in $(seq 2 "$n"); do
+    node="$name-$i@localhost"
+    ctl "$node" stop_app >/dev/null
+    ctl "$node" join_cluster "$name-1@localhost" >/dev/null
+    ctl "$node" start_app >/dev/null
+  done
+  for i in $(seq 1 "$n"); do cat "$dir/n$i/port"; done
+  ;;
+kill)
+  pid=$(cat "$dir/n$n/pid")
+  kill -KILL "$pid"
+  ;;
+stop)
+  for i in $(seq 1 "$n"); do
+    ctl "$name-$i@localhost" stop >/dev/null 2>&1 || true
+  done
+  rm -rf "$dir"
+  ;;
+*) echo "unknown command $cmd" >&2; exit 2 ;;
+esac
