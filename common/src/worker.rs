@@ -206,9 +206,13 @@ pub async fn connect_rabbit(
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             let mut ready = watched.is_ready();
-            if !ready {
-                // A connection lost for good is rebuilt here too (on the next node of a
-                // cluster), not only when the stage next publishes or consumes.
+            if !ready && !ctx2.cancel.is_cancelled() {
+                // Not ready is reported before anything is tried, then a connection lost for
+                // good is rebuilt here too (on the next node of a cluster), not only when the
+                // stage next publishes or consumes. A rebuild already under way is not waited
+                // for.
+                events.connected(false);
+                ctx2.health.set_ready(false);
                 ready = watched.reconnect().await.is_ok() && watched.is_ready();
             }
             events.connected(ready);

@@ -12,6 +12,9 @@ cmd=$1 dir=$2 name=$3 n=$4
 
 ctl() { rabbitmqctl -q -n "$1" "${@:2}"; }
 
+# Nothing inherited may point a node at the usual broker's name or data.
+for v in $(env | grep -o '^RABBITMQ_[A-Z_]*' || true); do unset "$v"; done
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 case "$cmd" in
@@ -31,6 +34,7 @@ LOG_BASE=$base/log
 PID_FILE=$base/pid
 ENABLED_PLUGINS_FILE=$dir/enabled_plugins
 CONFIG_FILE=$base/rabbitmq.conf
+ADVANCED_CONFIG_FILE=$base/advanced.config
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
 ENV
@@ -40,7 +44,8 @@ loopback_users.guest = true
 CONF
     echo "$port" > "$base/port"
   done
-  chown -R rabbitmq:rabbitmq "$dir" 2>/dev/null || true
+  # The nodes run as the rabbitmq user (the Debian wrapper switches to it).
+  chown -R rabbitmq:rabbitmq "$dir" || { echo "cannot give $dir to the rabbitmq user (run as root)" >&2; exit 1; }
   for i in $(seq 1 "$n"); do
     RABBITMQ_CONF_ENV_FILE="$dir/n$i/rabbitmq-env.conf" rabbitmq-server -detached
   done
@@ -68,6 +73,8 @@ kill)
 stop)
   for i in $(seq 1 "$n"); do
     ctl "$name-$i@localhost" stop >/dev/null 2>&1 || true
+    # A node that would not stop is killed before its data goes.
+    if [ -f "$dir/n$i/pid" ]; then kill -KILL "$(cat "$dir/n$i/pid")" 2>/dev/null || true; fi
   done
   rm -rf "$dir"
   ;;

@@ -27,6 +27,13 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: PathBuf, name: &str, n: usize) -> Self {
+        // The guard first: a start that fails halfway still stops what it started.
+        let mut cluster = Self {
+            dir: dir.clone(),
+            name: name.to_string(),
+            ports: vec![0; n],
+            killed: BTreeSet::new(),
+        };
         let out = Command::new("bash")
             .arg(script())
             .args(["start", &dir.display().to_string(), name, &n.to_string()])
@@ -43,12 +50,8 @@ impl Cluster {
             .filter_map(|l| l.trim().parse().ok())
             .collect();
         assert_eq!(ports.len(), n, "one AMQP port per node");
-        Self {
-            dir,
-            name: name.to_string(),
-            ports,
-            killed: BTreeSet::new(),
-        }
+        cluster.ports = ports;
+        cluster
     }
 
     fn node(&self, i: usize) -> String {
@@ -69,6 +72,11 @@ impl Cluster {
             .args(args)
             .output()
             .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -301,7 +309,9 @@ async fn a_node_killed_mid_run_loses_nothing_and_books_nothing_twice() {
             proc.log_text()
         );
     }
-    assert_eq!(cluster.connections()[busiest], 0);
+    // Each worker's connection and the producer's lock are on the nodes that are left.
+    let left: usize = cluster.connections().iter().sum();
+    assert!(left >= 4, "connections on the nodes left: {left}");
     for (proc, url) in &mut workers {
         assert_eq!(status(&http(), &format!("{url}/healthz")).await, 200);
         proc.signal("TERM");

@@ -75,6 +75,16 @@ impl Section for AmqpConfig {
                     format!("must start with amqp:// or amqps://{which}"),
                 ));
             }
+            // Outside the credentials a comma can only start the next node's URL.
+            let after_credentials = url.rsplit_once('@').map_or(*url, |(_, rest)| rest);
+            if after_credentials.contains(',') {
+                return Err(ConfigError::key(
+                    "amqp.url",
+                    format!(
+                        "has a comma that does not start a full URL{which}: list the nodes of a cluster as full URLs (amqp://user:password@host:port/vhost) separated by commas"
+                    ),
+                ));
+            }
             if !super::rabbit::is_valid_url(url) {
                 // Caught here, it is a configuration error (exit 2), not an endless "cannot
                 // reach".
@@ -215,11 +225,15 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         let e = amqp(&[("JST2KD_AMQP__URL", "amqp://u:p@a/%2f,rabbit-2:5672")])
             .expect_err("a bare host is not a URL");
-        assert!(e.to_string().contains("amqp:// or amqps://"), "{e}");
+        assert!(e.to_string().contains("full URL"), "{e}");
         assert!(
             amqp(&[("JST2KD_AMQP__URL", " , ")]).is_err(),
             "no node at all"
         );
+        // A comma inside one URL (a password) does not split it.
+        let one = "amqp://u:pa,ss@rabbit-1:5672/%2f";
+        let a = amqp(&[("JST2KD_AMQP__URL", one)]).expect("one node");
+        assert_eq!(crate::queue::rabbit::nodes(a.url.expose()), [one]);
     }
 
     #[test]

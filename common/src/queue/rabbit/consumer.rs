@@ -18,8 +18,9 @@ pub(super) struct ConsumerState {
     window: AckWindow,
     /// The tag of the last delivery registered in `window`.
     last_tag: u64,
-    /// The generation of the connection the channel is on.
-    generation: u64,
+    /// The connection the channel is on (kept: a connection the supervisor replaced while it
+    /// still worked goes on serving this consumer until it fails).
+    connection: Arc<lapin::Connection>,
 }
 
 /// Deliveries from one work queue, on a channel of its own; rebuilt when recovery fails.
@@ -34,7 +35,7 @@ pub struct RabbitConsumer {
 
 impl RabbitConsumer {
     pub(super) async fn start(&mut self) -> Result<(), QueueError> {
-        let (channel, generation) = self.broker.channel_of_generation().await?;
+        let (channel, connection) = self.broker.channel_on().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
@@ -53,7 +54,7 @@ impl RabbitConsumer {
             stream,
             window: AckWindow::start(),
             last_tag: 0,
-            generation,
+            connection,
         });
         Ok(())
     }
@@ -81,17 +82,16 @@ impl RabbitConsumer {
             };
             // Without lapin's recovery (several nodes), a connection closed by the broker can
             // leave the consumer's stream silent instead of ended (seen after RabbitMQ closed a
-            // connection with INTERNAL_ERROR while a node was lost): once the supervisor
-            // replaced the connection, or it is no longer usable, consume again.
-            let watched =
-                (!self.broker.lapin_recovers()).then(|| (self.broker.clone(), state.generation));
+            // connection with INTERNAL_ERROR while a node was lost): once the consumer's own
+            // connection is closed or failed, consume again on a new one.
+            let watched = (!self.broker.lapin_recovers()).then(|| state.connection.clone());
             let gone = async move {
-                let Some((broker, generation)) = watched else {
+                let Some(connection) = watched else {
                     return std::future::pending().await;
                 };
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if broker.is_gone(generation) {
+                    if !connection.status().connected() {
                         return;
                     }
                 }
@@ -122,6 +122,10 @@ impl RabbitConsumer {
                     // again on the connection the supervisor builds on another node.
                     warn!(queue = self.work.key(), error = %err, "Consumer interrupted; consuming again on a new connection.");
                     self.state = None;
+                    tokio::select! {
+                        () = self.broker.inner.cancel.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
                 Some(Err(err)) => {
                     warn!(queue = self.work.key(), error = %err, "Consumer interrupted; waiting for recovery.");

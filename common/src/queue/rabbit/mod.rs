@@ -96,8 +96,18 @@ pub fn is_valid_url(url: &str) -> bool {
 /// by commas (`amqp://u:p@host1:5672/%2f,amqp://u:p@host2:5672/%2f`). Empty parts are left
 /// out.
 pub fn nodes(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
+    // A comma splits only where the next URL starts: a password or a query may hold one.
+    let mut starts: Vec<usize> = vec![0];
+    for (i, _) in url.match_indices(',') {
+        let rest = url[i + 1..].trim_start();
+        if rest.starts_with("amqp://") || rest.starts_with("amqps://") || rest.is_empty() {
+            starts.push(i + 1);
+        }
+    }
+    starts.push(url.len() + 1);
+    starts
+        .windows(2)
+        .map(|w| url[w[0]..w[1] - 1].trim())
         .filter(|u| !u.is_empty())
         .collect()
 }
@@ -119,7 +129,12 @@ pub(super) async fn connect_first(
 ) -> Result<Connection, String> {
     let mut last = String::from("amqp.url names no node");
     for node in nodes(url.expose()) {
-        let attempt = Connection::connect(node, properties.clone());
+        // Parsed here, with a message of ours: lapin's parse error quotes the URL.
+        let Ok(uri) = node.parse::<lapin::uri::AMQPUri>() else {
+            last = "amqp.url is not a valid AMQP URL".into();
+            continue;
+        };
+        let attempt = Connection::connect_uri(uri, properties.clone());
         last = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(e)) => format!("{}: {e}", node_address(node)),
@@ -289,6 +304,14 @@ impl RabbitBroker {
     /// One attempt at a new connection when the current one is lost for good; nothing while
     /// it is up or lapin is recovering it.
     pub async fn reconnect(&self) -> Result<(), QueueError> {
+        if self.current_live().is_some_and(|live| live.usable()) {
+            return Ok(());
+        }
+        // Someone (a consumer, a publish) is building one already: not waited for.
+        let Ok(guard) = self.inner.live.try_lock() else {
+            return Err(QueueError::Unavailable("reconnecting".into()));
+        };
+        drop(guard);
         self.live(false).await.map(|_| ())
     }
 
@@ -368,7 +391,17 @@ impl RabbitBroker {
         let mut last = QueueError::Unavailable("amqp.url names no node".into());
         for step in 0..count {
             let index = (start + step) % count;
-            match self.open(index).await {
+            // The handshake has its own timeout; declarations and channels are bounded here,
+            // so a stalled node cannot hold the walk.
+            let opened = tokio::time::timeout(2 * CONNECT_TIMEOUT, self.open(index))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(QueueError::Unavailable(format!(
+                        "RabbitMQ did not open the channels and declarations within {} s",
+                        2 * CONNECT_TIMEOUT.as_secs()
+                    )))
+                });
+            match opened {
                 Ok(live) => {
                     self.inner.node.store(index, Ordering::SeqCst);
                     return Ok(live);
@@ -447,25 +480,18 @@ impl RabbitBroker {
 
     /// A new channel on the current connection (connecting first when there is none).
     pub(super) async fn channel(&self) -> Result<Channel, QueueError> {
-        Ok(self.channel_of_generation().await?.0)
+        Ok(self.channel_on().await?.0)
     }
 
-    /// A new channel, with the generation of the connection it is on.
-    pub(super) async fn channel_of_generation(&self) -> Result<(Channel, u64), QueueError> {
+    /// A new channel, with the connection it is on.
+    pub(super) async fn channel_on(&self) -> Result<(Channel, Arc<Connection>), QueueError> {
         let live = self.live(true).await?;
         let channel = live
             .connection
             .create_channel()
             .await
             .map_err(unavailable)?;
-        Ok((channel, live.generation))
-    }
-
-    /// Whether the connection of `generation` is gone: replaced by the supervisor, or no
-    /// longer usable.
-    pub(super) fn is_gone(&self, generation: u64) -> bool {
-        self.current_live()
-            .is_none_or(|live| live.generation != generation || !live.usable())
+        Ok((channel, live.connection))
     }
 
     /// Whether lapin recovers this broker's connections (one node) or the supervisor replaces
