@@ -51,13 +51,46 @@ pub fn install_crypto_provider() {
 
 /// A client that follows no redirect, with the given timeout per call.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, HttpError> {
+    client_trusting(timeout, &[])
+}
+
+/// [`client`], trusting the certificate authorities `extra` besides the usual roots (an
+/// on-premise K3Cloud's private CA: `kingdee.ca_file`, `jst.ca_file`).
+pub fn client_trusting(
+    timeout: Duration,
+    extra: &[reqwest::Certificate],
+) -> Result<reqwest::Client, HttpError> {
     install_crypto_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_merge(extra.iter().cloned())
         .build()
         .map_err(|e| HttpError::Transport(transport_message(&e)))
+}
+
+/// The certificates of a PEM file (`*.ca_file`); the error names `key` and the reason, never
+/// the file's content.
+pub fn ca_certificates(
+    key: &str,
+    path: &std::path::Path,
+) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("`{key}`: cannot read {}: {}", path.display(), e.kind()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+        format!(
+            "`{key}`: {} is not a PEM certificate bundle",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "`{key}`: {} holds no certificate (PEM, -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Reads an answer: its status and at most `cap` bytes of body. A redirect is an error; other
@@ -126,10 +159,19 @@ pub fn transport_message(err: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    match std::error::Error::source(err) {
-        Some(s) => format!("{kind}: {}", escape(&s.to_string())),
-        None => kind.to_string(),
+    // The whole chain of causes (a refused certificate is three levels down), never the
+    // request itself: its URL can carry signed parameters and tokens.
+    let mut text = kind.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        let part = escape(&c.to_string());
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
     }
+    text
 }
 
 /// The first `max` bytes of a body as text, control characters escaped.

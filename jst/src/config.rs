@@ -62,6 +62,9 @@ pub struct JstConfig {
     /// expiry is shown (and alerted on) from the start. Unknown when not given.
     #[serde(deserialize_with = "expiry")]
     pub access_token_expires_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// A PEM file of certificate authorities to trust besides the usual roots (a proxy or
+    /// gateway with a private CA in front of the open platform).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn expiry<'de, D: serde::Deserializer<'de>>(
@@ -91,6 +94,7 @@ impl Default for JstConfig {
             app_kind: AppKind::Own,
             refresh_before: Dur::secs(3 * 86_400),
             access_token_expires_at: None,
+            ca_file: None,
         }
     }
 }
@@ -103,11 +107,20 @@ impl Section for JstConfig {
         if !(1..=50).contains(&self.page_size) {
             return Err(ConfigError::key("jst.page_size", "must be 1 to 50"));
         }
+        self.trusted()?;
         Ok(())
     }
 }
 
 impl JstConfig {
+    /// The certificate authorities of `jst.ca_file` (none when not set).
+    pub fn trusted(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        match &self.ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => common::http::ca_certificates("jst.ca_file", path).map_err(ConfigError),
+        }
+    }
+
     /// What a client that calls needs on top: the app's key and secret. The access token may
     /// be left out: the client then asks for one (`getInitToken`).
     pub fn check_credentials(&self) -> Result<(), ConfigError> {
@@ -136,6 +149,22 @@ mod tests {
     #[test]
     fn the_type_has_the_registered_keys() {
         shape::registered::<JstConfig>("jst").expect("matches");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_is_a_configuration_error() {
+        let e = jst(&[("JST2KD_JST__CA_FILE", "/nonexistent/ca.pem")]).expect_err("refused");
+        assert!(
+            e.to_string().contains("jst.ca_file") && e.to_string().contains("cannot read"),
+            "{e}"
+        );
+        assert!(
+            jst(&[])
+                .expect("defaults")
+                .trusted()
+                .expect("none")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -154,7 +154,10 @@ pub use common::http::install_crypto_provider;
 impl JstClient {
     /// A client from the `[jst]` section, with the tokens of the configuration.
     pub fn new(config: &JstConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, JstError> {
-        let http = common::http::client(config.timeout.0).map_err(from_http)?;
+        let trusted = config
+            .trusted()
+            .map_err(|e| JstError::Transport(e.to_string()))?;
+        let http = common::http::client_trusting(config.timeout.0, &trusted).map_err(from_http)?;
         let configured = fingerprint(config.access_token.expose(), config.refresh_token.expose());
         let expires_at = config.access_token_expires_at.map(|at| at.to_utc());
         let tokens = TokenPair {

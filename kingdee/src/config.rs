@@ -60,6 +60,9 @@ pub struct KingdeeConfig {
     pub allow_negative_stock: bool,
     /// What follows a save: `none`, `submit`, or `audit` (submit, then audit; stock moves).
     pub after_save: AfterSave,
+    /// A PEM file of certificate authorities to trust besides the usual roots: an
+    /// on-premise K3Cloud often has a certificate from a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for KingdeeConfig {
@@ -77,6 +80,7 @@ impl Default for KingdeeConfig {
             timeout: Dur::secs(60),
             allow_negative_stock: false,
             after_save: AfterSave::None,
+            ca_file: None,
         }
     }
 }
@@ -99,11 +103,22 @@ impl Section for KingdeeConfig {
                 "must look like 123456_xxxxxxxx (the id Kingdee issued)",
             ));
         }
+        self.trusted()?;
         Ok(())
     }
 }
 
 impl KingdeeConfig {
+    /// The certificate authorities of `kingdee.ca_file` (none when not set).
+    pub fn trusted(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        match &self.ca_file {
+            None => Ok(Vec::new()),
+            Some(path) => {
+                common::http::ca_certificates("kingdee.ca_file", path).map_err(ConfigError)
+            }
+        }
+    }
+
     /// What a client that calls needs: the site and the credentials of `auth`.
     pub fn check_credentials(&self) -> Result<(), ConfigError> {
         require_url(&self.base_url, "kingdee.base_url")?;
@@ -143,6 +158,14 @@ mod tests {
     #[test]
     fn the_type_has_the_registered_keys() {
         shape::registered::<KingdeeConfig>("kingdee").expect("matches");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_a_configuration_error() {
+        let file = common::config::testing::TempFile::new("not a certificate\n");
+        let path = file.0.to_str().expect("utf-8");
+        let e = kingdee(&[("JST2KD_KINGDEE__CA_FILE", path)]).expect_err("refused");
+        assert!(e.to_string().contains("kingdee.ca_file"), "{e}");
     }
 
     #[test]

@@ -234,7 +234,10 @@ impl KingdeeClient {
         concurrency: usize,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, KingdeeError> {
-        let http = common::http::client(config.timeout.0).map_err(from_http)?;
+        let trusted = config
+            .trusted()
+            .map_err(|e| KingdeeError::Transport(e.to_string()))?;
+        let http = common::http::client_trusting(config.timeout.0, &trusted).map_err(from_http)?;
         let base_url = config.base_url.trim_end_matches('/').to_string();
         let site_path = reqwest::Url::parse(&base_url)
             .map(|u| u.path().trim_end_matches('/').to_string())
