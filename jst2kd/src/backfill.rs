@@ -129,7 +129,7 @@ pub async fn ask_holder(
     control.request(&request.message()).await?;
     info!(request = %request.id, from = %request.from, to = %request.to, "Request put on the control queue.");
 
-    let (lock_name, lock_queue) = (format!("{name}-lock"), topology.lock_queue());
+    let lock_name = format!("{name}-lock");
     let mut serving: Option<SelfServe> = None;
     let mut heard = false;
     let mut next_try = tokio::time::Instant::now();
@@ -180,7 +180,7 @@ pub async fn ask_holder(
                 // served with: if no one holds the lock, no producer runs to serve the
                 // request, and this command serves it itself.
                 next_try = tokio::time::Instant::now() + if heard { TAKEN_PATIENCE } else { LOCK_RETRY };
-                let acquire = ProducerLock::acquire(&config.amqp.url, &lock_name, &lock_queue);
+                let acquire = ProducerLock::acquire(&config.amqp.url, &lock_name, &topology);
                 let lock = tokio::select! {
                     () = ctx.cancel.cancelled() => continue,
                     r = tokio::time::timeout(LOCK_TIMEOUT, acquire) => r,

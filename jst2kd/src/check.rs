@@ -125,7 +125,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         ProducerLock::acquire(
             &amqp.url,
             &format!("jst2kd-check-lock-{}", std::process::id()),
-            &topology.lock_queue(),
+            &topology,
         ),
     )
     .await

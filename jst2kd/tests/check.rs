@@ -54,7 +54,7 @@ async fn check_reports_each_part_and_fails_on_a_wrong_secret() {
     let lock = common::queue::rabbit::ProducerLock::acquire(
         &common::config::Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
         "jst2kdtest-check-producer",
-        &topology.lock_queue(),
+        &topology,
     )
     .await
     .expect("the lock");

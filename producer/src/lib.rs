@@ -718,7 +718,7 @@ async fn run_locked(
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
-        match ProducerLock::acquire(url, connection_name, queue).await {
+        match ProducerLock::acquire(url, connection_name, producer.broker.topology()).await {
             Ok(lock) => {
                 let control = match lock
                     .control(producer.broker.topology().control_queue())

@@ -79,7 +79,7 @@ impl Setup {
             match ProducerLock::acquire(
                 &Secret::new(URL),
                 &format!("{}-lock", self.prefix),
-                &self.topology.lock_queue(),
+                &self.topology,
             )
             .await
             {

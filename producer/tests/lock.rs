@@ -70,7 +70,7 @@ async fn a_producer_waits_for_the_lock_then_polls() {
     ctx.health.set_ready(true);
 
     // Another producer holds the lock.
-    let other = ProducerLock::acquire(&Secret::new(URL), "lock-test-other", &topology.lock_queue())
+    let other = ProducerLock::acquire(&Secret::new(URL), "lock-test-other", &topology)
         .await
         .expect("the other takes the lock");
     let stage = tokio::spawn({

@@ -5,6 +5,9 @@
 #   cluster.sh start DIR NAME N     start N nodes NAME-1@localhost … (AMQP ports printed, one a line)
 #   cluster.sh kill DIR NAME I      SIGKILL node I (no goodbye to its peers)
 #   cluster.sh stop DIR NAME N      stop every node still running and delete DIR
+#   cluster.sh tls DIR NAME CERTS   start one node NAME-1@localhost whose only listener is TLS,
+#                                   asking every client for a certificate (CERTS holds ca.pem,
+#                                   server.pem, server.key); its port printed; stop it as N=1
 #
 # Used by tests/tests/cluster.rs; runnable by hand to try a failover.
 set -euo pipefail
@@ -17,7 +20,57 @@ for v in $(env | grep -o '^RABBITMQ_[A-Z_]*' || true); do unset "$v"; done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+node_conf() { # node index, AMQP port, extra rabbitmq.conf lines
+  local i=$1 port=$2 extra=$3 base="$dir/n$1" dist
+  mkdir -p "$base"
+  dist=$(free_port)
+  cat > "$base/rabbitmq-env.conf" <<ENV
+NODENAME=$name-$i@localhost
+NODE_PORT=$port
+DIST_PORT=$dist
+MNESIA_BASE=$base/mnesia
+LOG_BASE=$base/log
+PID_FILE=$base/pid
+ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+CONFIG_FILE=$base/rabbitmq.conf
+ADVANCED_CONFIG_FILE=$base/advanced.config
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+ENV
+  printf '%s\n' "$extra" > "$base/rabbitmq.conf"
+  echo "$port" > "$base/port"
+}
+
+await_node() { # node index
+  local up=no
+  for _ in $(seq 240); do
+    if ctl "$name-$1@localhost" await_startup --timeout 60 >/dev/null 2>&1; then up=yes; break; fi
+    sleep 0.5
+  done
+  [ "$up" = yes ] || { echo "node $name-$1 did not start; its log:" >&2; cat "$dir/n$1"/log/*.log >&2 || true; exit 1; }
+}
+
 case "$cmd" in
+tls)
+  certs=$4
+  mkdir -p "$dir"
+  echo "[]." > "$dir/enabled_plugins"
+  port=$(free_port)
+  mkdir -p "$dir/n1"
+  cp "$certs/ca.pem" "$certs/server.pem" "$certs/server.key" "$dir/n1/"
+  node_conf 1 "$port" "listeners.tcp = none
+listeners.ssl.default = 127.0.0.1:$port
+ssl_options.cacertfile = $dir/n1/ca.pem
+ssl_options.certfile = $dir/n1/server.pem
+ssl_options.keyfile = $dir/n1/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+loopback_users.guest = true"
+  chown -R rabbitmq:rabbitmq "$dir" || { echo "cannot give $dir to the rabbitmq user (run as root)" >&2; exit 1; }
+  RABBITMQ_CONF_ENV_FILE="$dir/n1/rabbitmq-env.conf" rabbitmq-server -detached
+  await_node 1
+  echo "$port"
+  ;;
 start)
   mkdir -p "$dir"
   echo "[]." > "$dir/enabled_plugins"   # no management plugin: its port is the usual broker's

@@ -30,6 +30,14 @@ pub struct AmqpConfig {
     /// How many bytes the outcome log keeps at most (`x-max-length-bytes`).
     #[serde(deserialize_with = "lenient::number")]
     pub events_max_bytes: u64,
+    /// `amqps://`: a PEM file of certificate authorities to trust besides the system's (the
+    /// broker's own CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `amqps://`: the client certificate (PEM, with its chain) for a broker that asks for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// `amqps://`: the client certificate's private key (PEM; a secret: keep the file
+    /// readable by the worker only).
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The built-in `amqp.url`.
@@ -46,7 +54,48 @@ impl Default for AmqpConfig {
             max_message_bytes: 16 * 1024 * 1024,
             events_max_age: Dur::secs(30 * 86_400),
             events_max_bytes: 1_000_000_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
+    }
+}
+
+impl AmqpConfig {
+    /// The TLS files: given only with `amqps://` nodes, certificate and key together, each
+    /// readable (read again at every connection, so a renewed certificate is picked up).
+    fn check_tls(&self, nodes: &[&str]) -> Result<(), ConfigError> {
+        let any = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if any && nodes.iter().any(|u| !u.starts_with("amqps://")) {
+            return Err(ConfigError::key(
+                "amqp.ca_file",
+                "and amqp.cert_file / amqp.key_file are for amqps:// URLs (TLS); amqp.url has an amqp:// one",
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::key(
+                "amqp.cert_file",
+                "and amqp.key_file go together (the client certificate and its key)",
+            ));
+        }
+        for (key, path) in [
+            ("amqp.ca_file", &self.ca_file),
+            ("amqp.cert_file", &self.cert_file),
+        ] {
+            if let Some(path) = path {
+                crate::http::ca_certificates(key, path).map_err(ConfigError)?;
+            }
+        }
+        if let Some(path) = &self.key_file {
+            std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "`amqp.key_file`: cannot read {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +145,7 @@ impl Section for AmqpConfig {
                 ));
             }
         }
+        self.check_tls(&nodes)?;
         let prefix = &self.prefix;
         if prefix.is_empty()
             || !prefix
@@ -156,6 +206,7 @@ mod tests {
     use super::*;
     use crate::config::shape;
     use crate::config::testing::env;
+    use crate::queue::Topology;
 
     fn amqp(pairs: &[(&str, &str)]) -> Result<AmqpConfig, ConfigError> {
         env(pairs).and_then(|l| l.section())
@@ -234,6 +285,26 @@ mod tests {
         let one = "amqp://u:pa,ss@rabbit-1:5672/%2f";
         let a = amqp(&[("JST2KD_AMQP__URL", one)]).expect("one node");
         assert_eq!(crate::queue::rabbit::nodes(a.url.expose()), [one]);
+    }
+
+    #[test]
+    fn tls_files_go_with_amqps_and_certificate_with_key() {
+        let pem = crate::config::testing::TempFile::new("not a certificate\n");
+        let path = pem.0.to_str().expect("utf-8");
+        let e = amqp(&[("JST2KD_AMQP__CA_FILE", path)]).expect_err("amqp:// with a CA");
+        assert!(e.to_string().contains("amqps://"), "{e}");
+        let tls = "amqps://u:p@rabbit:5671/%2f";
+        let e = amqp(&[("JST2KD_AMQP__URL", tls), ("JST2KD_AMQP__KEY_FILE", path)])
+            .expect_err("a key without its certificate");
+        assert!(e.to_string().contains("go together"), "{e}");
+        let e = amqp(&[("JST2KD_AMQP__URL", tls), ("JST2KD_AMQP__CA_FILE", path)])
+            .expect_err("not PEM");
+        assert!(e.to_string().contains("amqp.ca_file"), "{e}");
+        let a = amqp(&[("JST2KD_AMQP__URL", tls)]).expect("amqps without files: system roots");
+        assert_eq!(
+            Topology::from_config(&a).tls,
+            crate::queue::AmqpTls::default()
+        );
     }
 
     #[test]

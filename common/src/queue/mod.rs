@@ -61,6 +61,20 @@ pub struct Topology {
     pub events_max_age: Duration,
     /// `amqp.events_max_bytes`: the outcome log's retention by size.
     pub events_max_bytes: u64,
+    /// The TLS files of `[amqp]` (carried with the names: both come from that section and
+    /// reach every connection the broker opens).
+    pub tls: AmqpTls,
+}
+
+/// `amqp.ca_file`, `amqp.cert_file`, `amqp.key_file`: paths, read at each connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AmqpTls {
+    /// Certificate authorities to trust besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The client certificate.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -74,6 +88,11 @@ impl Topology {
             prefetch: amqp.prefetch,
             events_max_age: amqp.events_max_age.0,
             events_max_bytes: amqp.events_max_bytes,
+            tls: AmqpTls {
+                ca_file: amqp.ca_file.clone(),
+                cert_file: amqp.cert_file.clone(),
+                key_file: amqp.key_file.clone(),
+            },
         }
     }
 

@@ -181,7 +181,7 @@ impl ControlClient {
     ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name.to_string().into());
-        let connection = connect_first(url, properties)
+        let connection = connect_first(url, &topology.tls, properties)
             .await
             .map_err(QueueError::Unavailable)?;
         let channel = connection.create_channel().await.map_err(unavailable)?;

@@ -34,13 +34,15 @@ impl ProducerLock {
     pub async fn acquire(
         url: &Secret,
         connection_name: &str,
-        queue: &str,
+        topology: &Topology,
     ) -> Result<Self, LockError> {
+        let queue = topology.lock_queue();
+        let queue = queue.as_str();
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name.to_string().into());
         // Any node of the cluster will do: the queue lives on the node of this connection,
         // and is lost with it (another producer may then take over).
-        let connection = connect_first(url, properties)
+        let connection = connect_first(url, &topology.tls, properties)
             .await
             .map_err(LockError::Unavailable)?;
         let channel = connection

@@ -120,11 +120,106 @@ pub fn node_address(url: &str) -> String {
     }
 }
 
+/// The TLS settings of a connection from the files of `[amqp]`, read now (a renewed
+/// certificate is used from the next connection on). The error names the key, never the
+/// content.
+fn tls_config(tls: &super::AmqpTls) -> Result<lapin::tcp::OwnedTLSConfig, String> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| format!("`{key}`: cannot read {}: {}", path.display(), e.kind()))
+    };
+    let cert_chain = match &tls.ca_file {
+        Some(path) => Some(
+            String::from_utf8(read("amqp.ca_file", path)?)
+                .map_err(|_| format!("`amqp.ca_file`: {} is not PEM text", path.display()))?,
+        ),
+        None => None,
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("amqp.cert_file", cert)?,
+            key: read("amqp.key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
+/// A TLS handshake of our own with an `amqps://` node before lapin connects, with the same
+/// trust (the system's roots and `amqp.ca_file`) and client certificate: lapin retries a
+/// failed handshake on its own until the connect timeout, which would only say "timed out".
+/// This says why: an unknown issuer, a plain amqp:// port (`InvalidContentType`), a name the
+/// certificate does not cover.
+async fn tls_probe(uri: &lapin::uri::AMQPUri, tls: &super::AmqpTls) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    crate::http::install_crypto_provider();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = &tls.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("`amqp.ca_file`: {}: {e}", path.display()))?
+            .filter_map(Result::ok);
+        roots.add_parsable_certificates(certs);
+    }
+    let builder = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("`amqp.cert_file`: {}: {e}", cert.display()))?
+                .filter_map(Result::ok)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+                format!(
+                    "`amqp.key_file`: {} holds no PEM private key",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let host = uri.authority.host.clone();
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| format!("{host} is not a name a certificate can hold"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.authority.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    connector
+        .connect(name, tcp)
+        .await
+        .map(drop)
+        .map_err(|e| format!("TLS handshake failed: {e}"))
+}
+
+/// Connects to one node with the TLS settings (an `amqps://` node is probed first).
+async fn connect_node(
+    uri: lapin::uri::AMQPUri,
+    properties: ConnectionProperties,
+    tls: &super::AmqpTls,
+) -> Result<Connection, String> {
+    if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+        tls_probe(&uri, tls).await?;
+    }
+    let config = tls_config(tls)?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    Connection::connect_uri_with_config(uri, properties, config, runtime)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A connection of its own (the producer lock, the control client) to the first node of
 /// `url` that answers, each within [`CONNECT_TIMEOUT`]; the error names the last node tried
 /// (`host:port`, never the credentials).
 pub(super) async fn connect_first(
     url: &Secret,
+    tls: &super::AmqpTls,
     properties: ConnectionProperties,
 ) -> Result<Connection, String> {
     let mut last = String::from("amqp.url names no node");
@@ -134,7 +229,7 @@ pub(super) async fn connect_first(
             last = "amqp.url is not a valid AMQP URL".into();
             continue;
         };
-        let attempt = Connection::connect_uri(uri, properties.clone());
+        let attempt = connect_node(uri, properties.clone(), tls);
         last = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(e)) => format!("{}: {e}", node_address(node)),
@@ -414,8 +509,10 @@ impl RabbitBroker {
                     if count > 1 {
                         warn!(connection = %self.inner.name, node = %node, error = %err, "Cannot reach this RabbitMQ node; trying the next.");
                     }
+                    // One line naming the node and the reason (a refused certificate, a plain
+                    // port behind amqps://, wrong credentials).
                     last = match err {
-                        QueueError::Unavailable(why) if count > 1 => {
+                        QueueError::Unavailable(why) => {
                             QueueError::Unavailable(format!("{node}: {why}"))
                         }
                         other => other,
@@ -445,11 +542,11 @@ impl RabbitBroker {
         }
         let connection = match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::connect_uri(uri, properties),
+            connect_node(uri, properties, &self.inner.topology.tls),
         )
         .await
         {
-            Ok(connected) => connected.map_err(unavailable)?,
+            Ok(connected) => connected.map_err(QueueError::Unavailable)?,
             Err(_) if url.starts_with("amqps://") => {
                 return Err(QueueError::Unavailable(format!(
                     "no TLS handshake with RabbitMQ within {} s: check that amqp.url names a TLS port (5671 by default; 5672 speaks plain amqp://)",
