@@ -41,7 +41,7 @@ ENV
   echo "$port" > "$base/port"
 }
 
-await_node() { # node index
+await_node() { # node index; await_startup fails at once while the node has not registered
   local up=no
   for _ in $(seq 240); do
     if ctl "$name-$1@localhost" await_startup --timeout 60 >/dev/null 2>&1; then up=yes; break; fi
@@ -50,11 +50,22 @@ await_node() { # node index
   [ "$up" = yes ] || { echo "node $name-$1 did not start; its log:" >&2; cat "$dir/n$1"/log/*.log >&2 || true; exit 1; }
 }
 
+prepare() { # the directory, with no plugin enabled (the management plugin's port is the usual broker's)
+  mkdir -p "$dir"
+  echo "[]." > "$dir/enabled_plugins"
+}
+
+launch() { # node indexes: hand the files to the rabbitmq user, start the nodes, wait for each
+  # The nodes run as the rabbitmq user (the Debian wrapper switches to it).
+  chown -R rabbitmq:rabbitmq "$dir" || { echo "cannot give $dir to the rabbitmq user (run as root)" >&2; exit 1; }
+  for i in "$@"; do RABBITMQ_CONF_ENV_FILE="$dir/n$i/rabbitmq-env.conf" rabbitmq-server -detached; done
+  for i in "$@"; do await_node "$i"; done
+}
+
 case "$cmd" in
 tls)
   certs=$4
-  mkdir -p "$dir"
-  echo "[]." > "$dir/enabled_plugins"
+  prepare
   port=$(free_port)
   mkdir -p "$dir/n1"
   cp "$certs/ca.pem" "$certs/server.pem" "$certs/server.key" "$dir/n1/"
@@ -66,51 +77,17 @@ ssl_options.keyfile = $dir/n1/server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 loopback_users.guest = true"
-  chown -R rabbitmq:rabbitmq "$dir" || { echo "cannot give $dir to the rabbitmq user (run as root)" >&2; exit 1; }
-  RABBITMQ_CONF_ENV_FILE="$dir/n1/rabbitmq-env.conf" rabbitmq-server -detached
-  await_node 1
+  launch 1
   echo "$port"
   ;;
 start)
-  mkdir -p "$dir"
-  echo "[]." > "$dir/enabled_plugins"   # no management plugin: its port is the usual broker's
+  prepare
   for i in $(seq 1 "$n"); do
-    node="$name-$i@localhost" base="$dir/n$i"
-    mkdir -p "$base"
-    port=$(free_port) dist=$(free_port)
-    cat > "$base/rabbitmq-env.conf" <<ENV
-NODENAME=$node
-NODE_PORT=$port
-DIST_PORT=$dist
-MNESIA_BASE=$base/mnesia
-LOG_BASE=$base/log
-PID_FILE=$base/pid
-ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-CONFIG_FILE=$base/rabbitmq.conf
-ADVANCED_CONFIG_FILE=$base/advanced.config
-ERL_EPMD_ADDRESS=127.0.0.1
-export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
-ENV
-    cat > "$base/rabbitmq.conf" <<CONF
-listeners.tcp.local = 127.0.0.1:$port
-loopback_users.guest = true
-CONF
-    echo "$port" > "$base/port"
+    port=$(free_port)
+    node_conf "$i" "$port" "listeners.tcp.local = 127.0.0.1:$port
+loopback_users.guest = true"
   done
-  # The nodes run as the rabbitmq user (the Debian wrapper switches to it).
-  chown -R rabbitmq:rabbitmq "$dir" || { echo "cannot give $dir to the rabbitmq user (run as root)" >&2; exit 1; }
-  for i in $(seq 1 "$n"); do
-    RABBITMQ_CONF_ENV_FILE="$dir/n$i/rabbitmq-env.conf" rabbitmq-server -detached
-  done
-  for i in $(seq 1 "$n"); do
-    # await_startup fails at once while the node has not registered yet: ask again.
-    up=no
-    for _ in $(seq 240); do
-      if ctl "$name-$i@localhost" await_startup --timeout 60 >/dev/null 2>&1; then up=yes; break; fi
-      sleep 0.5
-    done
-    [ "$up" = yes ] || { echo "node $name-$i did not start; its log:" >&2; cat "$dir/n$i"/log/*.log >&2 || true; exit 1; }
-  done
+  launch $(seq 1 "$n")
   for i in $(seq 2 "$n"); do
     node="$name-$i@localhost"
     ctl "$node" stop_app >/dev/null

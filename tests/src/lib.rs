@@ -496,3 +496,17 @@ app_secret = "0123456789abcdef0123456789abcdef"
         }
     }
 }
+
+/// `tests/cluster/cluster.sh`: RabbitMQ nodes of a test's own (a cluster, a TLS node).
+pub fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh")
+}
+
+/// Stops nodes `name-1` … `name-{n}` started by [`cluster_script`] in `dir`, and deletes
+/// their data (for a guard's `Drop`).
+pub fn stop_nodes(dir: &Path, name: &str, n: usize) {
+    let _ = Command::new("bash")
+        .arg(cluster_script())
+        .args(["stop", &dir.display().to_string(), name, &n.to_string()])
+        .output();
+}

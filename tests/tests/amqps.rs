@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 
 use e2e::{Proc, Scratch, Sims, free_port, get_json, http, status, wait_ok};
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh")
-}
-
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -108,7 +104,7 @@ impl Node {
             port: 0,
         };
         let out = Command::new("bash")
-            .arg(script())
+            .arg(e2e::cluster_script())
             .args(["tls", &dir.display().to_string(), name])
             .arg(certs)
             .output()
@@ -129,10 +125,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["stop", &self.dir.display().to_string(), &self.name, "1"])
-            .output();
+        e2e::stop_nodes(&self.dir, &self.name, 1);
     }
 }
 

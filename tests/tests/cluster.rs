@@ -6,16 +6,12 @@
 //! every worker is ready again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{Proc, Scratch, Sims, free_port, get_json, http, status, wait_ok};
 use serde_json::Value;
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh")
-}
 
 /// The nodes; stopped and their data deleted when dropped.
 struct Cluster {
@@ -35,7 +31,7 @@ impl Cluster {
             killed: BTreeSet::new(),
         };
         let out = Command::new("bash")
-            .arg(script())
+            .arg(e2e::cluster_script())
             .args(["start", &dir.display().to_string(), name, &n.to_string()])
             .output()
             .expect("bash");
@@ -105,7 +101,7 @@ impl Cluster {
 
     fn kill(&mut self, i: usize) {
         let out = Command::new("bash")
-            .arg(script())
+            .arg(e2e::cluster_script())
             .args([
                 "kill",
                 &self.dir.display().to_string(),
@@ -138,15 +134,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args([
-                "stop",
-                &self.dir.display().to_string(),
-                &self.name,
-                &self.ports.len().to_string(),
-            ])
-            .output();
+        e2e::stop_nodes(&self.dir, &self.name, self.ports.len());
     }
 }
 
