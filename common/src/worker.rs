@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::config::{ConfigError, Dur, FromLayers, Layers, Section};
 use crate::events::BrokerEvents;
 use crate::queue::rabbit::RabbitBroker;
-use crate::queue::{AmqpConfig, Broker, QueueError, Topology, Work};
+use crate::queue::{AmqpConfig, Broker, QueueError, Role, Topology, Work};
 use crate::telemetry::{self, Health, LogFormat, Metrics, Stage};
 
 /// Arguments every worker takes.
@@ -181,15 +181,20 @@ pub async fn close(broker: &Broker, ctx: &Context) {
     broker.close().await;
 }
 
-/// Connects to RabbitMQ as `name` and keeps `jst2kd_amqp_connected`, the queue depth gauge
-/// and readiness up to date until `cancel`.
+/// Connects to RabbitMQ as `name` (declaring the names `role` uses) and keeps
+/// `jst2kd_amqp_connected`, the queue depth gauge and readiness up to date until `cancel`.
 pub async fn connect_rabbit(
     amqp: &AmqpConfig,
     name: &str,
-    consumes: Option<Work>,
+    role: Role,
     ctx: &Context,
 ) -> Result<Broker, QueueError> {
-    let topology = Topology::from_config(amqp);
+    let topology = Topology::from_config(amqp).for_role(role);
+    let consumes = match role {
+        Role::Transformer => Some(Work::Counts),
+        Role::Loader => Some(Work::Bills),
+        Role::Producer | Role::Operator => None,
+    };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let name = format!("{name}@{host}-{}", std::process::id());
     let (url, cancel) = (amqp.url.clone(), ctx.cancel.clone());

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, FixedOffset};
 use clap::Args;
 use common::config::{ConfigError, FromLayers};
-use common::queue::Topology;
 use common::queue::rabbit::{ControlClient, LockError, ProducerLock};
+use common::queue::{Role, Topology};
 use common::telemetry::Stage;
 use common::time::{format_beijing, parse_beijing};
 use common::worker::{self, Context, WorkerArgs};
@@ -119,7 +119,9 @@ pub async fn ask_holder(
     // Built when this command ends up holding the lock; built once now so that a
     // configuration problem shows before anything is asked (exit 2).
     producer::client(config, ctx.metrics.clone()).map_err(|e| ConfigError(e.to_string()))?;
-    let topology = Topology::from_config(&config.amqp);
+    // It stands in for the producer (and runs in the producer's pod or container, with the
+    // producer's RabbitMQ user): it declares what the producer declares.
+    let topology = Topology::from_config(&config.amqp).for_role(Role::Producer);
     let name = format!("jst2kd-{}-{}", view.command, std::process::id());
     let mut control = ControlClient::connect(&config.amqp.url, &name, &topology)
         .await
@@ -229,8 +231,13 @@ impl SelfServe {
         let server = lock
             .control(Topology::from_config(&config.amqp).control_queue())
             .await?;
-        let broker =
-            worker::connect_rabbit(&config.amqp, &format!("jst2kd-{command}"), None, ctx).await?;
+        let broker = worker::connect_rabbit(
+            &config.amqp,
+            &format!("jst2kd-{command}"),
+            Role::Producer,
+            ctx,
+        )
+        .await?;
         let producer = Arc::new(Producer::new(
             client,
             broker.clone(),

@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod demo;
 mod dlq;
+mod permissions;
 mod preflight;
 mod preview;
 mod progress;
@@ -40,6 +41,8 @@ enum Command {
     /// Inspect, replay, purge and export dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Print the RabbitMQ users of the pipeline and the permissions each needs.
+    Permissions(permissions::PermissionsArgs),
     /// Print the Kingdee bills a JST count document becomes (JSON on stdout).
     Preview(preview::PreviewArgs),
     /// Compare the bills in Kingdee with what Jushuitan's count documents of a period map to.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Backfill(args) => backfill::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Permissions(args) => permissions::run(args),
             Command::Preview(args) => preview::run(args),
             Command::Dlq(cmd) => dlq::run(cmd).await,
             Command::Check(args) => check::run(args).await,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use common::config::ConfigError;
 use common::intake::Intake;
 use common::messages::{BillMessage, header, header_text};
-use common::queue::{Broker, Delivery, QueueError, Work};
+use common::queue::{Broker, Delivery, QueueError, Role, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, InFlight, WorkerError};
@@ -49,8 +49,7 @@ pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
         Some(ctx.metrics.clone()),
     )
     .map_err(|e| WorkerError::Config(ConfigError(e.to_string())))?;
-    let broker =
-        worker::connect_rabbit(&config.amqp, "jst2kd-loader", Some(Work::Bills), &ctx).await?;
+    let broker = worker::connect_rabbit(&config.amqp, "jst2kd-loader", Role::Loader, &ctx).await?;
     let result = run(&config.loader, broker.clone(), client, ctx.clone()).await;
     worker::close(&broker, &ctx).await;
     result

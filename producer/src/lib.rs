@@ -18,7 +18,7 @@ use chrono::{DateTime, FixedOffset};
 use common::config::{ConfigError, Secret};
 use common::messages::{self, Headers, header};
 use common::queue::rabbit::{ControlServer, LockError, ProducerLock};
-use common::queue::{Broker, Destination, Outgoing, QueueError, Topology, Work};
+use common::queue::{Broker, Destination, Outgoing, QueueError, Role, Topology, Work};
 use common::telemetry::{Health, Metrics};
 use common::time::{format_beijing, now_beijing};
 use common::worker::{self, Context, WorkerError};
@@ -661,7 +661,8 @@ pub fn client(config: &Config, metrics: Arc<Metrics>) -> Result<JstClient, Worke
 /// closed.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let client = client(&config, ctx.metrics.clone())?;
-    let broker = worker::connect_rabbit(&config.amqp, "jst2kd-producer", None, &ctx).await?;
+    let broker =
+        worker::connect_rabbit(&config.amqp, "jst2kd-producer", Role::Producer, &ctx).await?;
     let exclusion = Exclusion::BrokerLock {
         url: config.amqp.url.clone(),
         queue: Topology::from_config(&config.amqp).lock_queue(),

@@ -164,6 +164,19 @@ fn expected_bills(docs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The last lines of each worker's log, for a failure's message.
+fn log_tails(workers: &[(Proc, String)]) -> String {
+    workers
+        .iter()
+        .map(|(proc, _)| {
+            let log = proc.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
 async fn worker(name: &str, config: &str, dir: &Scratch) -> (Proc, String) {
     let port = free_port();
     let env = [("JST2KD_METRICS__LISTEN", format!("127.0.0.1:{port}"))];
@@ -264,9 +277,10 @@ async fn a_node_killed_mid_run_loses_nothing_and_books_nothing_twice() {
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} bills after the node was lost; queues {queues:?}",
+            "{} of {} bills after the node was lost; queues {queues:?}\n{}",
             saved.len(),
-            expected.len()
+            expected.len(),
+            log_tails(&workers)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -4,15 +4,21 @@
 //!   commands and `JST2KD_…` variables), only with hosts and ports moved to loopback, and
 //!   bring a working pipeline up (no Docker engine runs on these machines);
 //! - every metric the Grafana dashboard and the Prometheus alerts use is exposed by a running
-//!   worker.
+//!   worker;
+//! - the RabbitMQ users of `deploy/rabbitmq/definitions.json` are the ones the workers run as
+//!   (each with its own permissions, in a virtual host of the test's own), they are what
+//!   `jst2kd permissions` prints, and they allow nothing beyond it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{Proc, Scratch, delete_queues, free_port, get_json, get_text, http, wait_ok};
-use serde_json::Value;
+use e2e::{Proc, Scratch, binary, free_port, get_json, get_text, http, wait_ok};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{Value, json};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -20,6 +26,11 @@ fn repo(path: &str) -> std::path::PathBuf {
 
 /// docker-compose.yml as JSON (PyYAML resolves the anchors and merge keys).
 fn compose() -> Value {
+    yaml("docker-compose.yml")
+}
+
+/// Every document of a YAML file of the repository, as JSON (one value for one document).
+fn yaml(path: &str) -> Value {
     let python = if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -28,9 +39,9 @@ fn compose() -> Value {
     let out = Command::new(python)
         .args([
             "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            "import json, sys, yaml; d = [x for x in yaml.safe_load_all(open(sys.argv[1])) if x]; print(json.dumps(d[0] if len(d) == 1 else d))",
         ])
-        .arg(repo("docker-compose.yml"))
+        .arg(repo(path))
         .output()
         .expect("python3 with PyYAML");
     assert!(
@@ -39,6 +50,122 @@ fn compose() -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The users of `deploy/rabbitmq/definitions.json` (what compose's RabbitMQ loads), imported
+/// into a virtual host of this test's own with the test's id after each name (users are the
+/// whole broker's); the virtual host and the users are deleted on drop.
+struct Users {
+    vhost: String,
+    id: String,
+    definitions: Value,
+}
+
+impl Users {
+    fn import() -> Self {
+        let id = format!("t{}", std::process::id());
+        let vhost = format!("jst2kdtest-deploy-{id}");
+        let definitions: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo("deploy/rabbitmq/definitions.json")).unwrap(),
+        )
+        .unwrap();
+        let mut ours = definitions.clone();
+        ours["vhosts"] = json!([{ "name": vhost }]);
+        for user in ours["users"].as_array_mut().unwrap() {
+            user["name"] = json!(format!("{}-{id}", user["name"].as_str().unwrap()));
+        }
+        for p in ours["permissions"].as_array_mut().unwrap() {
+            p["user"] = json!(format!("{}-{id}", p["user"].as_str().unwrap()));
+            p["vhost"] = json!(vhost);
+        }
+        let users = Self {
+            vhost,
+            id,
+            definitions,
+        };
+        let mut import = Command::new("rabbitmqctl")
+            .args(["-q", "import_definitions", "--format", "json"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("rabbitmqctl");
+        std::io::Write::write_all(
+            &mut import.stdin.take().unwrap(),
+            ours.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            import.wait().unwrap().success(),
+            "rabbitmqctl import_definitions"
+        );
+        // The import finishes in the background.
+        let expected = ours["permissions"].as_array().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("rabbitmqctl")
+                .args(["-q", "list_permissions", "-p", &users.vhost])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&users.id))
+                .count();
+            if listed == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the definitions were not imported"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        users
+    }
+
+    /// The URL compose gives `user`, on loopback in our virtual host as our copy of the user.
+    fn local(&self, compose_url: &str) -> String {
+        let mut url = compose_url.replace(
+            "@rabbitmq:5672/%2f",
+            &format!("@127.0.0.1:5672/{}", self.vhost),
+        );
+        for user in self.definitions["users"].as_array().unwrap() {
+            let name = user["name"].as_str().unwrap();
+            url = url.replace(
+                &format!("amqp://{name}:"),
+                &format!("amqp://{name}-{}:", self.id),
+            );
+        }
+        url
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
+            .output();
+        for user in self.definitions["users"].as_array().unwrap() {
+            let name = format!("{}-{}", user["name"].as_str().unwrap(), self.id);
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_user", &name])
+                .output();
+        }
+    }
+}
+
+/// The URL of `service` in docker-compose.yml.
+fn compose_url(compose: &Value, service: &str) -> String {
+    compose["services"][service]["environment"]["JST2KD_AMQP__URL"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{service} has a JST2KD_AMQP__URL"))
+        .to_string()
+}
+
+/// The RabbitMQ error code of a refused operation.
+fn refused(err: &lapin::Error) -> Option<u16> {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
 }
 
 /// Metric names a PromQL text uses.
@@ -70,28 +197,29 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 async fn the_compose_services_run_as_written_and_expose_every_metric_the_dashboard_and_alerts_use()
 {
     let dir = Scratch::new("deploy");
-    let prefix = format!("jst2kdtest-e2e-deploy-{}", std::process::id());
     let compose = compose();
     let services = &compose["services"];
+    // The users compose's RabbitMQ creates, and a virtual host of this test's own (the
+    // workers use the default prefix there, as in compose).
+    let users = Users::import();
     let (jp, kp, tempo) = (free_port(), free_port(), free_port());
     let rewrite = |s: &str, metrics_port: u16| {
-        s.replace(
-            "amqp://jst2kd:jst2kd@rabbitmq:5672",
-            "amqp://guest:guest@127.0.0.1:5672",
-        )
-        .replace("http://sim-jst:8081", &format!("http://127.0.0.1:{jp}"))
-        .replace("http://sim-kingdee:8082", &format!("http://127.0.0.1:{kp}"))
-        .replace("0.0.0.0:8081", &format!("127.0.0.1:{jp}"))
-        .replace("0.0.0.0:8082", &format!("127.0.0.1:{kp}"))
-        .replace("0.0.0.0:9791", &format!("127.0.0.1:{metrics_port}"))
-        .replace("0.0.0.0:9792", &format!("127.0.0.1:{metrics_port}"))
-        .replace("0.0.0.0:9793", &format!("127.0.0.1:{metrics_port}"))
-        .replace("/var/lib/jst2kd/", &format!("{}/", dir.0.display()))
-        // No Tempo here: the exports fail, are counted, and the work goes on.
-        .replace("http://tempo:4318", &format!("http://127.0.0.1:{tempo}"))
+        users
+            .local(s)
+            .replace("http://sim-jst:8081", &format!("http://127.0.0.1:{jp}"))
+            .replace("http://sim-kingdee:8082", &format!("http://127.0.0.1:{kp}"))
+            .replace("0.0.0.0:8081", &format!("127.0.0.1:{jp}"))
+            .replace("0.0.0.0:8082", &format!("127.0.0.1:{kp}"))
+            .replace("0.0.0.0:9791", &format!("127.0.0.1:{metrics_port}"))
+            .replace("0.0.0.0:9792", &format!("127.0.0.1:{metrics_port}"))
+            .replace("0.0.0.0:9793", &format!("127.0.0.1:{metrics_port}"))
+            .replace("/var/lib/jst2kd/", &format!("{}/", dir.0.display()))
+            // No Tempo here: the exports fail, are counted, and the work goes on.
+            .replace("http://tempo:4318", &format!("http://127.0.0.1:{tempo}"))
     };
     let mut procs = Vec::new();
     let mut metrics = Vec::new();
+    let mut producer_env = Vec::new();
     for name in [
         "sim-jst",
         "sim-kingdee",
@@ -107,7 +235,7 @@ async fn the_compose_services_run_as_written_and_expose_every_metric_the_dashboa
             .iter()
             .map(|c| rewrite(c.as_str().unwrap(), port))
             .collect();
-        let mut env: Vec<(String, String)> = service["environment"]
+        let env: Vec<(String, String)> = service["environment"]
             .as_object()
             .map(|e| {
                 e.iter()
@@ -115,8 +243,9 @@ async fn the_compose_services_run_as_written_and_expose_every_metric_the_dashboa
                     .collect()
             })
             .unwrap_or_default();
-        // The one addition: a queue prefix of this test's own.
-        env.push(("JST2KD_AMQP__PREFIX".into(), prefix.clone()));
+        if name == "producer" {
+            producer_env = env.clone();
+        }
         let env_refs: Vec<(&str, String)> =
             env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
@@ -182,8 +311,213 @@ async fn the_compose_services_run_as_written_and_expose_every_metric_the_dashboa
         missing.is_empty(),
         "used by the dashboard or alerts but exposed by no worker: {missing:?}"
     );
+    // `jst2kd backfill` as README says to run it in compose (`docker compose exec producer`):
+    // with the producer's variables, so as the producer's RabbitMQ user; the running producer
+    // serves the request.
+    let to = common::time::now_beijing();
+    let from = to - chrono::Duration::hours(2);
+    let env: Vec<(&str, String)> = producer_env
+        .iter()
+        .filter(|(k, _)| k != "JST2KD_METRICS__LISTEN")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let out = e2e::run_jst2kd(
+        &[
+            "backfill",
+            "--from",
+            &common::time::format_beijing(&from),
+            "--to",
+            &common::time::format_beijing(&to),
+        ],
+        &env,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "jst2kd backfill as jst2kd-producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for proc in &procs {
+        let log = proc.log_text();
+        assert!(
+            !log.contains("ACCESS_REFUSED"),
+            "a worker was refused something: {log}"
+        );
+    }
     drop(procs);
-    delete_queues(&prefix);
+
+    // Each worker's user may do what it does and no more.
+    let connect = |service: &'static str| {
+        let url = users.local(&compose_url(&compose, service));
+        async move {
+            Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .unwrap_or_else(|e| panic!("{service} connects: {e}"))
+        }
+    };
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let loader = connect("loader").await;
+    let channel = loader.create_channel().await.unwrap();
+    let err = channel
+        .queue_declare("jst2kd.counts".into(), durable, FieldTable::default())
+        .await
+        .expect_err("the loader's user may not declare the transformer's queue");
+    assert_eq!(refused(&err), Some(403), "{err}");
+    let channel = loader.create_channel().await.unwrap();
+    let err = channel
+        .basic_get("jst2kd.counts".into(), BasicGetOptions::default())
+        .await
+        .expect_err("the loader's user may not read count documents");
+    assert_eq!(refused(&err), Some(403), "{err}");
+    let producer = connect("producer").await;
+    let channel = producer.create_channel().await.unwrap();
+    let err = channel
+        .queue_delete("jst2kd.dead".into(), QueueDeleteOptions::default())
+        .await
+        .expect_err("the producer's user may not delete the dead letters");
+    assert_eq!(refused(&err), Some(403), "{err}");
+    // KEDA's user reads depths (a passive declaration) and nothing else.
+    let keda_url = users.local("amqp://jst2kd-keda:keda-demo@rabbitmq:5672/%2f");
+    let keda = Connection::connect(&keda_url, ConnectionProperties::default())
+        .await
+        .expect("the KEDA user connects");
+    let channel = keda.create_channel().await.unwrap();
+    channel
+        .queue_declare("jst2kd.bills".into(), passive, FieldTable::default())
+        .await
+        .expect("the KEDA user reads a queue's depth");
+    let err = channel
+        .basic_get("jst2kd.bills".into(), BasicGetOptions::default())
+        .await
+        .expect_err("the KEDA user may not take a bill");
+    assert_eq!(refused(&err), Some(403), "{err}");
+
+    // The operations commands run as jst2kd-ops, as compose's `ops` service has them: the
+    // whole topology, and a server-named reply queue (`jst2kd backfill`).
+    let ops_url = users.local(&compose_url(&compose, "ops"));
+    let ops = Connection::connect(&ops_url, ConnectionProperties::default())
+        .await
+        .expect("jst2kd-ops connects");
+    let channel = ops.create_channel().await.unwrap();
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await
+        .expect("jst2kd-ops declares a reply queue");
+    let out = Command::new(binary("jst2kd"))
+        .args(["dlq", "list", "--format", "json"])
+        .env("JST2KD_AMQP__URL", &ops_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jst2kd dlq list as jst2kd-ops: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// deploy/rabbitmq/definitions.json gives every user what `jst2kd permissions` prints for the
+/// default prefix, plus the administrator.
+#[test]
+fn the_compose_users_have_the_permissions_jst2kd_permissions_prints() {
+    let out = Command::new(binary("jst2kd"))
+        .args(["permissions", "--format", "json"])
+        .env_remove("JST2KD_AMQP__PREFIX")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let definitions: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/rabbitmq/definitions.json")).unwrap(),
+    )
+    .unwrap();
+    let shipped: Vec<&Value> = definitions["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["user"] != "jst2kd")
+        .collect();
+    let printed: Vec<&Value> = printed.as_array().unwrap().iter().collect();
+    assert_eq!(
+        shipped, printed,
+        "deploy/rabbitmq/definitions.json (python3 deploy/rabbitmq/sync-permissions.py)"
+    );
+    let users: Vec<&str> = definitions["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    for p in &printed {
+        assert!(users.contains(&p["user"].as_str().unwrap()), "{p}");
+    }
+    // The README's `rabbitmqctl` lines are what the text format prints.
+    let out = Command::new(binary("jst2kd"))
+        .args(["permissions"])
+        .env_remove("JST2KD_AMQP__PREFIX")
+        .output()
+        .unwrap();
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("rabbitmqctl set_permissions"))
+            .map(str::to_string)
+            .collect()
+    };
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    assert_eq!(
+        lines(&readme),
+        lines(&String::from_utf8_lossy(&out.stdout)),
+        "README's set_permissions lines"
+    );
+    // The Kubernetes component's users have the same, but for jst2kd-ops.
+    let k8s = yaml("deploy/k8s-rabbitmq/component/users.yaml");
+    let k8s: Vec<Value> = k8s
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "Permission")
+        .map(|d| {
+            let p = &d["spec"]["permissions"];
+            json!({
+                "user": d["spec"]["userReference"]["name"],
+                "vhost": d["spec"]["vhost"],
+                "configure": p["configure"],
+                "write": p["write"],
+                "read": p["read"],
+            })
+        })
+        .collect();
+    let without_ops: Vec<&Value> = printed
+        .iter()
+        .copied()
+        .filter(|p| p["user"] != "jst2kd-ops")
+        .collect();
+    assert_eq!(
+        k8s.iter().collect::<Vec<_>>(),
+        without_ops,
+        "deploy/k8s-rabbitmq/component/users.yaml (python3 deploy/rabbitmq/sync-permissions.py)"
+    );
+    // Only the administrator has a tag: the others cannot log in to the management UI.
+    for user in definitions["users"].as_array().unwrap() {
+        let tags = user["tags"].as_array().unwrap();
+        assert_eq!(tags.is_empty(), user["name"] != "jst2kd", "{user}");
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ pub mod mapping;
 
 use common::intake::Intake;
 use common::messages::{self, CountDoc, header};
-use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Work};
+use common::queue::{Broker, Delivery, Destination, Outgoing, QueueError, Role, Work};
 use common::settle::{DeadReason, Settler};
 use common::telemetry::{DeadKind, Stage};
 use common::worker::{self, Context, WorkerError};
@@ -26,8 +26,7 @@ pub use mapping::{MapError, Mapped, Parts, Plan, SkipReason, map_document};
 /// The transformer process: connects to RabbitMQ, runs the stage, closes the connection.
 pub async fn start(config: Config, ctx: Context) -> Result<(), WorkerError> {
     let broker =
-        worker::connect_rabbit(&config.amqp, "jst2kd-transformer", Some(Work::Counts), &ctx)
-            .await?;
+        worker::connect_rabbit(&config.amqp, "jst2kd-transformer", Role::Transformer, &ctx).await?;
     let result = run(&config.mapping, broker.clone(), ctx.clone()).await;
     worker::close(&broker, &ctx).await;
     result

@@ -143,7 +143,9 @@ impl Layers {
 }
 
 /// Takes secret `key` of section `section` from its `*_file` key when that is given; both at
-/// once is an error, unless the value given is empty or the built-in `default`.
+/// once is an error, unless the value given is empty or the built-in `default`. An empty path
+/// is no file: an environment variable (`JST2KD_AMQP__URL_FILE=""`) takes back the file's
+/// `*_file`, so that the value can come from another variable (as in deploy/k8s-rabbitmq).
 fn read_secret_file(
     dict: &mut Dict,
     section: &str,
@@ -161,6 +163,9 @@ fn read_secret_file(
             "must be a file path",
         ));
     };
+    if path.is_empty() {
+        return Ok(());
+    }
     if dict.get(key).is_some_and(|v| {
         v.as_str()
             .is_none_or(|s| !s.is_empty() && Some(s) != default)
@@ -413,6 +418,20 @@ mod tests {
             .and_then(|l| l.section::<Amqp>())
             .expect_err("missing file");
         assert!(e.to_string().contains("amqp.url_file"), "{e}");
+        // An empty path in the environment takes back the file's `*_file`.
+        let layers = Layers::load_from_str(
+            &format!("[amqp]\nurl_file = {path:?}\n"),
+            [
+                ("JST2KD_AMQP__URL_FILE".to_string(), String::new()),
+                (
+                    "JST2KD_AMQP__URL".to_string(),
+                    "amqp://from-the-env".to_string(),
+                ),
+            ],
+        )
+        .expect("loads");
+        let a: Amqp = layers.section().expect("the variable's URL");
+        assert_eq!(a.url.expose(), "amqp://from-the-env");
         // Only secrets have a `*_file` form.
         let e = env(&[("JST2KD_AMQP__PREFIX_FILE", &path)]).expect_err("not a secret");
         assert!(e.to_string().contains("amqp.prefix_file"), "{e}");

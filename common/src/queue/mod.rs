@@ -13,6 +13,7 @@
 
 mod config;
 pub mod memory;
+pub mod permissions;
 pub mod rabbit;
 
 use std::time::Duration;
@@ -64,6 +65,74 @@ pub struct Topology {
     /// The TLS files of `[amqp]` (carried with the names: both come from that section and
     /// reach every connection the broker opens).
     pub tls: AmqpTls,
+    /// Which part of the topology this process declares.
+    pub role: Role,
+}
+
+/// Who is connecting, and so which part of the topology it declares: each worker the names it
+/// uses, so that its RabbitMQ user needs `configure` on nothing else (see [`permissions`]);
+/// the operations commands (and tests) everything.
+///
+/// Each worker declares every name it publishes into or consumes from, so the three start in
+/// any order on an empty broker, and a worker that reconnects redeclares only its own names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The `jst2kd` commands: the whole topology.
+    #[default]
+    Operator,
+    /// The work exchange, `counts` (it publishes into it), the outcome log, the control
+    /// queue (and the lock, on its own connection).
+    Producer,
+    /// The work exchange, `counts` and its retry tiers, `bills` (it publishes into it), the
+    /// dead letters, the outcome log.
+    Transformer,
+    /// The work exchange, `bills` and its retry tiers, the dead letters, the outcome log.
+    Loader,
+}
+
+impl Role {
+    /// The three workers.
+    pub const WORKERS: [Role; 3] = [Role::Producer, Role::Transformer, Role::Loader];
+
+    /// `producer`, `transformer`, `loader`, `operator`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Producer => "producer",
+            Role::Transformer => "transformer",
+            Role::Loader => "loader",
+        }
+    }
+
+    /// Whether it declares the work queue `work` (with its binding).
+    pub fn declares_work(self, work: Work) -> bool {
+        match self {
+            Role::Operator | Role::Transformer => true,
+            Role::Producer => work == Work::Counts,
+            Role::Loader => work == Work::Bills,
+        }
+    }
+
+    /// Whether it declares the retry tiers of `work` (the stage that retries into them).
+    pub fn declares_retries(self, work: Work) -> bool {
+        match self {
+            Role::Operator => true,
+            Role::Producer => false,
+            Role::Transformer => work == Work::Counts,
+            Role::Loader => work == Work::Bills,
+        }
+    }
+
+    /// Whether it declares the dead-letter exchange and queue (the stages that dead-letter).
+    pub fn declares_dead(self) -> bool {
+        self != Role::Producer
+    }
+
+    /// Whether it declares the control queue (the producer reads it, `jst2kd backfill`
+    /// writes it).
+    pub fn declares_control(self) -> bool {
+        matches!(self, Role::Operator | Role::Producer)
+    }
 }
 
 /// `amqp.ca_file`, `amqp.cert_file`, `amqp.key_file`: paths, read at each connection.
@@ -93,7 +162,14 @@ impl Topology {
                 cert_file: amqp.cert_file.clone(),
                 key_file: amqp.key_file.clone(),
             },
+            role: Role::Operator,
         }
+    }
+
+    /// The same names, declared as `role` needs them.
+    pub fn for_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
     }
 
     /// The direct work exchange.

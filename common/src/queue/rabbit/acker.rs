@@ -13,6 +13,7 @@
 //! together with every settled one that arrived meanwhile.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,36 @@ fn sent(result: Result<bool, lapin::Error>) -> Result<(), QueueError> {
             "the channel of this delivery is gone; the broker will redeliver it".into(),
         )),
         Err(e) => Err(QueueError::Unavailable(e.to_string())),
+    }
+}
+
+/// How long a settle waits for lapin to hand its frame to the connection. `basic.ack` and
+/// `basic.nack` have no answer from the broker: lapin resolves them once the frame is written,
+/// which a connection that died under them may never do. Past this, the delivery counts as
+/// not settled (the broker redelivers it) and the window's later frames are not waited for.
+const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends one ack or nack frame, at most [`FRAME_WAIT`]; after one frame that never left,
+/// `stuck` answers every later one at once.
+async fn frame(
+    stuck: &mut bool,
+    send: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), QueueError> {
+    let never_left = || {
+        QueueError::Unavailable(format!(
+            "RabbitMQ's connection took no ack within {} s; the broker will redeliver",
+            FRAME_WAIT.as_secs()
+        ))
+    };
+    if *stuck {
+        return Err(never_left());
+    }
+    match tokio::time::timeout(FRAME_WAIT, send).await {
+        Ok(result) => sent(result),
+        Err(_) => {
+            *stuck = true;
+            Err(never_left())
+        }
     }
 }
 
@@ -81,6 +112,7 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
     // The tags acked in this round: after the head run, the ones left are behind a delivery
     // still at work (every acked one is sent by the end of its round).
     let mut acked = Vec::new();
+    let mut stuck = false;
     while ops.recv_many(&mut taken, 1_024).await > 0 {
         for op in taken.drain(..) {
             match op {
@@ -93,11 +125,14 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
                         acked.push(tag);
                     }
                     // Not registered (cannot happen): acked on its own.
-                    None => answer(reply, sent(acker.ack(BasicAckOptions::default()).await)),
+                    None => answer(
+                        reply,
+                        frame(&mut stuck, acker.ack(BasicAckOptions::default())).await,
+                    ),
                 },
                 Op::Requeue(tag, acker, reply) => {
                     open.remove(&tag);
-                    answer(reply, sent(acker.nack(REQUEUE).await));
+                    answer(reply, frame(&mut stuck, acker.nack(REQUEUE)).await);
                 }
             }
         }
@@ -113,7 +148,7 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
         }
         if let Some((last, _)) = run.last() {
             let multiple = run.len() > 1;
-            let result = sent(last.ack(BasicAckOptions { multiple }).await);
+            let result = frame(&mut stuck, last.ack(BasicAckOptions { multiple })).await;
             for (_, reply) in run {
                 answer(reply, result.clone());
             }
@@ -123,7 +158,8 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
         acked.sort_unstable();
         for tag in acked.drain(..) {
             if let Some(Some((acker, reply))) = open.remove(&tag) {
-                answer(reply, sent(acker.ack(BasicAckOptions::default()).await));
+                let result = frame(&mut stuck, acker.ack(BasicAckOptions::default())).await;
+                answer(reply, result);
             }
         }
     }
@@ -178,7 +214,7 @@ impl RabbitAcker {
             Some((ops, tag)) => {
                 Self::through_window(&ops, |reply| Op::Ack(tag, self.acker, reply)).await
             }
-            None => sent(self.acker.ack(BasicAckOptions::default()).await),
+            None => frame(&mut false, self.acker.ack(BasicAckOptions::default())).await,
         }
     }
 
@@ -188,7 +224,7 @@ impl RabbitAcker {
             Some((ops, tag)) => {
                 Self::through_window(&ops, |reply| Op::Requeue(tag, self.acker, reply)).await
             }
-            None => sent(self.acker.nack(REQUEUE).await),
+            None => frame(&mut false, self.acker.nack(REQUEUE)).await,
         }
     }
 

@@ -85,6 +85,19 @@ impl RabbitConsumer {
             // connection with INTERNAL_ERROR while a node was lost): once the consumer's own
             // connection is closed or failed, consume again on a new one.
             let watched = (!self.broker.lapin_recovers()).then(|| state.connection.clone());
+            // Checked now as well as every second while waiting: a caller that stops waiting
+            // for `next` sooner (the loader's linger) would otherwise never let the check run.
+            if watched
+                .as_ref()
+                .is_some_and(|connection| !connection.status().connected())
+            {
+                warn!(
+                    queue = self.work.key(),
+                    "The consumer's connection is gone; consuming again on a new connection."
+                );
+                self.state = None;
+                continue;
+            }
             let gone = async move {
                 let Some(connection) = watched else {
                     return std::future::pending().await;

@@ -6,8 +6,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use super::*;
 
-/// Declares exchanges and queues; `PRECONDITION_FAILED` becomes a [`QueueError::TopologyMismatch`].
+/// Declares the exchanges and queues of `topology.role` (see [`crate::queue::Role`]); `PRECONDITION_FAILED`
+/// becomes a [`QueueError::TopologyMismatch`].
 pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<(), QueueError> {
+    let role = topology.role;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -25,35 +27,37 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         )
         .await
         .map_err(mismatch(&topology.exchange()))?;
-    channel
-        .exchange_declare(
-            topology.dead().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(mismatch(&topology.dead()))?;
     let queue_options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert("x-queue-type".into(), text("quorum"));
-    channel
-        .queue_declare(topology.dead().into(), queue_options, dead_args)
-        .await
-        .map_err(mismatch(&topology.dead()))?;
-    channel
-        .queue_bind(
-            topology.dead().into(),
-            topology.dead().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(mismatch(&topology.dead()))?;
+    if role.declares_dead() {
+        channel
+            .exchange_declare(
+                topology.dead().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(mismatch(&topology.dead()))?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), text("quorum"));
+        channel
+            .queue_declare(topology.dead().into(), queue_options, dead_args)
+            .await
+            .map_err(mismatch(&topology.dead()))?;
+        channel
+            .queue_bind(
+                topology.dead().into(),
+                topology.dead().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(mismatch(&topology.dead()))?;
+    }
     // Requests for the lock holder. No dead-lettering: a request is no document, and one that
     // crashed its holders CONTROL_DELIVERY_LIMIT times is dropped rather than crash-looping
     // the producer; its requester hears nothing more and stops waiting when interrupted. A
@@ -64,10 +68,12 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(CONTROL_DELIVERY_LIMIT),
     );
-    channel
-        .queue_declare(topology.control_queue().into(), queue_options, control_args)
-        .await
-        .map_err(mismatch(&topology.control_queue()))?;
+    if role.declares_control() {
+        channel
+            .queue_declare(topology.control_queue().into(), queue_options, control_args)
+            .await
+            .map_err(mismatch(&topology.control_queue()))?;
+    }
     // The outcome log: a stream, kept by age and size. Retention removes whole segments, so
     // a segment is a tenth of the size kept (RabbitMQ's default, 500 MB, would keep a small
     // log whole for ever).
@@ -90,7 +96,7 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
         .queue_declare(topology.events_stream().into(), queue_options, stream_args)
         .await
         .map_err(mismatch(&topology.events_stream()))?;
-    for work in Work::ALL {
+    for work in Work::ALL.into_iter().filter(|w| role.declares_work(*w)) {
         let name = topology.work_queue(work);
         let mut args = safe_dead_lettering(&topology.dead(), None);
         args.insert(
@@ -111,6 +117,8 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
             )
             .await
             .map_err(mismatch(&name))?;
+    }
+    for work in Work::ALL.into_iter().filter(|w| role.declares_retries(*w)) {
         for (tier, delay) in topology.retry_delays.iter().enumerate() {
             let Some(retry) = topology.retry_queue(work, tier) else {
                 continue;
@@ -148,13 +156,23 @@ fn text(s: &str) -> AMQPValue {
 }
 
 pub(super) fn classify(err: lapin::Error, name: &str) -> QueueError {
-    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind()
-        && amqp.get_id() == 406
-    {
-        return QueueError::TopologyMismatch {
-            queue: name.to_string(),
-            detail: amqp.get_message().to_string(),
-        };
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
+        match amqp.get_id() {
+            406 => {
+                return QueueError::TopologyMismatch {
+                    queue: name.to_string(),
+                    detail: amqp.get_message().to_string(),
+                };
+            }
+            // Retried like an unreachable broker: permissions can be mended while it waits.
+            403 => {
+                return QueueError::Unavailable(format!(
+                    "{} (`jst2kd permissions` prints what each user needs)",
+                    amqp.get_message()
+                ));
+            }
+            _ => {}
+        }
     }
     unavailable(err)
 }
