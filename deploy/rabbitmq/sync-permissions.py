@@ -32,28 +32,21 @@ definitions_path.write_text(json.dumps(definitions, indent=2) + "\n")
 
 HEADER = """\
 # One RabbitMQ user per worker and a read-only one for KEDA, made by the Messaging Topology
-# Operator: each User's password is generated into the secret <name>-user-credentials
-# (keys username, password), which the worker's Deployment reads (see kustomization.yaml).
-# The permissions are what `jst2kd permissions` prints for the prefix jst2kd (README
-# "RabbitMQ users"), written here by deploy/rabbitmq/sync-permissions.py; jst2kd-ops is left
-# out: the operations commands run where you choose.
+# Operator. It generates each User's name and password into the secret
+# <User>-user-credentials (keys username, password), which the worker's Deployment reads (see
+# kustomization.yaml); no credentials are imported (since v1.20 the Operator's webhook refuses
+# an import secret without its label, and an imported user gets no such secret). The
+# permissions are what `jst2kd permissions` prints for the prefix jst2kd (README "RabbitMQ
+# users"), written here by deploy/rabbitmq/sync-permissions.py; jst2kd-ops is left out: the
+# operations commands run where you choose.
 """
 TEMPLATE = """\
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {user}-username
-type: Opaque
-stringData:
-  username: {user}
----
 apiVersion: rabbitmq.com/v1beta1
 kind: User
 metadata:
   name: {user}
 spec:
   rabbitmqClusterReference: {{name: jst2kd-rabbitmq}}
-  importCredentialsSecret: {{name: {user}-username}}
 ---
 apiVersion: rabbitmq.com/v1beta1
 kind: Permission

@@ -15,6 +15,10 @@ pub struct PermissionsArgs {
     /// The virtual host the pipeline uses.
     #[arg(long, default_value = "/")]
     vhost: String,
+    /// The queue prefix (instead of the configuration's `amqp.prefix`, which is then not
+    /// read: no `amqp.url_file` needs to exist here).
+    #[arg(long)]
+    prefix: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -30,9 +34,14 @@ pub enum Format {
 }
 
 pub fn run(args: PermissionsArgs) -> anyhow::Result<()> {
-    let (_, layers) = worker::load_config(&args.worker)?;
-    let amqp = layers.section::<AmqpConfig>()?;
-    let users = users(&amqp.prefix);
+    let prefix = match args.prefix {
+        Some(prefix) => prefix,
+        None => {
+            let (_, layers) = worker::load_config(&args.worker)?;
+            layers.section::<AmqpConfig>()?.prefix
+        }
+    };
+    let users = users(&prefix);
     match args.format {
         Format::Json => {
             let entries: Vec<_> = users
@@ -49,7 +58,7 @@ pub fn run(args: PermissionsArgs) -> anyhow::Result<()> {
                 .collect();
             println!("{}", serde_json::to_string_pretty(&entries)?);
         }
-        Format::Text => print!("{}", text(&amqp.prefix, &args.vhost, &users)),
+        Format::Text => print!("{}", text(&prefix, &args.vhost, &users)),
     }
     Ok(())
 }

@@ -22,6 +22,29 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The last warnings and errors of each node's log, for a failure's message.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.ports.len() {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(format!("n{i}/log"))) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("[error]") || l.contains("[warning]"))
+                    .collect();
+                out.push_str(&format!("---- node {i} {}\n", entry.path().display()));
+                for line in &lines[lines.len().saturating_sub(15)..] {
+                    out.push_str(&line.chars().take(400).collect::<String>());
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
     fn start(dir: PathBuf, name: &str, n: usize) -> Self {
         // The guard first: a start that fails halfway still stops what it started.
         let mut cluster = Self {
@@ -277,10 +300,11 @@ async fn a_node_killed_mid_run_loses_nothing_and_books_nothing_twice() {
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} bills after the node was lost; queues {queues:?}\n{}",
+            "{} of {} bills after the node was lost; queues {queues:?}\n{}\n{}",
             saved.len(),
             expected.len(),
-            log_tails(&workers)
+            log_tails(&workers),
+            cluster.log_tails()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

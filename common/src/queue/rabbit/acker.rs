@@ -13,6 +13,8 @@
 //! together with every settled one that arrived meanwhile.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -32,9 +34,12 @@ fn sent(result: Result<bool, lapin::Error>) -> Result<(), QueueError> {
 
 /// How long a settle waits for lapin to hand its frame to the connection. `basic.ack` and
 /// `basic.nack` have no answer from the broker: lapin resolves them once the frame is written,
-/// which a connection that died under them may never do. Past this, the delivery counts as
-/// not settled (the broker redelivers it) and the window's later frames are not waited for.
-const FRAME_WAIT: Duration = Duration::from_secs(10);
+/// which a connection that died under them may never do (or one RabbitMQ stopped reading,
+/// blocked by a resource alarm, for as long as the alarm lasts). Past this, the delivery counts
+/// as not settled, the window is stuck: its later frames are not waited for, and the consumer,
+/// which watches the window, closes the channel (so the broker redelivers everything
+/// unacknowledged on it) and consumes again on a new one.
+const FRAME_WAIT: Duration = Duration::from_secs(30);
 
 /// Sends one ack or nack frame, at most [`FRAME_WAIT`]; after one frame that never left,
 /// `stuck` answers every later one at once.
@@ -88,14 +93,22 @@ enum Op {
 /// that carried its ack.
 pub(super) struct AckWindow {
     ops: mpsc::UnboundedSender<Op>,
+    /// Set by the task when a frame did not leave within [`FRAME_WAIT`].
+    stuck: Arc<AtomicBool>,
 }
 
 impl AckWindow {
     /// A window and its task, on the current runtime.
     pub(super) fn start() -> Self {
         let (ops, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(settle(receiver));
-        Self { ops }
+        let stuck = Arc::new(AtomicBool::new(false));
+        tokio::spawn(settle(receiver, stuck.clone()));
+        Self { ops, stuck }
+    }
+
+    /// Whether a frame of this window did not leave in time: the channel's acks have stopped.
+    pub(super) fn stuck(&self) -> Arc<AtomicBool> {
+        self.stuck.clone()
     }
 
     /// Registers a delivery as it arrives, in the broker's order, before it is handed out.
@@ -105,7 +118,7 @@ impl AckWindow {
 }
 
 /// The window's task: until every sender (the consumer's state and every acker) is gone.
-async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
+async fn settle(mut ops: mpsc::UnboundedReceiver<Op>, flag: Arc<AtomicBool>) {
     // `None`: being worked on; `Some`: acked, the frame not sent yet.
     let mut open: BTreeMap<u64, Option<(lapin::Acker, Reply)>> = BTreeMap::new();
     let mut taken = Vec::new();
@@ -161,6 +174,9 @@ async fn settle(mut ops: mpsc::UnboundedReceiver<Op>) {
                 let result = frame(&mut stuck, acker.ack(BasicAckOptions::default())).await;
                 answer(reply, result);
             }
+        }
+        if stuck {
+            flag.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -250,4 +266,37 @@ fn gone() -> QueueError {
         "the acks of this delivery's channel stopped (shutting down); the broker will redeliver it"
             .into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_never_leaves_is_given_up_and_the_next_ones_are_not_waited_for() {
+        let mut stuck = false;
+        let started = tokio::time::Instant::now();
+        let first = frame(&mut stuck, std::future::pending()).await;
+        assert!(
+            matches!(first, Err(QueueError::Unavailable(_))),
+            "{first:?}"
+        );
+        assert_eq!(started.elapsed(), FRAME_WAIT);
+        assert!(stuck);
+        // Stuck: answered at once, and the frame is not even started.
+        let polled = std::sync::atomic::AtomicBool::new(false);
+        let second = frame(&mut stuck, async {
+            polled.store(true, Ordering::SeqCst);
+            Ok(true)
+        })
+        .await;
+        assert!(second.is_err());
+        assert!(!polled.load(Ordering::SeqCst));
+        assert_eq!(started.elapsed(), FRAME_WAIT);
+        // A frame that leaves in time is sent; `false` from lapin means not sent.
+        let mut fresh = false;
+        assert!(frame(&mut fresh, async { Ok(true) }).await.is_ok());
+        assert!(frame(&mut fresh, async { Ok(false) }).await.is_err());
+        assert!(!fresh);
+    }
 }

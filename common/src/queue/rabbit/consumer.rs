@@ -1,5 +1,6 @@
 //! Deliveries from one work queue, on a channel of its own, rebuilt when recovery fails.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -85,8 +86,27 @@ impl RabbitConsumer {
             // connection with INTERNAL_ERROR while a node was lost): once the consumer's own
             // connection is closed or failed, consume again on a new one.
             let watched = (!self.broker.lapin_recovers()).then(|| state.connection.clone());
-            // Checked now as well as every second while waiting: a caller that stops waiting
-            // for `next` sooner (the loader's linger) would otherwise never let the check run.
+            let stuck = state.window.stuck();
+            // Both checked now as well as every second while waiting: a caller that stops
+            // waiting for `next` sooner (the loader's linger) would otherwise never let the
+            // check run.
+            if stuck.load(Ordering::SeqCst) {
+                // Acks no longer leave: closing the channel hands everything unacknowledged on
+                // it back to the broker, which redelivers it on the new one.
+                warn!(
+                    queue = self.work.key(),
+                    "Acks on the consumer's channel stopped leaving; consuming again on a new channel."
+                );
+                let channel = state.channel.clone();
+                tokio::spawn(async move {
+                    let closing = channel.close(200, "acks stalled".into());
+                    tokio::time::timeout(Duration::from_secs(10), closing)
+                        .await
+                        .ok();
+                });
+                self.state = None;
+                continue;
+            }
             if watched
                 .as_ref()
                 .is_some_and(|connection| !connection.status().connected())
@@ -99,23 +119,20 @@ impl RabbitConsumer {
                 continue;
             }
             let gone = async move {
-                let Some(connection) = watched else {
-                    return std::future::pending().await;
-                };
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if !connection.status().connected() {
+                    let lost = watched
+                        .as_ref()
+                        .is_some_and(|connection| !connection.status().connected());
+                    if lost || stuck.load(Ordering::SeqCst) {
                         return;
                     }
                 }
             };
             let next = tokio::select! {
                 next = state.stream.next() => next,
-                () = gone => {
-                    warn!(queue = self.work.key(), "The consumer's connection is gone; consuming again on a new connection.");
-                    self.state = None;
-                    continue;
-                }
+                // The checks above say which, and start again.
+                () = gone => continue,
             };
             match next {
                 Some(Ok(delivery)) => {

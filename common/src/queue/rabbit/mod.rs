@@ -154,6 +154,29 @@ fn tls_config(tls: &super::AmqpTls) -> Result<lapin::tcp::OwnedTLSConfig, String
 /// This says why: an unknown issuer, a plain amqp:// port (`InvalidContentType`), a name the
 /// certificate does not cover.
 async fn tls_probe(uri: &lapin::uri::AMQPUri, tls: &super::AmqpTls) -> Result<(), String> {
+    tls_handshake(uri, tls).await.map(drop)
+}
+
+/// Why a node that completed our handshake then dropped lapin's connection, when it said so.
+/// In TLS 1.3 the client's side of the handshake ends before the server has judged the
+/// client's certificate: a node that wants one (`fail_if_no_peer_cert`) or distrusts it sends
+/// its alert afterwards, and lapin, which has written the AMQP header by then, often sees the
+/// connection reset before the alert. A second handshake that sends nothing reads the alert
+/// (within 2 s); `None` when the node says nothing.
+async fn tls_alert(uri: &lapin::uri::AMQPUri, tls: &super::AmqpTls) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tls_handshake(uri, tls).await.ok()?;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await {
+        Ok(Err(e)) => Some(format!("IO error: {e}")),
+        _ => None,
+    }
+}
+
+async fn tls_handshake(
+    uri: &lapin::uri::AMQPUri,
+    tls: &super::AmqpTls,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     crate::http::install_crypto_provider();
@@ -194,7 +217,6 @@ async fn tls_probe(uri: &lapin::uri::AMQPUri, tls: &super::AmqpTls) -> Result<()
     connector
         .connect(name, tcp)
         .await
-        .map(drop)
         .map_err(|e| format!("TLS handshake failed: {e}"))
 }
 
@@ -209,9 +231,15 @@ async fn connect_node(
     }
     let config = tls_config(tls)?;
     let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-    Connection::connect_uri_with_config(uri, properties, config, runtime)
-        .await
-        .map_err(|e| e.to_string())
+    let amqps = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+    let probe = amqps.then(|| uri.clone());
+    match Connection::connect_uri_with_config(uri, properties, config, runtime).await {
+        Ok(connection) => Ok(connection),
+        Err(e) => match probe {
+            Some(uri) => Err(tls_alert(&uri, tls).await.unwrap_or_else(|| e.to_string())),
+            None => Err(e.to_string()),
+        },
+    }
 }
 
 /// A connection of its own (the producer lock, the control client) to the first node of
@@ -614,6 +642,40 @@ impl RabbitBroker {
         }
     }
 
+    /// Replaces the publishing channel of connection `generation` after the broker nacked a
+    /// message on it, so that the caller's next attempt goes out on a new channel. Seen once
+    /// in the cluster test after a node was killed: the producer's every publish to `counts`
+    /// was nacked, poll after poll for minutes, on the same channel. RabbitMQ keeps its client
+    /// state of each quorum queue a channel publishes to in that channel (`rabbit_fifo_client`:
+    /// an enqueuer registered on the first publish, a `reject_publish` status that only the
+    /// queue's leader lifts); a new channel registers afresh. The old channel is closed after
+    /// a while, once confirms still on their way on it have arrived.
+    async fn renew_publisher(&self, generation: u64) {
+        let mut guard = self.inner.live.lock().await;
+        let Some(live) = guard.as_mut().filter(|l| l.generation == generation) else {
+            return;
+        };
+        let Ok(channel) = live.connection.create_channel().await else {
+            return;
+        };
+        if channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let old = std::mem::replace(&mut live.publisher, channel);
+        self.set_current(Some(live.clone()));
+        warn!(connection = %self.inner.name, "RabbitMQ nacked a message; publishing on a new channel.");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::timeout(Duration::from_secs(10), old.close(200, "nacked".into()))
+                .await
+                .ok();
+        });
+    }
+
     /// Publishes every message and returns once each is confirmed. Messages whose confirm was
     /// lost with the connection are sent again; a nack or a return is an error.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
@@ -668,6 +730,7 @@ impl RabbitBroker {
                         });
                     }
                     Ok(Confirmation::Nack(_)) => {
+                        self.renew_publisher(live.generation).await;
                         return Err(QueueError::NotAccepted {
                             message_id: message.message_id,
                             reason: "nacked by the broker".into(),
