@@ -35,10 +35,11 @@ fn sent(result: Result<bool, lapin::Error>) -> Result<(), QueueError> {
 /// How long a settle waits for lapin to hand its frame to the connection. `basic.ack` and
 /// `basic.nack` have no answer from the broker: lapin resolves them once the frame is written,
 /// which a connection that died under them may never do (or one RabbitMQ stopped reading,
-/// blocked by a resource alarm, for as long as the alarm lasts). Past this, the delivery counts
-/// as not settled, the window is stuck: its later frames are not waited for, and the consumer,
-/// which watches the window, closes the channel (so the broker redelivers everything
-/// unacknowledged on it) and consumes again on a new one.
+/// blocked by a resource alarm, for as long as the alarm lasts). Past this, the settle is
+/// reported as failed (lapin may still send the frame later: then the broker forgets the
+/// delivery after all; otherwise it redelivers it), the window is stuck: its later frames are
+/// not waited for, and the consumer, which watches the window, closes the channel (so the
+/// broker redelivers everything unacknowledged on it) and consumes again on a new one.
 const FRAME_WAIT: Duration = Duration::from_secs(30);
 
 /// Sends one ack or nack frame, at most [`FRAME_WAIT`]; after one frame that never left,

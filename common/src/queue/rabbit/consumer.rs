@@ -37,19 +37,34 @@ pub struct RabbitConsumer {
 impl RabbitConsumer {
     pub(super) async fn start(&mut self) -> Result<(), QueueError> {
         let (channel, connection) = self.broker.channel_on().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let stream = channel
-            .basic_consume(
-                self.broker.inner.topology.work_queue(self.work).into(),
-                self.tag.clone().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+        let queue = self.broker.inner.topology.work_queue(self.work);
+        let consuming = async {
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    queue.into(),
+                    self.tag.clone().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        // Bounded like the channel: a connection RabbitMQ stopped reading answers nothing.
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, consuming).await {
+            Ok(consumer) => consumer.map_err(unavailable)?,
+            Err(_) => {
+                tokio::spawn(async move {
+                    let closing = channel.close(200, "no answer".into());
+                    tokio::time::timeout(CONNECT_TIMEOUT, closing).await.ok();
+                });
+                return Err(QueueError::Unavailable(format!(
+                    "RabbitMQ did not start the consumer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
         self.state = Some(ConsumerState {
             channel,
             stream,

@@ -236,7 +236,10 @@ async fn connect_node(
     match Connection::connect_uri_with_config(uri, properties, config, runtime).await {
         Ok(connection) => Ok(connection),
         Err(e) => match probe {
-            Some(uri) => Err(tls_alert(&uri, tls).await.unwrap_or_else(|| e.to_string())),
+            Some(uri) => Err(match tls_alert(&uri, tls).await {
+                Some(alert) => format!("{alert}; the connection: {e}"),
+                None => e.to_string(),
+            }),
             None => Err(e.to_string()),
         },
     }
@@ -611,10 +614,16 @@ impl RabbitBroker {
     /// A new channel, with the connection it is on.
     pub(super) async fn channel_on(&self) -> Result<(Channel, Arc<Connection>), QueueError> {
         let live = self.live(true).await?;
-        let channel = live
-            .connection
-            .create_channel()
+        // Bounded: a connection RabbitMQ stopped reading (a resource alarm) or that died
+        // unnoticed would keep the caller waiting as long as that lasts.
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, live.connection.create_channel())
             .await
+            .map_err(|_| {
+                QueueError::Unavailable(format!(
+                    "RabbitMQ did not open a channel within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(unavailable)?;
         Ok((channel, live.connection))
     }
@@ -649,31 +658,51 @@ impl RabbitBroker {
     /// state of each quorum queue a channel publishes to in that channel (`rabbit_fifo_client`:
     /// an enqueuer registered on the first publish, a `reject_publish` status that only the
     /// queue's leader lifts); a new channel registers afresh. The old channel is closed after
-    /// a while, once confirms still on their way on it have arrived.
-    async fn renew_publisher(&self, generation: u64) {
+    /// once the confirms still on their way on it have arrived (at most [`CONNECT_TIMEOUT`]).
+    /// Only the channel that was nacked is replaced (several nacks on it replace it once), and
+    /// the new one is opened before the connection's lock is taken, within [`CONNECT_TIMEOUT`].
+    async fn renew_publisher(&self, nacked: &Live) {
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let channel = nacked.connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        })
+        .await;
+        let Ok(Ok(channel)) = opened else {
+            return;
+        };
         let mut guard = self.inner.live.lock().await;
-        let Some(live) = guard.as_mut().filter(|l| l.generation == generation) else {
+        let Some(live) = guard.as_mut().filter(|l| {
+            l.generation == nacked.generation && l.publisher.id() == nacked.publisher.id()
+        }) else {
+            drop(guard);
+            tokio::spawn(async move {
+                let closing = channel.close(200, "not needed".into());
+                tokio::time::timeout(CONNECT_TIMEOUT, closing).await.ok();
+            });
             return;
         };
-        let Ok(channel) = live.connection.create_channel().await else {
-            return;
-        };
-        if channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .is_err()
-        {
-            return;
-        }
         let old = std::mem::replace(&mut live.publisher, channel);
         self.set_current(Some(live.clone()));
+        drop(guard);
         warn!(connection = %self.inner.name, "RabbitMQ nacked a message; publishing on a new channel.");
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            tokio::time::timeout(Duration::from_secs(10), old.close(200, "nacked".into()))
+            tokio::time::timeout(CONNECT_TIMEOUT, old.wait_for_confirms())
                 .await
                 .ok();
+            let closing = old.close(200, "nacked".into());
+            tokio::time::timeout(CONNECT_TIMEOUT, closing).await.ok();
         });
+    }
+
+    /// Whether `live`'s publishing channel is still the one in use (not retired by
+    /// [`RabbitBroker::renew_publisher`]).
+    fn publisher_current(&self, live: &Live) -> bool {
+        self.current_live().is_some_and(|current| {
+            current.generation == live.generation && current.publisher.id() == live.publisher.id()
+        })
     }
 
     /// Publishes every message and returns once each is confirmed. Messages whose confirm was
@@ -730,7 +759,7 @@ impl RabbitBroker {
                         });
                     }
                     Ok(Confirmation::Nack(_)) => {
-                        self.renew_publisher(live.generation).await;
+                        self.renew_publisher(&live).await;
                         return Err(QueueError::NotAccepted {
                             message_id: message.message_id,
                             reason: "nacked by the broker".into(),
@@ -756,7 +785,11 @@ impl RabbitBroker {
                 match recovered {
                     Err(QueueError::Cancelled) => return Err(QueueError::Cancelled),
                     Err(e) => {
-                        self.discard(live.generation).await;
+                        // A channel retired after a nack fails the confirms still on it when
+                        // it closes: sent again on its successor, the connection kept.
+                        if self.publisher_current(&live) {
+                            self.discard(live.generation).await;
+                        }
                         // Not recoverable by lapin (e.g. a channel closed for a permission):
                         // try a new connection a few times, then let the caller decide.
                         let Some(pause) = pauses.next() else {
