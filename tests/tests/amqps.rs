@@ -9,85 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{Proc, Scratch, Sims, free_port, get_json, http, status, wait_ok};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA; a server certificate for localhost signed by it; a client certificate signed by it.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=jst2kd test CA",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (who, cn) in [("server", "localhost"), ("client", "jst2kd-worker")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{who}.key"),
-                "-out",
-                &format!("{who}.csr"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{who}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{who}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{who}.ext"),
-            ],
-        );
-    }
-}
+use e2e::{Proc, Scratch, Sims, certificates, free_port, get_json, http, run_ok, status, wait_ok};
 
 /// The TLS node; stopped and deleted when dropped.
 struct Node {
@@ -103,19 +25,14 @@ impl Node {
             name: name.to_string(),
             port: 0,
         };
-        let out = Command::new("bash")
-            .arg(e2e::cluster_script())
-            .args(["tls", &dir.display().to_string(), name])
-            .arg(certs)
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "the TLS node did not start:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("bash")
+                .arg(e2e::cluster_script())
+                .args(["tls", &dir.display().to_string(), name])
+                .arg(certs),
+            "the TLS node's start",
         );
-        node.port = String::from_utf8_lossy(&out.stdout)
+        node.port = out
             .lines()
             .find_map(|l| l.trim().parse().ok())
             .expect("its port");

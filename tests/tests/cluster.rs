@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{Proc, Scratch, Sims, free_port, get_json, http, status, wait_ok};
+use e2e::{Proc, Scratch, Sims, free_port, get_json, http, run_ok, status, wait_ok};
 use serde_json::Value;
 
 /// The nodes; stopped and their data deleted when dropped.
@@ -53,21 +53,16 @@ impl Cluster {
             ports: vec![0; n],
             killed: BTreeSet::new(),
         };
-        let out = Command::new("bash")
-            .arg(e2e::cluster_script())
-            .args(["start", &dir.display().to_string(), name, &n.to_string()])
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "the cluster did not start:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("bash").arg(e2e::cluster_script()).args([
+                "start",
+                &dir.display().to_string(),
+                name,
+                &n.to_string(),
+            ]),
+            "the cluster's start",
         );
-        let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let ports: Vec<u16> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
         assert_eq!(ports.len(), n, "one AMQP port per node");
         cluster.ports = ports;
         cluster
@@ -86,17 +81,12 @@ impl Cluster {
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("rabbitmqctl")
-            .args(["-q", "-n", &self.alive()])
-            .args(args)
-            .output()
-            .expect("rabbitmqctl");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_ok(
+            Command::new("rabbitmqctl")
+                .args(["-q", "-n", &self.alive()])
+                .args(args),
+            &format!("rabbitmqctl {args:?}"),
+        )
     }
 
     /// The `amqp.url` of every node.
@@ -123,20 +113,14 @@ impl Cluster {
     }
 
     fn kill(&mut self, i: usize) {
-        let out = Command::new("bash")
-            .arg(e2e::cluster_script())
-            .args([
+        run_ok(
+            Command::new("bash").arg(e2e::cluster_script()).args([
                 "kill",
                 &self.dir.display().to_string(),
                 &self.name,
                 &(i + 1).to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            "killing a node",
         );
         self.killed.insert(i);
     }

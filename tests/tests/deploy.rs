@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{Proc, Scratch, binary, free_port, get_json, get_text, http, wait_ok};
+use e2e::{Proc, Scratch, binary, free_port, get_json, get_text, http, run_ok, wait_ok};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -36,20 +36,16 @@ fn yaml(path: &str) -> Value {
     } else {
         "python3"
     };
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import json, sys, yaml; d = [x for x in yaml.safe_load_all(open(sys.argv[1])) if x]; print(json.dumps(d[0] if len(d) == 1 else d))",
-        ])
-        .arg(repo(path))
-        .output()
-        .expect("python3 with PyYAML");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(python)
+            .args([
+                "-c",
+                "import json, sys, yaml; d = [x for x in yaml.safe_load_all(open(sys.argv[1])) if x]; print(json.dumps(d[0] if len(d) == 1 else d))",
+            ])
+            .arg(repo(path)),
+        "python3 with PyYAML",
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&out).unwrap()
 }
 
 /// The users of `deploy/rabbitmq/definitions.json` (what compose's RabbitMQ loads), imported

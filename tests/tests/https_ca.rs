@@ -1,91 +1,16 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 //! `jst.ca_file` / `kingdee.ca_file`: an HTTPS server whose certificate comes from a private CA
-//! (generated here with openssl) is trusted with the CA's PEM file and refused without it,
-//! with a message that says why.
+//! (made with openssl by `e2e::certificates`) is trusted with the CA's PEM file and refused
+//! without it, with a message that says why.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::{Scratch, certificates};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a certificate for localhost / 127.0.0.1 signed by it.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=jst2kd test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-}
 
 /// An HTTPS server answering `ok` to every request; its address.
 async fn serve(dir: &Path) -> String {
@@ -128,8 +53,8 @@ async fn serve(dir: &Path) -> String {
 
 #[tokio::test]
 async fn a_private_ca_is_trusted_from_its_file_and_nothing_else_is() {
-    let dir = std::env::temp_dir().join(format!("jst2kd-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new("https-ca");
+    let dir = scratch.0.clone();
     certificates(&dir);
     let url = serve(&dir).await;
 
@@ -162,5 +87,4 @@ async fn a_private_ca_is_trusted_from_its_file_and_nothing_else_is() {
     let e = common::http::ca_certificates("jst.ca_file", &dir.join("missing.pem"))
         .expect_err("missing");
     assert!(e.contains("cannot read"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
